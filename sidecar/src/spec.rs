@@ -1,0 +1,466 @@
+//! The secret spec: what a pod asked for, normalized and versioned.
+//!
+//! The webhook parses pod annotations into a [`Spec`] and hands it to the agent as JSON in
+//! `KURA_SPEC`; the agent reads it back with [`Spec::from_json`]. Both sides share this module so
+//! the format cannot drift. Parsing annotations lives in [`crate::annotations`] (feature
+//! `annotations`), which only the webhook needs.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The spec version the webhook writes and this agent reads.
+pub const SPEC_VERSION: &str = "kura.dev/v1";
+
+/// Default mode of written files (`kura.dev/file-mode`).
+pub const DEFAULT_FILE_MODE: FileMode = FileMode(0o400);
+
+/// Errors reading a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("KURA_SPEC is not valid JSON: {0}")]
+    Json(String),
+    #[error("KURA_SPEC has version {found:?}; this agent reads {SPEC_VERSION:?} (upgrade the agent image or the webhook so they match)")]
+    Version { found: String },
+    #[error("KURA_SPEC is invalid: {0}")]
+    Invalid(String),
+}
+
+/// How the agent runs in the pod (`kura.dev/agent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentMode {
+    /// Fetch before the app starts, then keep refreshing.
+    #[default]
+    Sidecar,
+    /// Fetch once before the app starts (Jobs, CronJobs).
+    InitOnly,
+}
+
+impl AgentMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentMode::Sidecar => "sidecar",
+            AgentMode::InitOnly => "init-only",
+        }
+    }
+}
+
+/// How a secret value becomes file content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The value (or the selected key) as-is.
+    #[default]
+    Raw,
+    /// The value must be JSON; written as JSON.
+    Json,
+    /// A JSON object written as `KEY='value'` lines for `set -a; . file`.
+    Env,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Json => "json",
+            Format::Env => "env",
+        }
+    }
+}
+
+/// An octal file mode, written as a string such as `"0400"`.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FileMode(pub u32);
+
+impl FileMode {
+    /// Parses `0400`, `400` or `0o400`; modes above `0777` are refused.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(format!("{s:?} is not an octal file mode such as \"0400\""));
+        }
+        let mode = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
+        if mode > 0o777 {
+            return Err(format!("{s:?} sets special bits; use a mode from 0000 to 0777"));
+        }
+        if mode & 0o400 == 0 {
+            return Err(format!("{s:?} does not let the owner read the file"));
+        }
+        Ok(FileMode(mode))
+    }
+}
+
+impl fmt::Debug for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl TryFrom<String> for FileMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        FileMode::parse(&s)
+    }
+}
+
+impl From<FileMode> for String {
+    fn from(m: FileMode) -> String {
+        m.to_string()
+    }
+}
+
+/// What to do after files changed (`kura.dev/reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Reload {
+    /// POST to a URL on the pod's loopback interface.
+    Http { url: String },
+    /// Send a signal to the process with this name (shared process namespace).
+    Signal { signal: Signal, process: String },
+}
+
+/// Signals a reload hook may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Hup,
+    Usr1,
+    Usr2,
+    Int,
+    Quit,
+    Term,
+    Winch,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 7] =
+        [Signal::Hup, Signal::Usr1, Signal::Usr2, Signal::Int, Signal::Quit, Signal::Term, Signal::Winch];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Usr1 => "SIGUSR1",
+            Signal::Usr2 => "SIGUSR2",
+            Signal::Int => "SIGINT",
+            Signal::Quit => "SIGQUIT",
+            Signal::Term => "SIGTERM",
+            Signal::Winch => "SIGWINCH",
+        }
+    }
+
+    /// The Linux signal number.
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Hup => 1,
+            Signal::Int => 2,
+            Signal::Quit => 3,
+            Signal::Usr1 => 10,
+            Signal::Usr2 => 12,
+            Signal::Term => 15,
+            Signal::Winch => 28,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Signal> {
+        let upper = s.to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        Signal::ALL.into_iter().find(|sig| &sig.name()[3..] == name)
+    }
+}
+
+impl Reload {
+    /// Parses `http://127.0.0.1:<port>/<path>` or `signal:<SIGNAME>:<process-name>`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("signal:") {
+            let (sig, process) = rest
+                .split_once(':')
+                .ok_or_else(|| format!("{s:?} must be signal:<SIGNAME>:<process-name>, e.g. signal:SIGHUP:nginx"))?;
+            let signal = Signal::parse(sig).ok_or_else(|| {
+                let names: Vec<_> = Signal::ALL.iter().map(|s| s.name()).collect();
+                format!("{sig:?} is not one of {}", names.join(", "))
+            })?;
+            if process.is_empty() || process.len() > 64 || process.contains(['/', '\0']) {
+                return Err(format!("{process:?} is not a process name (the command name as in /proc/<pid>/comm)"));
+            }
+            return Ok(Reload::Signal { signal, process: process.to_string() });
+        }
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{s:?} must be http://127.0.0.1:<port>/<path> or signal:<SIGNAME>:<process-name>"))?;
+        let (host_port, _path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = host_port
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} needs an explicit port, e.g. http://127.0.0.1:8080/-/reload"))?;
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            return Err(format!("{s:?} must target the pod's loopback (127.0.0.1, localhost or [::1]), not {host:?}"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(format!("{port:?} is not a port number")),
+        }
+        if s.contains(char::is_whitespace) {
+            return Err(format!("{s:?} contains whitespace"));
+        }
+        Ok(Reload::Http { url: s.to_string() })
+    }
+}
+
+impl fmt::Display for Reload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reload::Http { url } => f.write_str(url),
+            Reload::Signal { signal, process } => write!(f, "signal:{}:{process}", signal.name()),
+        }
+    }
+}
+
+impl TryFrom<String> for Reload {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Reload::parse(&s)
+    }
+}
+
+impl From<Reload> for String {
+    fn from(r: Reload) -> String {
+        r.to_string()
+    }
+}
+
+/// One file the agent writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretFile {
+    /// File name inside the mount directory.
+    pub file: String,
+    /// Secret name or ARN.
+    pub secret: String,
+    /// Top-level JSON key, or a JSON Pointer when it starts with `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default)]
+    pub format: Format,
+    pub mode: FileMode,
+}
+
+impl SecretFile {
+    /// Whether this entry must be fetched on its own (batch reads return `AWSCURRENT` only).
+    pub fn is_pinned(&self) -> bool {
+        self.version_id.is_some() || self.version_stage.as_deref().is_some_and(|s| s != "AWSCURRENT")
+    }
+}
+
+/// What the agent needs to know, as the webhook wrote it in `KURA_SPEC`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    pub version: String,
+    #[serde(default)]
+    pub agent: AgentMode,
+    /// Seconds between rotation checks.
+    pub refresh_interval: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<Reload>,
+    pub files: Vec<SecretFile>,
+}
+
+impl Spec {
+    /// Reads a spec, refusing unknown versions and fields with a message that says which.
+    pub fn from_json(s: &str) -> Result<Spec, SpecError> {
+        let value: serde_json::Value = serde_json::from_str(s).map_err(|e| SpecError::Json(e.to_string()))?;
+        match value.get("version").and_then(|v| v.as_str()) {
+            Some(SPEC_VERSION) => {}
+            Some(other) => return Err(SpecError::Version { found: other.to_string() }),
+            None => return Err(SpecError::Invalid("missing \"version\"".into())),
+        }
+        let spec: Spec = serde_json::from_value(value).map_err(|e| SpecError::Invalid(e.to_string()))?;
+        if spec.files.is_empty() {
+            return Err(SpecError::Invalid("no files declared".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for f in &spec.files {
+            validate_file_name(&f.file).map_err(SpecError::Invalid)?;
+            if !names.insert(f.file.as_str()) {
+                return Err(SpecError::Invalid(format!("file {:?} is declared twice", f.file)));
+            }
+        }
+        Ok(spec)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a spec of strings and numbers always serializes")
+    }
+
+    /// Distinct secrets this spec reads, in declaration order.
+    pub fn secrets(&self) -> Vec<&str> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.files.iter().map(|f| f.secret.as_str()).filter(|s| seen.insert(*s)).collect()
+    }
+}
+
+/// Checks a file name against `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 255 bytes.
+pub fn validate_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the file name is empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("file name is {} bytes; at most 255 are allowed", name.len()));
+    }
+    let mut bytes = name.bytes();
+    let first = bytes.next().expect("checked non-empty above");
+    if !first.is_ascii_alphanumeric() {
+        return Err(format!("file name {name:?} must start with a letter or digit"));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("file name {name:?} contains {bad:?}; use letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Checks a secret id: a Secrets Manager name or a full secret ARN.
+pub fn validate_secret_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the secret id is empty".into());
+    }
+    if let Some(rest) = id.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(6, ':').collect();
+        let ok = parts.len() == 6
+            && !parts[0].is_empty()
+            && parts[1] == "secretsmanager"
+            && !parts[2].is_empty()
+            && parts[3].len() == 12
+            && parts[3].bytes().all(|b| b.is_ascii_digit())
+            && parts[4] == "secret"
+            && !parts[5].is_empty();
+        if !ok {
+            return Err(format!(
+                "{id:?} is not a Secrets Manager secret ARN (arn:<partition>:secretsmanager:<region>:<account>:secret:<name>)"
+            ));
+        }
+        return validate_secret_name(parts[5]);
+    }
+    validate_secret_name(id)
+}
+
+fn validate_secret_name(name: &str) -> Result<(), String> {
+    if name.len() > 512 {
+        return Err(format!("secret name is {} characters; Secrets Manager allows 512", name.len()));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(*c))) {
+        return Err(format!("secret name {name:?} contains {bad:?}; Secrets Manager names use letters, digits and /_+=.@-"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str) -> SecretFile {
+        SecretFile {
+            file: name.into(),
+            secret: "/demo/db".into(),
+            key: Some("password".into()),
+            version_stage: None,
+            version_id: None,
+            format: Format::Raw,
+            mode: DEFAULT_FILE_MODE,
+        }
+    }
+
+    #[test]
+    fn spec_json_round_trips() {
+        let spec = Spec {
+            version: SPEC_VERSION.into(),
+            agent: AgentMode::InitOnly,
+            refresh_interval: 120,
+            reload: Some(Reload::parse("signal:HUP:nginx").expect("valid")),
+            files: vec![file("db-password")],
+        };
+        let json = spec.to_json();
+        assert!(json.contains("\"mode\":\"0400\""), "{json}");
+        assert!(json.contains("signal:SIGHUP:nginx"), "{json}");
+        assert_eq!(Spec::from_json(&json).expect("round trip"), spec);
+    }
+
+    #[test]
+    fn unknown_version_and_fields_are_clear_errors() {
+        let err = Spec::from_json(r#"{"version":"kura.dev/v9","refreshInterval":1,"files":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("kura.dev/v9"), "{err}");
+        let err = Spec::from_json(r#"{"version":"kura.dev/v1","refreshInterval":1,"files":[],"x":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = Spec::from_json("not json").unwrap_err();
+        assert!(matches!(err, SpecError::Json(_)));
+        let dup = format!(
+            r#"{{"version":"kura.dev/v1","refreshInterval":1,"files":[{0},{0}]}}"#,
+            serde_json::to_string(&file("a")).expect("serializes")
+        );
+        assert!(Spec::from_json(&dup).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn file_modes() {
+        assert_eq!(FileMode::parse("0440").expect("ok").0, 0o440);
+        assert_eq!(FileMode::parse("600").expect("ok").0, 0o600);
+        for bad in ["", "0800", "4755", "rw", "0040", "12345"] {
+            assert!(FileMode::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_names() {
+        for ok in ["db-password", "tls.crt", "A_1", "x"] {
+            validate_file_name(ok).expect(ok);
+        }
+        let long = "a".repeat(256);
+        for bad in ["", ".env", "..data", "a/b", "-x", "a b", "é", long.as_str()] {
+            assert!(validate_file_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_ids() {
+        for ok in [
+            "/prod/user-service/db",
+            "arn:aws:secretsmanager:ap-northeast-1:111122223333:secret:/prod/user-service/api-AbCdEf",
+            "arn:aws-us-gov:secretsmanager:us-gov-west-1:111122223333:secret:x",
+        ] {
+            validate_secret_id(ok).expect(ok);
+        }
+        for bad in [
+            "",
+            "has space",
+            "arn:aws:s3:::bucket",
+            "arn:aws:secretsmanager:us-east-1:1111:secret:x",
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:",
+        ] {
+            assert!(validate_secret_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reload_hooks() {
+        assert_eq!(
+            Reload::parse("http://127.0.0.1:8080/-/reload").expect("ok"),
+            Reload::Http { url: "http://127.0.0.1:8080/-/reload".into() }
+        );
+        assert_eq!(
+            Reload::parse("signal:SIGUSR1:envoy").expect("ok"),
+            Reload::Signal { signal: Signal::Usr1, process: "envoy".into() }
+        );
+        for bad in ["http://example.com:80/", "http://127.0.0.1/x", "https://127.0.0.1:1/", "signal:KILL:x", "signal:HUP:", "ftp://x"] {
+            assert!(Reload::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Secret stores: AWS Secrets Manager and a local YAML file with the same semantics.
+//!
+//! The webhook asks stores for metadata only ([`Store::describe`]); the agent asks for values
+//! ([`Store::fetch`]). Values are wrapped in `secrecy` types from the moment they arrive, so no
+//! `Debug`, log line or error message can carry one.
+
+mod aws;
+mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use secrecy::{SecretSlice, SecretString};
+
+pub use aws::AwsStore;
+pub use file::FileStore;
+
+/// Errors from a store, per secret where one is concerned. Messages never hold values.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("secret {secret:?} does not exist (or this identity may not see it)")]
+    NotFound { secret: String },
+    #[error("secret {secret:?} is scheduled for deletion")]
+    Deleted { secret: String },
+    #[error("secret {secret:?}: access denied: {message}")]
+    AccessDenied { secret: String, message: String },
+    #[error("secret {secret:?}: could not be decrypted: {message}")]
+    Decryption { secret: String, message: String },
+    #[error("secret {secret:?}: throttled by the store: {message}")]
+    Throttled { secret: String, message: String },
+    #[error("secret {secret:?}: the store could not be reached or did not answer in time: {message}")]
+    Unavailable { secret: String, message: String },
+    #[error("secret {secret:?}: version {version:?} does not exist")]
+    VersionNotFound { secret: String, version: String },
+    #[error("secret {secret:?}: {code}: {message}")]
+    Other { secret: String, code: String, message: String },
+    #[error("secret store: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// A short stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::Deleted { .. } => "deleted",
+            StoreError::AccessDenied { .. } => "access_denied",
+            StoreError::Decryption { .. } => "decryption",
+            StoreError::Throttled { .. } => "throttled",
+            StoreError::Unavailable { .. } => "unavailable",
+            StoreError::VersionNotFound { .. } => "version_not_found",
+            StoreError::Other { .. } => "other",
+            StoreError::Config(_) => "config",
+        }
+    }
+
+    /// Whether the store itself failed (as opposed to an answer about the secret).
+    pub fn is_store_failure(&self) -> bool {
+        matches!(self, StoreError::Throttled { .. } | StoreError::Unavailable { .. } | StoreError::Config(_))
+    }
+}
+
+/// What `DescribeSecret` says of a secret: metadata, never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub arn: String,
+    pub name: String,
+    /// `None` means the AWS managed key `aws/secretsmanager`.
+    pub kms_key_id: Option<String>,
+    /// Scheduled for deletion (`DeletedDate` set).
+    pub deleted: bool,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A secret value. Its `Debug` never shows the content.
+pub enum SecretValue {
+    Text(SecretString),
+    Binary(SecretSlice<u8>),
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretValue::Text(_) => f.write_str("SecretValue::Text([REDACTED])"),
+            SecretValue::Binary(_) => f.write_str("SecretValue::Binary([REDACTED])"),
+        }
+    }
+}
+
+/// One version of one secret, as fetched.
+#[derive(Debug)]
+pub struct Fetched {
+    pub arn: String,
+    pub name: String,
+    pub version_id: String,
+    pub value: SecretValue,
+}
+
+/// What to fetch: a secret, optionally pinned to a version id or stage.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FetchRequest {
+    pub secret: String,
+    pub version_id: Option<String>,
+    pub version_stage: Option<String>,
+}
+
+impl FetchRequest {
+    pub fn current(secret: impl Into<String>) -> Self {
+        FetchRequest { secret: secret.into(), version_id: None, version_stage: None }
+    }
+
+    /// Batch reads only return `AWSCURRENT`; anything else is fetched on its own.
+    pub fn is_pinned(&self) -> bool {
+        self.version_id.is_some() || self.version_stage.as_deref().is_some_and(|s| s != "AWSCURRENT")
+    }
+
+    fn version_label(&self) -> String {
+        self.version_id.clone().or_else(|| self.version_stage.clone()).unwrap_or_else(|| "AWSCURRENT".into())
+    }
+}
+
+/// A configured store.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Aws(AwsStore),
+    File(FileStore),
+}
+
+/// The `--store` setting: `aws` or `file:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSetting {
+    Aws,
+    File(std::path::PathBuf),
+}
+
+impl std::str::FromStr for StoreSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "aws" => Ok(StoreSetting::Aws),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(StoreSetting::File(p.into())),
+                _ => Err(format!("{s:?} is not a store; use \"aws\" or \"file:PATH\"")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for StoreSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSetting::Aws => f.write_str("aws"),
+            StoreSetting::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl Store {
+    /// Opens a store. AWS takes the standard configuration (region, credentials chain,
+    /// `AWS_ENDPOINT_URL`); `timeout` bounds every call including retries.
+    pub async fn open(setting: &StoreSetting, timeout: std::time::Duration) -> Result<Store, StoreError> {
+        match setting {
+            StoreSetting::Aws => Ok(Store::Aws(AwsStore::from_env(timeout).await)),
+            StoreSetting::File(p) => Ok(Store::File(FileStore::open(p)?)),
+        }
+    }
+
+    /// Metadata of one secret, by name or ARN.
+    pub async fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
+        match self {
+            Store::Aws(s) => s.describe(secret).await,
+            Store::File(s) => s.describe(secret),
+        }
+    }
+
+    /// Values for every request, in request order. Unpinned requests are batched.
+    pub async fn fetch(&self, requests: &[FetchRequest]) -> Vec<Result<Fetched, StoreError>> {
+        match self {
+            Store::Aws(s) => s.fetch(requests).await,
+            Store::File(s) => s.fetch(requests),
+        }
+    }
+
+    /// Number of API calls the last [`Store::fetch`]es made (AWS only; 0 for files).
+    pub fn api_calls(&self) -> u64 {
+        match self {
+            Store::Aws(s) => s.api_calls(),
+            Store::File(_) => 0,
+        }
+    }
+}
+
+/// Whether `id` (a name, a full ARN or a partial ARN without the random suffix) names `meta`.
+pub fn id_matches(id: &str, arn: &str, name: &str) -> bool {
+    if id == name || id == arn {
+        return true;
+    }
+    // A partial ARN: the full ARN minus its "-XXXXXX" suffix.
+    arn.len() == id.len() + 7 && arn.starts_with(id) && arn.as_bytes()[id.len()] == b'-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_settings() {
+        assert_eq!("aws".parse::<StoreSetting>(), Ok(StoreSetting::Aws));
+        assert_eq!("file:/x.yaml".parse::<StoreSetting>(), Ok(StoreSetting::File("/x.yaml".into())));
+        assert!("file:".parse::<StoreSetting>().is_err());
+        assert!("vault".parse::<StoreSetting>().is_err());
+    }
+
+    #[test]
+    fn ids_match_names_and_arns() {
+        let arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/db-AbCdEf";
+        assert!(id_matches("/demo/db", arn, "/demo/db"));
+        assert!(id_matches(arn, arn, "/demo/db"));
+        assert!(id_matches("arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/db", arn, "/demo/db"));
+        assert!(!id_matches("/demo/d", arn, "/demo/db"));
+        assert!(!id_matches("arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/d", arn, "/demo/db"));
+    }
+
+    #[test]
+    fn values_never_debug_print() {
+        let v = SecretValue::Text(SecretString::from("hunter2".to_string()));
+        assert!(!format!("{v:?}").contains("hunter2"));
+        let f = Fetched { arn: "a".into(), name: "n".into(), version_id: "v".into(), value: v };
+        assert!(!format!("{f:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,263 @@
+//! AWS Secrets Manager through the AWS SDK: the default configuration chain (region, IRSA web
+//! identity, EKS Pod Identity, `AWS_ENDPOINT_URL[_SECRETS_MANAGER]`), bounded by a timeout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use secrecy::{SecretSlice, SecretString};
+
+use super::{FetchRequest, Fetched, SecretMeta, SecretValue, StoreError, id_matches};
+
+/// Batch reads take at most this many secrets per call.
+pub const BATCH_SIZE: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct AwsStore {
+    client: Client,
+    calls: Arc<AtomicU64>,
+}
+
+impl AwsStore {
+    /// Builds a client from the environment; `timeout` bounds each operation, retries included.
+    pub async fn from_env(timeout: Duration) -> Self {
+        let attempt = timeout.mul_f32(0.45).max(Duration::from_millis(200));
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(timeout)
+                    .operation_attempt_timeout(attempt)
+                    .connect_timeout(attempt.min(Duration::from_secs(2)))
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .load()
+            .await;
+        AwsStore { client: Client::new(&conf), calls: Arc::new(AtomicU64::new(0)) }
+    }
+
+    pub fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub async fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let out = self.client.describe_secret().secret_id(secret).send().await.map_err(|e| map_err(secret, &e))?;
+        let tags: BTreeMap<String, String> = out
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+            .collect();
+        Ok(SecretMeta {
+            arn: out.arn().unwrap_or_default().to_string(),
+            name: out.name().unwrap_or_default().to_string(),
+            kms_key_id: out.kms_key_id().filter(|k| !k.is_empty()).map(str::to_string),
+            deleted: out.deleted_date().is_some(),
+            tags,
+        })
+    }
+
+    pub async fn fetch(&self, requests: &[FetchRequest]) -> Vec<Result<Fetched, StoreError>> {
+        let mut results: Vec<Option<Result<Fetched, StoreError>>> = requests.iter().map(|_| None).collect();
+        let batched: Vec<usize> = (0..requests.len()).filter(|&i| !requests[i].is_pinned()).collect();
+        for chunk in batched.chunks(BATCH_SIZE) {
+            self.fetch_batch(requests, chunk, &mut results).await;
+        }
+        for (i, req) in requests.iter().enumerate().filter(|(_, r)| r.is_pinned()) {
+            results[i] = Some(self.fetch_one(req).await);
+        }
+        results
+            .into_iter()
+            .zip(requests)
+            .map(|(r, req)| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Other {
+                        secret: req.secret.clone(),
+                        code: "MissingFromBatch".into(),
+                        message: "BatchGetSecretValue returned neither a value nor an error for it".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    async fn fetch_batch(
+        &self,
+        requests: &[FetchRequest],
+        chunk: &[usize],
+        results: &mut [Option<Result<Fetched, StoreError>>],
+    ) {
+        let mut ids: Vec<String> = chunk.iter().map(|&i| requests[i].secret.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let out = match self.client.batch_get_secret_value().set_secret_id_list(Some(ids)).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                for &i in chunk {
+                    results[i] = Some(Err(map_err(&requests[i].secret, &e)));
+                }
+                return;
+            }
+        };
+        for entry in out.secret_values.unwrap_or_default() {
+            let arn = entry.arn.unwrap_or_default();
+            let name = entry.name.unwrap_or_default();
+            let version_id = entry.version_id.unwrap_or_default();
+            let value = match (entry.secret_string, entry.secret_binary) {
+                (Some(s), _) => Some(SecretValue::Text(SecretString::from(s))),
+                (None, Some(b)) => Some(SecretValue::Binary(SecretSlice::from(b.into_inner()))),
+                (None, None) => None,
+            };
+            let Some(value) = value else { continue };
+            let wanted: Vec<usize> =
+                chunk.iter().copied().filter(|&i| id_matches(&requests[i].secret, &arn, &name)).collect();
+            // Several files may read one secret; each gets its own copy of the value.
+            let mut value = Some(value);
+            for (n, &i) in wanted.iter().enumerate() {
+                let v = if n + 1 == wanted.len() {
+                    value.take().expect("taken only on the last iteration")
+                } else {
+                    clone_value(value.as_ref().expect("still present before the last iteration"))
+                };
+                results[i] =
+                    Some(Ok(Fetched { arn: arn.clone(), name: name.clone(), version_id: version_id.clone(), value: v }));
+            }
+        }
+        for err in out.errors.unwrap_or_default() {
+            let id = err.secret_id.unwrap_or_default();
+            let code = err.error_code.unwrap_or_default();
+            let message = err.message.unwrap_or_default();
+            for &i in chunk.iter().filter(|&&i| requests[i].secret == id) {
+                results[i] = Some(Err(classify(&requests[i].secret, &code, &message)));
+            }
+        }
+    }
+
+    async fn fetch_one(&self, req: &FetchRequest) -> Result<Fetched, StoreError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&req.secret)
+            .set_version_id(req.version_id.clone())
+            .set_version_stage(req.version_stage.clone())
+            .send()
+            .await
+            .map_err(|e| match map_err(&req.secret, &e) {
+                StoreError::NotFound { secret } if req.is_pinned() => {
+                    StoreError::VersionNotFound { secret, version: req.version_label() }
+                }
+                other => other,
+            })?;
+        let value = match (out.secret_string, out.secret_binary) {
+            (Some(s), _) => SecretValue::Text(SecretString::from(s)),
+            (None, Some(b)) => SecretValue::Binary(SecretSlice::from(b.into_inner())),
+            (None, None) => {
+                return Err(StoreError::Other {
+                    secret: req.secret.clone(),
+                    code: "EmptyValue".into(),
+                    message: "the version holds neither SecretString nor SecretBinary".into(),
+                });
+            }
+        };
+        Ok(Fetched {
+            arn: out.arn.unwrap_or_default(),
+            name: out.name.unwrap_or_default(),
+            version_id: out.version_id.unwrap_or_default(),
+            value,
+        })
+    }
+}
+
+fn clone_value(v: &SecretValue) -> SecretValue {
+    use secrecy::ExposeSecret;
+    match v {
+        SecretValue::Text(s) => SecretValue::Text(SecretString::from(s.expose_secret().to_string())),
+        SecretValue::Binary(b) => SecretValue::Binary(SecretSlice::from(b.expose_secret().to_vec())),
+    }
+}
+
+fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    secret: &str,
+    err: &SdkError<E, R>,
+) -> StoreError {
+    match err {
+        SdkError::TimeoutError(_) => {
+            StoreError::Unavailable { secret: secret.into(), message: "timed out waiting for Secrets Manager".into() }
+        }
+        SdkError::DispatchFailure(d) => {
+            let message = if d.is_timeout() {
+                "timed out connecting to Secrets Manager".to_string()
+            } else if d.is_io() {
+                "could not connect to Secrets Manager".to_string()
+            } else {
+                format!("request not sent: {}", describe_chain(err))
+            };
+            StoreError::Unavailable { secret: secret.into(), message }
+        }
+        SdkError::ConstructionFailure(_) => StoreError::Config(format!(
+            "could not build a Secrets Manager request (is a region configured? set AWS_REGION): {}",
+            describe_chain(err)
+        )),
+        _ => classify(secret, err.code().unwrap_or("Unknown"), err.message().unwrap_or("no message from the store")),
+    }
+}
+
+fn describe_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+fn classify(secret: &str, code: &str, message: &str) -> StoreError {
+    let secret = secret.to_string();
+    let message = message.to_string();
+    match code {
+        "ResourceNotFoundException" => StoreError::NotFound { secret },
+        "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" | "ExpiredTokenException" => {
+            StoreError::AccessDenied { secret, message }
+        }
+        "DecryptionFailure" | "KMSAccessDeniedException" | "KMSDisabledException" | "KMSInvalidStateException" => {
+            StoreError::Decryption { secret, message }
+        }
+        "ThrottlingException" | "Throttling" | "TooManyRequestsException" | "RequestLimitExceeded" => {
+            StoreError::Throttled { secret, message }
+        }
+        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => {
+            StoreError::Unavailable { secret, message }
+        }
+        "InvalidRequestException" if message.contains("deleted") || message.contains("deletion") => {
+            StoreError::Deleted { secret }
+        }
+        _ => StoreError::Other { secret, code: code.to_string(), message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_classified() {
+        assert_eq!(classify("s", "ResourceNotFoundException", "").kind(), "not_found");
+        assert_eq!(classify("s", "ThrottlingException", "slow down").kind(), "throttled");
+        assert_eq!(classify("s", "DecryptionFailure", "kms").kind(), "decryption");
+        assert_eq!(
+            classify("s", "InvalidRequestException", "You can't perform this operation on the secret because it was marked for deletion.")
+                .kind(),
+            "deleted"
+        );
+        assert_eq!(classify("s", "Weird", "m").to_string(), "secret \"s\": Weird: m");
+    }
+}

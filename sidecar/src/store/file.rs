@@ -1,0 +1,336 @@
+//! A local YAML secret store with Secrets Manager's semantics, so the whole flow runs on a laptop.
+//!
+//! ```yaml
+//! region: us-east-1            # used to build ARNs
+//! account: "111122223333"
+//! secrets:
+//!   - name: /demo/db
+//!     kmsKeyId: alias/demo     # absent = the AWS managed key aws/secretsmanager
+//!     tags: {kubernetes-namespace: demo}
+//!     value: '{"password":"example"}'    # shorthand: one AWSCURRENT version
+//!   - name: /demo/tls
+//!     versions:
+//!       - {id: v2, stages: [AWSCURRENT], value: "..."}
+//!       - {id: v1, stages: [AWSPREVIOUS], binary: "<base64>"}
+//! ```
+//! The file is read again whenever it changes, so editing it is a rotation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{FetchRequest, Fetched, SecretMeta, SecretValue, StoreError, id_matches};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Doc {
+    #[serde(default = "default_region")]
+    region: String,
+    #[serde(default = "default_account")]
+    account: String,
+    #[serde(default)]
+    secrets: Vec<FileSecret>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_account() -> String {
+    "000000000000".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileSecret {
+    name: String,
+    #[serde(default)]
+    kms_key_id: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    scheduled_for_deletion: bool,
+    #[serde(default)]
+    value: Option<SecretString>,
+    #[serde(default)]
+    binary: Option<SecretString>,
+    #[serde(default)]
+    versions: Vec<FileVersion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileVersion {
+    id: String,
+    #[serde(default)]
+    stages: Vec<String>,
+    #[serde(default)]
+    value: Option<SecretString>,
+    #[serde(default)]
+    binary: Option<SecretString>,
+}
+
+struct Loaded {
+    stamp: (SystemTime, u64),
+    doc: Arc<Doc>,
+}
+
+/// The local store. Cheap to clone.
+#[derive(Clone)]
+pub struct FileStore {
+    path: PathBuf,
+    /// Version ids of shorthand values are keyed hashes, so they change with the value without
+    /// revealing anything about it outside this process.
+    salt: [u8; 16],
+    cache: Arc<Mutex<Option<Loaded>>>,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl FileStore {
+    /// Opens and checks the file now, so a bad store is reported at start.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut salt = [0u8; 16];
+        salt.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        let store = FileStore { path: path.to_path_buf(), salt, cache: Arc::new(Mutex::new(None)) };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn load(&self) -> Result<Arc<Doc>, StoreError> {
+        let err = |m: String| StoreError::Config(format!("{}: {m}", self.path.display()));
+        let meta = std::fs::metadata(&self.path).map_err(|e| err(e.to_string()))?;
+        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = cache.as_ref()
+            && l.stamp == stamp
+        {
+            return Ok(l.doc.clone());
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|e| err(e.to_string()))?;
+        // serde_yaml_ng errors quote positions, not scalar contents, so values stay out of them.
+        let doc: Doc = serde_yaml_ng::from_str(&text).map_err(|e| err(format!("not a kura local store: {e}")))?;
+        for s in &doc.secrets {
+            check_secret(s).map_err(|m| err(format!("secret {:?}: {m}", s.name)))?;
+        }
+        let doc = Arc::new(doc);
+        *cache = Some(Loaded { stamp, doc: doc.clone() });
+        Ok(doc)
+    }
+
+    fn arn(doc: &Doc, name: &str) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let digest = Sha256::digest(name.as_bytes());
+        let suffix: String = digest.iter().take(6).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+        format!("arn:aws:secretsmanager:{}:{}:secret:{name}-{suffix}", doc.region, doc.account)
+    }
+
+    fn find<'a>(doc: &'a Doc, id: &str) -> Result<&'a FileSecret, StoreError> {
+        doc.secrets
+            .iter()
+            .find(|s| id_matches(id, &Self::arn(doc, &s.name), &s.name))
+            .ok_or_else(|| StoreError::NotFound { secret: id.to_string() })
+    }
+
+    pub fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
+        let doc = self.load()?;
+        let s = Self::find(&doc, secret)?;
+        Ok(SecretMeta {
+            arn: Self::arn(&doc, &s.name),
+            name: s.name.clone(),
+            kms_key_id: s.kms_key_id.clone(),
+            deleted: s.scheduled_for_deletion,
+            tags: s.tags.clone(),
+        })
+    }
+
+    pub fn fetch(&self, requests: &[FetchRequest]) -> Vec<Result<Fetched, StoreError>> {
+        let doc = match self.load() {
+            Ok(d) => d,
+            Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
+        };
+        requests.iter().map(|r| self.fetch_one(&doc, r)).collect()
+    }
+
+    fn fetch_one(&self, doc: &Doc, req: &FetchRequest) -> Result<Fetched, StoreError> {
+        let s = Self::find(doc, &req.secret)?;
+        if s.scheduled_for_deletion {
+            return Err(StoreError::Deleted { secret: req.secret.clone() });
+        }
+        let (version_id, text, binary) = if s.versions.is_empty() {
+            if req.is_pinned() && req.version_stage.as_deref() != Some("AWSCURRENT") {
+                return Err(StoreError::VersionNotFound { secret: req.secret.clone(), version: req.version_label() });
+            }
+            (self.shorthand_version_id(s), s.value.as_ref(), s.binary.as_ref())
+        } else {
+            let stage = req.version_stage.as_deref().unwrap_or("AWSCURRENT");
+            let v = s
+                .versions
+                .iter()
+                .find(|v| match &req.version_id {
+                    Some(id) => &v.id == id,
+                    None => v.stages.iter().any(|st| st == stage),
+                })
+                .ok_or_else(|| StoreError::VersionNotFound { secret: req.secret.clone(), version: req.version_label() })?;
+            (v.id.clone(), v.value.as_ref(), v.binary.as_ref())
+        };
+        let value = match (text, binary) {
+            (Some(t), _) => SecretValue::Text(SecretString::from(t.expose_secret().to_string())),
+            (None, Some(b)) => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b.expose_secret().trim()).map_err(|_| {
+                    StoreError::Other {
+                        secret: req.secret.clone(),
+                        code: "InvalidBinary".into(),
+                        message: "binary is not base64".into(),
+                    }
+                })?;
+                SecretValue::Binary(SecretSlice::from(bytes))
+            }
+            (None, None) => unreachable!("check_secret requires a value or binary in every version"),
+        };
+        Ok(Fetched { arn: Self::arn(doc, &s.name), name: s.name.clone(), version_id, value })
+    }
+
+    fn shorthand_version_id(&self, s: &FileSecret) -> String {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update(s.name.as_bytes());
+        for v in [&s.value, &s.binary].into_iter().flatten() {
+            h.update(v.expose_secret().as_bytes());
+        }
+        let d = h.finalize();
+        let hex: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    }
+}
+
+fn check_secret(s: &FileSecret) -> Result<(), String> {
+    crate::spec::validate_secret_id(&s.name)?;
+    let has = |v: &Option<SecretString>, b: &Option<SecretString>| v.is_some() ^ b.is_some();
+    if s.versions.is_empty() {
+        if !has(&s.value, &s.binary) {
+            return Err("needs exactly one of value, binary or versions".into());
+        }
+        return Ok(());
+    }
+    if s.value.is_some() || s.binary.is_some() {
+        return Err("has both a shorthand value and versions; keep one".into());
+    }
+    let mut current = 0;
+    for v in &s.versions {
+        if !has(&v.value, &v.binary) {
+            return Err(format!("version {:?} needs exactly one of value or binary", v.id));
+        }
+        current += v.stages.iter().filter(|st| *st == "AWSCURRENT").count();
+    }
+    if current != 1 {
+        return Err(format!("exactly one version must carry AWSCURRENT (found {current})"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn store(yaml: &str) -> (tempfile::NamedTempFile, Result<FileStore, StoreError>) {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(yaml.as_bytes()).expect("write");
+        let s = FileStore::open(f.path());
+        (f, s)
+    }
+
+    const DOC: &str = r#"
+region: eu-west-1
+account: "111122223333"
+secrets:
+  - name: /demo/db
+    kmsKeyId: alias/demo
+    tags: {kubernetes-namespace: demo}
+    value: '{"password":"pw1"}'
+  - name: /demo/tls
+    versions:
+      - {id: v2, stages: [AWSCURRENT], value: new}
+      - {id: v1, stages: [AWSPREVIOUS], binary: "AAEC"}
+  - name: /demo/gone
+    scheduledForDeletion: true
+    value: x
+"#;
+
+    #[test]
+    fn describes_like_secrets_manager() {
+        let (_f, s) = store(DOC);
+        let s = s.expect("valid store");
+        let m = s.describe("/demo/db").expect("exists");
+        assert!(m.arn.starts_with("arn:aws:secretsmanager:eu-west-1:111122223333:secret:/demo/db-"), "{}", m.arn);
+        assert_eq!(m.kms_key_id.as_deref(), Some("alias/demo"));
+        assert_eq!(m.tags["kubernetes-namespace"], "demo");
+        assert_eq!(s.describe(&m.arn).expect("by arn").name, "/demo/db");
+        assert!(s.describe("/demo/tls").expect("exists").kms_key_id.is_none());
+        assert!(s.describe("/demo/gone").expect("exists").deleted);
+        assert!(matches!(s.describe("/demo/nope"), Err(StoreError::NotFound { .. })));
+    }
+
+    #[test]
+    fn fetches_versions_and_stages() {
+        let (_f, s) = store(DOC);
+        let s = s.expect("valid store");
+        let reqs = vec![
+            FetchRequest::current("/demo/tls"),
+            FetchRequest { secret: "/demo/tls".into(), version_id: None, version_stage: Some("AWSPREVIOUS".into()) },
+            FetchRequest { secret: "/demo/tls".into(), version_id: Some("v9".into()), version_stage: None },
+            FetchRequest::current("/demo/gone"),
+            FetchRequest::current("/demo/db"),
+        ];
+        let got = s.fetch(&reqs);
+        let current = got[0].as_ref().expect("current");
+        assert_eq!(current.version_id, "v2");
+        match &got[1].as_ref().expect("previous").value {
+            SecretValue::Binary(b) => assert_eq!(b.expose_secret(), &[0u8, 1, 2]),
+            other => panic!("expected binary, got {other:?}"),
+        }
+        assert!(matches!(got[2], Err(StoreError::VersionNotFound { .. })));
+        assert!(matches!(got[3], Err(StoreError::Deleted { .. })));
+        let db = got[4].as_ref().expect("db");
+        assert_eq!(db.version_id.len(), 36);
+        assert!(!db.version_id.contains("pw1"));
+    }
+
+    #[test]
+    fn bad_files_are_refused_without_echoing_values() {
+        for (doc, needle) in [
+            ("secrets: [{name: /a, value: x, binary: eA==}]", "exactly one"),
+            ("secrets: [{name: /a}]", "exactly one"),
+            ("secrets: [{name: /a, value: supersecret, colour: red}]", "unknown field"),
+            ("secrets: [{name: /a, versions: [{id: v1, value: supersecret}]}]", "AWSCURRENT"),
+            ("secrets: [{name: 'a b', value: supersecret}]", "contains"),
+            ("- not a map", "not a kura local store"),
+        ] {
+            let (_f, s) = store(doc);
+            let e = s.expect_err(doc).to_string();
+            assert!(e.contains(needle), "{doc}: {e}");
+            assert!(!e.contains("supersecret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn edits_are_picked_up() {
+        let (f, s) = store("secrets: [{name: /a, value: one}]");
+        let s = s.expect("valid");
+        let v1 = s.fetch(&[FetchRequest::current("/a")]).remove(0).expect("a").version_id;
+        std::fs::write(f.path(), "secrets: [{name: /a, value: second}]").expect("rewrite");
+        let v2 = s.fetch(&[FetchRequest::current("/a")]).remove(0).expect("a").version_id;
+        assert_ne!(v1, v2);
+    }
+}
