@@ -1,1 +1,18 @@
+//! kura: a mutating and validating admission webhook that keeps AWS Secrets Manager secrets out
+//! of Kubernetes manifests, and the operator CLI (`lint`, `review`, `certs`).
+//!
+//! [`admission`] answers AdmissionReviews by running the [`policy`] and planning the
+//! [`inject`]ion; [`server`] serves them over [`tls`]; [`cli`] ties it together.
+#![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod inject;
+pub mod lint;
+pub mod namespaces;
+pub mod policy;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod workload;

@@ -1,1 +1,17 @@
-fn main() {}
+//! `kura`: see the library docs.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = kura::cli::Cli::parse();
+    kura::telemetry::init(&cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    match rt {
+        Ok(rt) => rt.block_on(kura::cli::run(cli)),
+        Err(e) => {
+            eprintln!("kura: cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

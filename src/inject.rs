@@ -1,0 +1,411 @@
+//! Planning the mutation of an opted-in pod: a pure function of (pod, requested secrets, config)
+//! that returns JSON Patch operations. No I/O happens here.
+//!
+//! What is added: an in-memory `emptyDir`, a downward-API volume of the pod's annotations, the
+//! agent (a native sidecar placed first among the init containers by default; an init container
+//! plus a regular sidecar for clusters before 1.29; an init container alone for `init-only`), and
+//! a read-only mount in the selected containers. The pod is marked with `kura.dev/status`, so a
+//! second pass adds nothing.
+
+use std::collections::BTreeSet;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, SecurityContext, VolumeMount};
+use kura_agent::annotations::{self, PodSecrets};
+use kura_agent::spec::AgentMode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::{InjectConfig, SidecarMode};
+
+pub const VOLUME: &str = "kura-secrets";
+pub const PODINFO_VOLUME: &str = "kura-podinfo";
+pub const PODINFO_PATH: &str = "/var/run/kura/podinfo";
+pub const AGENT: &str = "kura-agent";
+/// The init container that precedes the regular sidecar in legacy mode.
+pub const AGENT_INIT: &str = "kura-agent-init";
+pub const AGENT_BINARY: &str = "/kura-agent";
+pub const DEFAULT_UID: i64 = 65532;
+
+/// Environment variables that carry the pod's AWS identity (IRSA and EKS Pod Identity).
+pub const IDENTITY_ENV: [&str; 7] = [
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+];
+
+/// Volumes that carry the identity tokens (projected by the EKS webhook / Pod Identity agent).
+pub const IDENTITY_VOLUMES: [&str; 2] = ["aws-iam-token", "eks-pod-identity-token"];
+
+/// A problem with the pod that blocks injection (reported as KURA001).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+/// The planned mutation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub patch: Vec<PatchOperation>,
+    /// The `kura.dev/status` value written.
+    pub status: String,
+}
+
+fn ptr(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path: ptr(tokens), value })
+}
+
+/// The status annotation value for a spec.
+pub fn status_for(spec_json: &str) -> String {
+    let digest = Sha256::digest(spec_json.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("injected sha256:{hex}")
+}
+
+/// Whether the pod already went through kura's mutation.
+pub fn is_injected(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::STATUS))
+        .is_some_and(|s| s.starts_with("injected"))
+}
+
+/// Whether the pod's final spec carries the agent (for KURA008).
+pub fn has_agent(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    let in_init = spec.init_containers.iter().flatten().any(|c| c.name == AGENT || c.name == AGENT_INIT);
+    in_init || spec.containers.iter().any(|c| c.name == AGENT)
+}
+
+/// Plans the mutation of a pod that has not been injected yet.
+pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let Some(spec) = &pod.spec else {
+        return Err(vec![Problem { field: "spec".into(), message: "the pod has no spec".into() }]);
+    };
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+
+    // Names we add must not exist already: duplicating or overwriting them would be worse.
+    for v in spec.volumes.iter().flatten() {
+        if v.name == VOLUME || v.name == PODINFO_VOLUME {
+            problems.push(Problem {
+                field: format!("spec.volumes[{}]", v.name),
+                message: format!("volume name {:?} is reserved for kura; rename the pod's volume", v.name),
+            });
+        }
+    }
+    for c in spec.containers.iter().chain(init) {
+        if c.name == AGENT || c.name == AGENT_INIT {
+            problems.push(Problem {
+                field: format!("container {}", c.name),
+                message: format!("container name {:?} is reserved for kura; rename the container", c.name),
+            });
+        }
+    }
+
+    let targets = select_containers(spec.containers.as_slice(), init, secrets, &mut problems);
+    for (c, _, _) in &targets {
+        if let Some(m) = c.volume_mounts.iter().flatten().find(|m| m.mount_path.trim_end_matches('/') == secrets.mount_path)
+        {
+            problems.push(Problem {
+                field: format!("container {}", c.name),
+                message: format!(
+                    "already mounts volume {:?} at {}; choose another path with {}",
+                    m.name, secrets.mount_path, annotations::MOUNT_PATH
+                ),
+            });
+        }
+    }
+
+    let (uid, gid) = agent_identity(pod, &targets, secrets, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let agent_spec = secrets.to_spec(cfg.default_refresh_secs);
+    let spec_json = agent_spec.to_json();
+    let status = status_for(&spec_json);
+    let identity = Identity::from_containers(spec.containers.iter().chain(init));
+
+    let mut ops = Vec::new();
+    match &pod.metadata.annotations {
+        Some(_) => ops.push(add(&["metadata", "annotations", annotations::STATUS], json!(status))),
+        None => ops.push(add(&["metadata", "annotations"], json!({ annotations::STATUS: status }))),
+    }
+
+    let mut volumes = vec![json!({
+        "name": VOLUME,
+        "emptyDir": { "medium": "Memory", "sizeLimit": cfg.volume_size_limit },
+    })];
+    if secrets.agent == AgentMode::Sidecar {
+        volumes.push(json!({
+            "name": PODINFO_VOLUME,
+            "downwardAPI": {
+                "defaultMode": 0o444,
+                "items": [{ "path": "annotations", "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.annotations" } }],
+            },
+        }));
+    }
+    if spec.volumes.is_some() {
+        for v in volumes {
+            ops.push(add(&["spec", "volumes", "-"], v));
+        }
+    } else {
+        ops.push(add(&["spec", "volumes"], Value::Array(volumes)));
+    }
+
+    // Mounts go in before the agent is inserted at initContainers/0, so indices are the pod's own.
+    let mount = json!({ "name": VOLUME, "mountPath": secrets.mount_path, "readOnly": true });
+    for (c, list, index) in &targets {
+        let idx = index.to_string();
+        if c.volume_mounts.is_some() {
+            ops.push(add(&["spec", list, &idx, "volumeMounts", "-"], mount.clone()));
+        } else {
+            ops.push(add(&["spec", list, &idx, "volumeMounts"], json!([mount])));
+        }
+    }
+
+    let agent = |name: &str, mode: &str, sidecar: bool, native: bool| {
+        agent_container(name, mode, sidecar, native, cfg, secrets, &spec_json, uid, gid, &identity)
+    };
+    let (first_init, regular) = match (secrets.agent, cfg.sidecar_mode) {
+        (AgentMode::InitOnly, _) => (agent(AGENT, "init", false, false), None),
+        (AgentMode::Sidecar, SidecarMode::Native) => (agent(AGENT, "run", true, true), None),
+        (AgentMode::Sidecar, SidecarMode::Legacy) => {
+            (agent(AGENT_INIT, "init", false, false), Some(agent(AGENT, "run", true, false)))
+        }
+    };
+    if spec.init_containers.is_some() {
+        ops.push(add(&["spec", "initContainers", "0"], first_init));
+    } else {
+        ops.push(add(&["spec", "initContainers"], json!([first_init])));
+    }
+    if let Some(sidecar) = regular {
+        ops.push(add(&["spec", "containers", "-"], sidecar));
+    }
+    Ok(Plan { patch: ops, status })
+}
+
+/// On reinvocation: identity that another webhook added after kura ran is given to the agent.
+pub fn top_up_identity(pod: &Pod) -> Vec<PatchOperation> {
+    let Some(spec) = &pod.spec else { return Vec::new() };
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let apps = spec.containers.iter().chain(init).filter(|c| c.name != AGENT && c.name != AGENT_INIT);
+    let identity = Identity::from_containers(apps);
+    let mut ops = Vec::new();
+    for (list, containers) in [("initContainers", init), ("containers", spec.containers.as_slice())] {
+        for (i, c) in containers.iter().enumerate() {
+            if c.name != AGENT && c.name != AGENT_INIT {
+                continue;
+            }
+            let idx = i.to_string();
+            let have: BTreeSet<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+            let missing: Vec<&EnvVar> = identity.env.iter().filter(|e| !have.contains(e.name.as_str())).collect();
+            append_all(&mut ops, &["spec", list, &idx, "env"], c.env.is_some(), &missing);
+            let have: BTreeSet<&str> = c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+            let missing: Vec<&VolumeMount> =
+                identity.mounts.iter().filter(|m| !have.contains(m.mount_path.as_str())).collect();
+            append_all(&mut ops, &["spec", list, &idx, "volumeMounts"], c.volume_mounts.is_some(), &missing);
+        }
+    }
+    ops
+}
+
+fn append_all<T: serde::Serialize>(ops: &mut Vec<PatchOperation>, path: &[&str], exists: bool, items: &[T]) {
+    if items.is_empty() {
+        return;
+    }
+    let values: Vec<Value> = items.iter().map(|i| serde_json::to_value(i).expect("k8s types serialize")).collect();
+    if exists {
+        let mut p = path.to_vec();
+        p.push("-");
+        ops.extend(values.into_iter().map(|v| add(&p, v)));
+    } else {
+        ops.push(add(path, Value::Array(values)));
+    }
+}
+
+/// The containers that get the mount: (container, list name, index in that list).
+fn select_containers<'a>(
+    containers: &'a [Container],
+    init: &'a [Container],
+    secrets: &PodSecrets,
+    problems: &mut Vec<Problem>,
+) -> Vec<(&'a Container, &'static str, usize)> {
+    let all = containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c, "containers", i))
+        .chain(init.iter().enumerate().map(|(i, c)| (c, "initContainers", i)));
+    match &secrets.containers {
+        None => all.collect(),
+        Some(wanted) => {
+            let names: BTreeSet<&str> = containers.iter().chain(init).map(|c| c.name.as_str()).collect();
+            for w in wanted {
+                if !names.contains(w.as_str()) {
+                    problems.push(Problem {
+                        field: annotations::CONTAINERS.into(),
+                        message: format!(
+                            "annotation {}: the pod has no container {w:?} (it has: {})",
+                            annotations::CONTAINERS,
+                            names.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+            }
+            all.filter(|(c, _, _)| wanted.iter().any(|w| w == &c.name)).collect()
+        }
+    }
+}
+
+/// The uid (and gid) the agent runs as: the annotation, else the app containers' runAsUser, else
+/// the pod's, else 65532. The files are then owned by the user that reads them, so 0400 works.
+fn agent_identity(
+    pod: &Pod,
+    targets: &[(&Container, &'static str, usize)],
+    secrets: &PodSecrets,
+    problems: &mut Vec<Problem>,
+) -> (i64, Option<i64>) {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let pod_uid = pod_sc.and_then(|s| s.run_as_user);
+    let pod_gid = pod_sc.and_then(|s| s.run_as_group);
+    let fs_group = pod_sc.and_then(|s| s.fs_group);
+    let effective = |c: &Container| c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_uid);
+    let gid_of = |c: &Container| c.security_context.as_ref().and_then(|s| s.run_as_group).or(pod_gid);
+
+    if let Some(uid) = secrets.run_as_user {
+        return (uid, targets.first().and_then(|(c, _, _)| gid_of(c)));
+    }
+    let uids: BTreeSet<Option<i64>> = targets.iter().map(|(c, _, _)| effective(c)).collect();
+    if uids.len() > 1 {
+        let readable_by_group = secrets.files.iter().all(|f| f.mode.0 & 0o040 != 0);
+        if fs_group.is_none() || !readable_by_group {
+            let list: Vec<String> = targets
+                .iter()
+                .map(|(c, _, _)| format!("{}={}", c.name, effective(c).map_or("image default".into(), |u| u.to_string())))
+                .collect();
+            problems.push(Problem {
+                field: "securityContext.runAsUser".into(),
+                message: format!(
+                    "the mounted containers run as different users ({}); set spec.securityContext.fsGroup, \
+                     {}: \"0440\" and {}: <uid>, or limit {} to containers of one user",
+                    list.join(", "),
+                    annotations::FILE_MODE,
+                    annotations::RUN_AS_USER,
+                    annotations::CONTAINERS
+                ),
+            });
+        }
+    }
+    let first = targets.first().map(|(c, _, _)| *c);
+    let uid = first.and_then(effective).filter(|u| *u != 0).unwrap_or(DEFAULT_UID);
+    (uid, first.and_then(gid_of))
+}
+
+/// The AWS identity the app containers carry, to give to the agent.
+struct Identity {
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+}
+
+impl Identity {
+    fn from_containers<'a>(containers: impl Iterator<Item = &'a Container>) -> Self {
+        let mut env: Vec<EnvVar> = Vec::new();
+        let mut mounts: Vec<VolumeMount> = Vec::new();
+        for c in containers {
+            for e in c.env.iter().flatten() {
+                if IDENTITY_ENV.contains(&e.name.as_str()) && !env.iter().any(|x| x.name == e.name) {
+                    env.push(e.clone());
+                }
+            }
+            for m in c.volume_mounts.iter().flatten() {
+                if IDENTITY_VOLUMES.contains(&m.name.as_str()) && !mounts.iter().any(|x| x.mount_path == m.mount_path) {
+                    mounts.push(VolumeMount { read_only: Some(true), ..m.clone() });
+                }
+            }
+        }
+        Identity { env, mounts }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn agent_container(
+    name: &str,
+    mode: &str,
+    sidecar: bool,
+    native: bool,
+    cfg: &InjectConfig,
+    secrets: &PodSecrets,
+    spec_json: &str,
+    uid: i64,
+    gid: Option<i64>,
+    identity: &Identity,
+) -> Value {
+    let mut env = vec![
+        json!({ "name": "KURA_SPEC", "value": spec_json }),
+        json!({ "name": "KURA_DIR", "value": secrets.mount_path }),
+    ];
+    if let Some(store) = &cfg.agent_store {
+        env.push(json!({ "name": "KURA_STORE", "value": store }));
+    }
+    let mut mounts = vec![json!({ "name": VOLUME, "mountPath": secrets.mount_path })];
+    if sidecar {
+        env.push(json!({ "name": "KURA_ANNOTATIONS_FILE", "value": format!("{PODINFO_PATH}/annotations") }));
+        mounts.push(json!({ "name": PODINFO_VOLUME, "mountPath": PODINFO_PATH, "readOnly": true }));
+    }
+    env.extend(identity.env.iter().map(|e| serde_json::to_value(e).expect("k8s types serialize")));
+    mounts.extend(identity.mounts.iter().map(|m| serde_json::to_value(m).expect("k8s types serialize")));
+
+    let security = SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: gid,
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(k8s_openapi::api::core::v1::Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    };
+    let mut c = json!({
+        "name": name,
+        "image": cfg.agent_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [AGENT_BINARY],
+        "args": [mode],
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": cfg.resources.to_json(),
+        "securityContext": serde_json::to_value(security).expect("k8s types serialize"),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if native {
+        c["restartPolicy"] = json!("Always");
+        // App containers and later init containers start once this passes: after the first
+        // complete write.
+        c["startupProbe"] = json!({
+            "exec": { "command": [AGENT_BINARY, "ready", "--dir", secrets.mount_path] },
+            "periodSeconds": 1,
+            "failureThreshold": 300,
+            "timeoutSeconds": 1,
+        });
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,459 @@
+//! Admission policy: the policy file, rules KURA002–KURA009, modes, and the decision they build.
+//!
+//! Rules that need only the pod spec (KURA005–KURA007) run without I/O. Rules about the secrets
+//! themselves (KURA002–KURA004) ask the store for metadata through [`cache::MetaCache`]; a store
+//! that fails or is slow yields KURA009 within the policy's deadline.
+
+pub mod cache;
+pub mod detect;
+mod file;
+mod glob;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kura_agent::annotations::PodSecrets;
+use kura_agent::store::{Store, StoreError};
+
+pub use file::{Action, KmsPolicy, PlaintextPolicy, Policy, PolicyError, Scope, StoreErrors};
+
+/// Rule ids, stable across releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    Kura001,
+    Kura002,
+    Kura003,
+    Kura004,
+    Kura005,
+    Kura006,
+    Kura007,
+    Kura008,
+    Kura009,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 9] = [
+        Rule::Kura001,
+        Rule::Kura002,
+        Rule::Kura003,
+        Rule::Kura004,
+        Rule::Kura005,
+        Rule::Kura006,
+        Rule::Kura007,
+        Rule::Kura008,
+        Rule::Kura009,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Rule::Kura001 => "KURA001",
+            Rule::Kura002 => "KURA002",
+            Rule::Kura003 => "KURA003",
+            Rule::Kura004 => "KURA004",
+            Rule::Kura005 => "KURA005",
+            Rule::Kura006 => "KURA006",
+            Rule::Kura007 => "KURA007",
+            Rule::Kura008 => "KURA008",
+            Rule::Kura009 => "KURA009",
+        }
+    }
+
+    pub fn summary(self) -> &'static str {
+        match self {
+            Rule::Kura001 => "invalid kura.dev/ annotation",
+            Rule::Kura002 => "secret outside the namespace's scope",
+            Rule::Kura003 => "secret not encrypted with an allowed customer-managed KMS key",
+            Rule::Kura004 => "secret missing or scheduled for deletion",
+            Rule::Kura005 => "plaintext credential in the pod spec",
+            Rule::Kura006 => "secret-like env var sourced from a ConfigMap",
+            Rule::Kura007 => "reference to a native Kubernetes Secret",
+            Rule::Kura008 => "opted-in pod without the kura agent",
+            Rule::Kura009 => "secret store could not be asked in time",
+        }
+    }
+}
+
+/// PSA-style modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Warn,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+            Mode::Audit => "audit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "enforce" => Some(Mode::Enforce),
+            "warn" => Some(Mode::Warn),
+            "audit" => Some(Mode::Audit),
+            _ => None,
+        }
+    }
+}
+
+/// How serious a finding is before the namespace's mode applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Denied in `enforce`, a warning in `warn`, recorded in `audit`.
+    Deny,
+    /// A warning in `enforce` and `warn`, recorded in `audit`.
+    Warn,
+    /// Denied whatever the mode: there is nothing correct to admit (malformed annotations).
+    AlwaysDeny,
+}
+
+/// One rule hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: Rule,
+    pub message: String,
+    pub severity: Severity,
+}
+
+impl Finding {
+    pub fn new(rule: Rule, message: String) -> Self {
+        Finding { rule, message, severity: Severity::Deny }
+    }
+}
+
+/// Findings plus the mode they are judged in.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    pub mode: Mode,
+    pub findings: Vec<Finding>,
+    /// Secrets the pod references (for audit annotations).
+    pub secrets: Vec<String>,
+}
+
+/// Longest warning kubectl shows without truncation.
+pub const MAX_WARNING: usize = 120;
+
+impl Decision {
+    pub fn new(mode: Mode) -> Self {
+        Decision { mode, ..Default::default() }
+    }
+
+    pub fn allow() -> Self {
+        Decision::default()
+    }
+
+    pub fn push(&mut self, f: Finding) {
+        self.findings.push(f);
+    }
+
+    pub fn push_always_deny(&mut self, mut f: Finding) {
+        f.severity = Severity::AlwaysDeny;
+        self.findings.push(f);
+    }
+
+    fn is_denying(&self, f: &Finding) -> bool {
+        match f.severity {
+            Severity::AlwaysDeny => true,
+            Severity::Deny => self.mode == Mode::Enforce,
+            Severity::Warn => false,
+        }
+    }
+
+    pub fn denies(&self) -> bool {
+        self.findings.iter().any(|f| self.is_denying(f))
+    }
+
+    /// The denial message: every denying finding, each with its rule id.
+    pub fn message(&self) -> String {
+        self.findings
+            .iter()
+            .filter(|f| self.is_denying(f))
+            .map(|f| format!("[{}] {}", f.rule.id(), f.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// kubectl warnings for findings that do not deny (none in `audit` mode).
+    pub fn warnings(&self) -> Vec<String> {
+        if self.mode == Mode::Audit {
+            return Vec::new();
+        }
+        self.findings
+            .iter()
+            .filter(|f| !self.is_denying(f))
+            .map(|f| {
+                let w = format!("{}: {}", f.rule.id(), f.message);
+                truncate_chars(&w, MAX_WARNING)
+            })
+            .collect()
+    }
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// Namespace → mode from the `kura.dev/mode` label, when a cluster is there to ask.
+pub trait NamespaceModes: Send + Sync + std::fmt::Debug {
+    /// `None`: the namespace has no valid label (the policy default applies).
+    fn mode(&self, namespace: &str) -> Option<Mode>;
+}
+
+/// The policy, its store and caches: what admission asks.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    policy: ArcSwap<Policy>,
+    cache: Option<cache::MetaCache>,
+    namespaces: Option<Arc<dyn NamespaceModes>>,
+}
+
+impl PolicyEngine {
+    /// `store`: where metadata comes from; `None` (e.g. `kura lint` offline) reports the store
+    /// rules as not verified.
+    pub fn new(policy: Policy, store: Option<Store>) -> Self {
+        let cache = store.map(|s| cache::MetaCache::new(s, &policy.cache));
+        PolicyEngine { policy: ArcSwap::from_pointee(policy), cache, namespaces: None }
+    }
+
+    pub fn with_namespaces(mut self, ns: Arc<dyn NamespaceModes>) -> Self {
+        self.namespaces = Some(ns);
+        self
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Swaps in a new policy (hot reload). Cache TTLs apply to new entries.
+    pub fn replace(&self, policy: Policy) {
+        if let Some(c) = &self.cache {
+            c.set_ttls(&policy.cache);
+        }
+        self.policy.store(Arc::new(policy));
+    }
+
+    pub fn has_store(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    pub fn mode_for(&self, namespace: &str) -> Mode {
+        self.namespaces.as_ref().and_then(|n| n.mode(namespace)).unwrap_or_else(|| self.policy.load().mode)
+    }
+
+    /// Runs every rule that applies to a pod and adds the findings to `decision`.
+    pub async fn check_pod(&self, pod: &Pod, secrets: Option<&PodSecrets>, namespace: &str, decision: &mut Decision) {
+        let policy = self.policy.load_full();
+        check_spec(&policy, pod, decision);
+        if let Some(s) = secrets {
+            self.check_secrets(&policy, s, namespace, decision).await;
+        }
+    }
+
+    async fn check_secrets(&self, policy: &Policy, secrets: &PodSecrets, namespace: &str, decision: &mut Decision) {
+        let ids = secrets.secrets();
+        // The string the pod wrote must be in scope; so must what the store says it resolves to.
+        let mut in_scope = Vec::new();
+        for id in &ids {
+            match policy.scope.check_id(id, namespace) {
+                Ok(()) => in_scope.push(*id),
+                Err(why) => decision.push(Finding::new(Rule::Kura002, format!("secret {id:?}: {why}"))),
+            }
+        }
+        let Some(cache) = &self.cache else { return };
+        let deadline = policy.store_timeout;
+        let lookups = futures_util::future::join_all(in_scope.iter().map(|id| async move {
+            let r = tokio::time::timeout(deadline, cache.describe(id)).await;
+            (*id, r)
+        }))
+        .await;
+        for (id, result) in lookups {
+            let meta = match result {
+                Err(_) => {
+                    self.store_failure(policy, decision, id, &format!("no answer within {}ms", deadline.as_millis()));
+                    continue;
+                }
+                Ok(Err(StoreError::NotFound { .. })) => {
+                    decision.push(Finding::new(
+                        Rule::Kura004,
+                        format!("secret {id:?} does not exist in Secrets Manager (or kura may not describe it); create it first"),
+                    ));
+                    continue;
+                }
+                Ok(Err(e)) if e.is_store_failure() || matches!(e, StoreError::AccessDenied { .. }) => {
+                    self.store_failure(policy, decision, id, &e.to_string());
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    self.store_failure(policy, decision, id, &e.to_string());
+                    continue;
+                }
+                Ok(Ok(m)) => m,
+            };
+            if meta.deleted {
+                decision.push(Finding::new(
+                    Rule::Kura004,
+                    format!("secret {id:?} is scheduled for deletion; restore it or point the pod at its replacement"),
+                ));
+            }
+            if let Err(why) = policy.scope.check_resolved(&meta, namespace) {
+                decision.push(Finding::new(Rule::Kura002, format!("secret {id:?} resolves to {}: {why}", meta.arn)));
+            }
+            if let Err(why) = policy.kms.check(&meta) {
+                decision.push(Finding::new(Rule::Kura003, format!("secret {id:?}: {why}")));
+            }
+        }
+    }
+
+    fn store_failure(&self, policy: &Policy, decision: &mut Decision, id: &str, why: &str) {
+        let mut f = Finding::new(
+            Rule::Kura009,
+            format!("secret {id:?} could not be checked: {why}; retry, or see the runbook for store failures"),
+        );
+        if policy.store_errors == StoreErrors::FailOpen {
+            f.severity = Severity::Warn;
+        }
+        decision.push(f);
+    }
+}
+
+/// Rules that need only the pod spec: KURA005, KURA006, KURA007.
+pub fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
+    let Some(spec) = &pod.spec else { return };
+    let init = spec.init_containers.iter().flatten().map(|c| (c, "initContainer"));
+    let eph = spec.ephemeral_containers.iter().flatten().map(|e| {
+        // Ephemeral containers share the fields kura looks at.
+        (e, "ephemeralContainer")
+    });
+    let mut containers: Vec<(&Container, &str)> = spec.containers.iter().map(|c| (c, "container")).collect();
+    containers.extend(init);
+    for (c, what) in containers {
+        check_container(policy, &c.name, what, c.env.as_deref(), c.env_from.as_deref(), decision);
+    }
+    for (e, what) in eph {
+        check_container(policy, &e.name, what, e.env.as_deref(), e.env_from.as_deref(), decision);
+    }
+    if policy.native_secrets != Action::Ignore {
+        for v in spec.volumes.iter().flatten() {
+            if let Some(s) = &v.secret {
+                let name = s.secret_name.as_deref().unwrap_or("");
+                push_action(
+                    decision,
+                    policy.native_secrets,
+                    Rule::Kura007,
+                    format!("volume {} mounts native Secret {name:?}; declare it with kura.dev/secret.<file> instead", v.name),
+                );
+            }
+            if let Some(p) = &v.projected {
+                for src in p.sources.iter().flatten() {
+                    if let Some(s) = &src.secret {
+                        push_action(
+                            decision,
+                            policy.native_secrets,
+                            Rule::Kura007,
+                            format!(
+                                "projected volume {} includes native Secret {:?}; declare it with kura.dev/secret.<file> instead",
+                                v.name, s.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_action(decision: &mut Decision, action: Action, rule: Rule, message: String) {
+    let severity = match action {
+        Action::Deny => Severity::Deny,
+        Action::Warn => Severity::Warn,
+        Action::Ignore => return,
+    };
+    decision.push(Finding { rule, message, severity });
+}
+
+fn check_container(
+    policy: &Policy,
+    name: &str,
+    what: &str,
+    env: Option<&[k8s_openapi::api::core::v1::EnvVar]>,
+    env_from: Option<&[k8s_openapi::api::core::v1::EnvFromSource]>,
+    decision: &mut Decision,
+) {
+    for e in env.into_iter().flatten() {
+        if let Some(value) = &e.value
+            && policy.plaintext.enabled
+            && let Some(why) = policy.plaintext.detect(&e.name, value)
+        {
+            push_action(
+                decision,
+                why.action,
+                Rule::Kura005,
+                format!(
+                    "{what} {name} env {}: {}; store it in Secrets Manager and use kura.dev/secret.<file>",
+                    e.name, why.reason
+                ),
+            );
+        }
+        let Some(from) = &e.value_from else { continue };
+        if let Some(cm) = &from.config_map_key_ref
+            && policy.plaintext.is_secret_like(&e.name)
+        {
+            push_action(
+                decision,
+                policy.config_map_secret_like,
+                Rule::Kura006,
+                format!(
+                    "{what} {name} env {} reads a secret-like value from ConfigMap {:?} key {:?}; ConfigMaps are not encrypted secrets",
+                    e.name, cm.name, cm.key
+                ),
+            );
+        }
+        if let Some(s) = &from.secret_key_ref {
+            push_action(
+                decision,
+                policy.native_secrets,
+                Rule::Kura007,
+                format!("{what} {name} env {} reads native Secret {:?}; use kura.dev/secret.<file> instead", e.name, s.name),
+            );
+        }
+    }
+    for f in env_from.into_iter().flatten() {
+        if let Some(s) = &f.secret_ref {
+            push_action(
+                decision,
+                policy.native_secrets,
+                Rule::Kura007,
+                format!("{what} {name} envFrom reads native Secret {:?}; use kura.dev/secret.<file> instead", s.name),
+            );
+        }
+    }
+}
+
+/// Per-rule results for reports that are not admission answers (`kura lint`).
+pub fn count_by_rule(findings: &[Finding]) -> BTreeMap<Rule, usize> {
+    let mut m = BTreeMap::new();
+    for f in findings {
+        *m.entry(f.rule).or_default() += 1;
+    }
+    m
+}
+
+/// Default deadline for store lookups: well under the webhook's 5 s timeout.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(2000);
+
+#[cfg(test)]
+mod tests;

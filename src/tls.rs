@@ -1,0 +1,213 @@
+//! TLS: the serving certificate (reloaded when its files change, keeping the last good pair on a
+//! bad one), self-signed certificates for local runs, and the CA + serving certificate that
+//! `kura certs` writes. One crypto provider: aws-lc-rs, the AWS SDK's own.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tracing::{info, warn};
+
+/// TLS errors, naming the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The process-wide crypto provider, installed once.
+pub fn provider() -> Arc<CryptoProvider> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    CryptoProvider::get_default().cloned().expect("installed just above")
+}
+
+/// A PEM certificate chain and key.
+#[derive(Clone)]
+pub struct PemPair {
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemPair").field("cert", &self.cert).field("key", &"[REDACTED]").finish()
+    }
+}
+
+/// Parses and checks a pair: the key must match the certificate.
+pub fn certified_key(pair: &PemPair, origin: &str) -> Result<CertifiedKey, Error> {
+    let err = |message: String| Error::File { path: origin.to_string(), message };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pair.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in the PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).map_err(|e| err(format!("private key PEM: {e}")))?;
+    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| err(format!("key and certificate: {e}")))
+}
+
+/// Serves the current certificate; [`CertReloader`] swaps it.
+#[derive(Debug)]
+pub struct Resolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl Resolver {
+    pub fn new(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(Resolver { current: ArcSwap::from_pointee(key) })
+    }
+
+    pub fn set(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The rustls server configuration: TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1.
+pub fn server_config(resolver: Arc<Resolver>) -> Result<rustls::ServerConfig, Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Watches the certificate and key files and swaps in a new pair when both parse and match.
+#[derive(Debug, Clone)]
+pub struct CertReloader {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl CertReloader {
+    pub fn read(&self) -> Result<CertifiedKey, Error> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| Error::File { path: p.display().to_string(), message: e.to_string() })
+        };
+        let pair = PemPair { cert: read(&self.cert_path)?, key: read(&self.key_path)? };
+        certified_key(&pair, &format!("{} + {}", self.cert_path.display(), self.key_path.display()))
+    }
+
+    /// Polls the files every `every`; Kubernetes Secret volumes swap them through a symlink,
+    /// which a metadata poll sees without inotify subtleties.
+    pub async fn watch(self, resolver: Arc<Resolver>, every: Duration) {
+        let mut last = (stamp(&self.cert_path), stamp(&self.key_path));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = (stamp(&self.cert_path), stamp(&self.key_path));
+            if now == last {
+                continue;
+            }
+            last = now;
+            match self.read() {
+                Ok(k) => {
+                    resolver.set(k);
+                    info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
+                }
+                Err(e) => warn!(error = %e, "new TLS certificate refused; keeping the last good one"),
+            }
+        }
+    }
+}
+
+fn days_from_now(days: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(days)
+}
+
+/// A self-signed serving certificate for local runs.
+pub fn self_signed(names: &[String]) -> Result<PemPair, Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, "kura local webhook");
+    params.not_before = days_from_now(-1);
+    params.not_after = days_from_now(30);
+    let cert = params.self_signed(&key)?;
+    Ok(PemPair { cert: cert.pem(), key: key.serialize_pem() })
+}
+
+/// What `kura certs` produces.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub ca: PemPair,
+    pub serving: PemPair,
+}
+
+/// DNS names of a Service, as the API server dials it.
+pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        service.to_string(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// A CA and a serving certificate for `<service>.<namespace>.svc`.
+pub fn bundle(service: &str, namespace: &str, days: i64) -> Result<Bundle, Error> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, format!("kura webhook CA ({namespace})"));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.not_before = days_from_now(-1);
+    ca.not_after = days_from_now(days * 2);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_pem = PemPair { cert: ca_cert.pem(), key: ca_key.serialize_pem() };
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(service_names(service, namespace))?;
+    params.distinguished_name.push(DnType::CommonName, format!("{service}.{namespace}.svc"));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = days_from_now(-1);
+    params.not_after = days_from_now(days);
+    let issuer = Issuer::new(ca, ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Bundle { ca: ca_pem, serving: PemPair { cert: cert.pem(), key: key.serialize_pem() } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_pairs_load() {
+        let p = self_signed(&["localhost".into(), "127.0.0.1".into()]).expect("generate");
+        certified_key(&p, "test").expect("loads");
+        assert!(!format!("{p:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn mismatched_pairs_are_refused() {
+        let a = self_signed(&["a".into()]).expect("a");
+        let b = self_signed(&["b".into()]).expect("b");
+        let mixed = PemPair { cert: a.cert, key: b.key };
+        let e = certified_key(&mixed, "mixed.pem").unwrap_err().to_string();
+        assert!(e.contains("mixed.pem"), "{e}");
+        let garbage = PemPair { cert: "nope".into(), key: "nope".into() };
+        assert!(certified_key(&garbage, "g").is_err());
+    }
+}
