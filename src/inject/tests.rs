@@ -1,0 +1,309 @@
+//! Table-driven tests: the (op, path) pairs for each pod shape, and every patch applied.
+
+use super::*;
+use crate::config::InjectConfig;
+use serde_json::json;
+
+fn pod(v: Value) -> Pod {
+    serde_json::from_value(v).expect("test pod parses")
+}
+
+fn opted_in(extra: &[(&str, &str)]) -> Value {
+    let mut ann = serde_json::Map::new();
+    ann.insert("kura.dev/inject".into(), json!("true"));
+    ann.insert("kura.dev/secret.db-password".into(), json!("/demo/db#password"));
+    for (k, v) in extra {
+        ann.insert((*k).into(), json!(v));
+    }
+    json!({ "metadata": { "generateName": "web-", "annotations": ann }, "spec": { "containers": [{ "name": "app", "image": "app:1" }] } })
+}
+
+fn secrets_of(p: &Pod) -> PodSecrets {
+    kura_agent::annotations::parse(&p.metadata.annotations.clone().unwrap_or_default())
+        .expect("valid annotations")
+        .expect("opted in")
+}
+
+fn pairs(ops: &[PatchOperation]) -> Vec<(String, String)> {
+    ops.iter()
+        .map(|o| {
+            let v = serde_json::to_value(o).expect("op serializes");
+            (v["op"].as_str().expect("op").to_string(), v["path"].as_str().expect("path").to_string())
+        })
+        .collect()
+}
+
+/// Applies the plan and returns the result parsed as a Pod, which also proves the patch applies.
+fn apply(v: &Value, ops: &[PatchOperation]) -> (Value, Pod) {
+    let mut doc = v.clone();
+    json_patch::patch(&mut doc, &json_patch::Patch(ops.to_vec())).expect("patch applies");
+    let p: Pod = serde_json::from_value(doc.clone()).expect("patched pod parses");
+    (doc, p)
+}
+
+fn plan_for(v: &Value, cfg: &InjectConfig) -> Plan {
+    let p = pod(v.clone());
+    plan(&p, &secrets_of(&p), cfg).expect("plan succeeds")
+}
+
+fn s(a: &str, b: &str) -> (String, String) {
+    (a.to_string(), b.to_string())
+}
+
+#[test]
+fn op_path_pairs_per_pod_shape() {
+    let cfg = InjectConfig::default();
+    let minimal = opted_in(&[]);
+    let mut with_everything = opted_in(&[]);
+    with_everything["spec"]["volumes"] = json!([{ "name": "data", "emptyDir": {} }]);
+    with_everything["spec"]["initContainers"] = json!([{ "name": "migrate", "image": "m:1", "volumeMounts": [] }]);
+    with_everything["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "data", "mountPath": "/data" }]);
+    let mut no_auto = opted_in(&[]);
+    no_auto["spec"]["automountServiceAccountToken"] = json!(false);
+    let init_only = opted_in(&[("kura.dev/agent", "init-only")]);
+
+    let cases: Vec<(&str, Value, InjectConfig, Vec<(String, String)>)> = vec![
+        (
+            "no volumes, no initContainers, no volumeMounts",
+            minimal.clone(),
+            cfg.clone(),
+            vec![
+                s("add", "/metadata/annotations/kura.dev~1status"),
+                s("add", "/spec/volumes"),
+                s("add", "/spec/containers/0/volumeMounts"),
+                s("add", "/spec/initContainers"),
+            ],
+        ),
+        (
+            "automountServiceAccountToken false",
+            no_auto,
+            cfg.clone(),
+            vec![
+                s("add", "/metadata/annotations/kura.dev~1status"),
+                s("add", "/spec/volumes"),
+                s("add", "/spec/containers/0/volumeMounts"),
+                s("add", "/spec/initContainers"),
+            ],
+        ),
+        (
+            "existing volumes, init containers and mounts",
+            with_everything,
+            cfg.clone(),
+            vec![
+                s("add", "/metadata/annotations/kura.dev~1status"),
+                s("add", "/spec/volumes/-"),
+                s("add", "/spec/volumes/-"),
+                s("add", "/spec/containers/0/volumeMounts/-"),
+                s("add", "/spec/initContainers/0/volumeMounts/-"),
+                s("add", "/spec/initContainers/0"),
+            ],
+        ),
+        (
+            "legacy sidecar",
+            minimal.clone(),
+            InjectConfig { sidecar_mode: SidecarMode::Legacy, ..cfg.clone() },
+            vec![
+                s("add", "/metadata/annotations/kura.dev~1status"),
+                s("add", "/spec/volumes"),
+                s("add", "/spec/containers/0/volumeMounts"),
+                s("add", "/spec/initContainers"),
+                s("add", "/spec/containers/-"),
+            ],
+        ),
+        (
+            "init-only has no downward-API volume",
+            init_only,
+            cfg.clone(),
+            vec![
+                s("add", "/metadata/annotations/kura.dev~1status"),
+                s("add", "/spec/volumes"),
+                s("add", "/spec/containers/0/volumeMounts"),
+                s("add", "/spec/initContainers"),
+            ],
+        ),
+    ];
+    for (name, v, cfg, want) in cases {
+        let plan = plan_for(&v, &cfg);
+        assert_eq!(pairs(&plan.patch), want, "{name}");
+        let (_, p) = apply(&v, &plan.patch);
+        assert!(has_agent(&p), "{name}: agent present");
+        assert!(is_injected(&p), "{name}: status written");
+    }
+}
+
+#[test]
+fn native_sidecar_is_first_and_gated_by_a_startup_probe() {
+    let mut v = opted_in(&[]);
+    v["spec"]["initContainers"] = json!([{ "name": "migrate", "image": "m:1" }]);
+    let plan = plan_for(&v, &InjectConfig::default());
+    let (doc, p) = apply(&v, &plan.patch);
+    let init = p.spec.as_ref().and_then(|s| s.init_containers.clone()).expect("init containers");
+    assert_eq!(init[0].name, AGENT);
+    assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+    assert_eq!(init[1].name, "migrate");
+    let probe = init[0].startup_probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone());
+    assert_eq!(probe.expect("probe")[..2], [AGENT_BINARY.to_string(), "ready".to_string()]);
+    // The user's init container got the mount (default: all containers).
+    assert!(init[1].volume_mounts.iter().flatten().any(|m| m.name == VOLUME && m.read_only == Some(true)));
+    let sc = &doc["spec"]["initContainers"][0]["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    let vol = doc["spec"]["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == VOLUME).cloned();
+    assert_eq!(vol.expect("volume")["emptyDir"]["medium"], "Memory");
+}
+
+#[test]
+fn spec_in_env_is_the_normalized_versioned_spec() {
+    let v = opted_in(&[("kura.dev/refresh-interval", "5m")]);
+    let plan = plan_for(&v, &InjectConfig::default());
+    let (_, p) = apply(&v, &plan.patch);
+    let agent = &p.spec.expect("spec").init_containers.expect("init")[0];
+    let spec_json = agent.env.iter().flatten().find(|e| e.name == "KURA_SPEC").and_then(|e| e.value.clone()).expect("spec");
+    let spec = kura_agent::Spec::from_json(&spec_json).expect("agent reads it");
+    assert_eq!(spec.refresh_interval, 300);
+    assert_eq!(spec.files[0].key.as_deref(), Some("password"));
+    assert_eq!(plan.status, status_for(&spec_json));
+}
+
+#[test]
+fn one_to_fifty_containers() {
+    for n in [1usize, 2, 7, 50] {
+        let mut v = opted_in(&[]);
+        let containers: Vec<Value> = (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    json!({ "name": format!("c{i}"), "image": "x" })
+                } else {
+                    json!({ "name": format!("c{i}"), "image": "x", "volumeMounts": [{ "name": "v", "mountPath": "/v" }], "env": [] })
+                }
+            })
+            .collect();
+        v["spec"]["containers"] = json!(containers);
+        v["spec"]["volumes"] = json!([{ "name": "v", "emptyDir": {} }]);
+        let plan = plan_for(&v, &InjectConfig::default());
+        let (_, p) = apply(&v, &plan.patch);
+        let mounted = p.spec.expect("spec").containers.iter().filter(|c| c.volume_mounts.iter().flatten().any(|m| m.name == VOLUME)).count();
+        assert_eq!(mounted, n);
+    }
+}
+
+#[test]
+fn containers_annotation_targets_named_containers_including_init() {
+    let mut v = opted_in(&[("kura.dev/containers", "worker,setup")]);
+    v["spec"]["containers"] = json!([{ "name": "app", "image": "a" }, { "name": "worker", "image": "w" }]);
+    v["spec"]["initContainers"] = json!([{ "name": "setup", "image": "s" }]);
+    let planned = plan_for(&v, &InjectConfig::default());
+    let (_, p) = apply(&v, &planned.patch);
+    let spec = p.spec.expect("spec");
+    let mounts = |c: &Container| c.volume_mounts.iter().flatten().any(|m| m.name == VOLUME);
+    assert!(!mounts(&spec.containers[0]));
+    assert!(mounts(&spec.containers[1]));
+    let init = spec.init_containers.expect("init");
+    assert!(mounts(init.iter().find(|c| c.name == "setup").expect("setup")));
+
+    let v = opted_in(&[("kura.dev/containers", "nope")]);
+    let p = pod(v);
+    let err = plan(&p, &secrets_of(&p), &InjectConfig::default()).unwrap_err();
+    assert!(err[0].message.contains("no container \"nope\""), "{err:?}");
+}
+
+#[test]
+fn agent_runs_as_the_reading_user() {
+    let mut v = opted_in(&[]);
+    v["spec"]["securityContext"] = json!({ "runAsUser": 2000, "runAsGroup": 3000 });
+    let (doc, _) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
+    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], 2000);
+    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsGroup"], 3000);
+
+    v["spec"]["containers"][0]["securityContext"] = json!({ "runAsUser": 1234 });
+    let (doc, _) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
+    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], 1234);
+
+    let v = opted_in(&[("kura.dev/run-as-user", "4321")]);
+    let (doc, _) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
+    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], 4321);
+
+    let (doc, _) = apply(&opted_in(&[]), &plan_for(&opted_in(&[]), &InjectConfig::default()).patch);
+    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], DEFAULT_UID);
+}
+
+#[test]
+fn several_app_users_need_fs_group_and_group_readable_files() {
+    let mut v = opted_in(&[]);
+    v["spec"]["containers"] = json!([
+        { "name": "a", "image": "a", "securityContext": { "runAsUser": 1000 } },
+        { "name": "b", "image": "b", "securityContext": { "runAsUser": 2000 } }
+    ]);
+    let p = pod(v.clone());
+    let err = plan(&p, &secrets_of(&p), &InjectConfig::default()).unwrap_err();
+    assert!(err[0].message.contains("fsGroup"), "{err:?}");
+
+    v["spec"]["securityContext"] = json!({ "fsGroup": 3000 });
+    v["metadata"]["annotations"]["kura.dev/file-mode"] = json!("0440");
+    let planned = plan_for(&v, &InjectConfig::default());
+    apply(&v, &planned.patch);
+}
+
+#[test]
+fn identity_is_copied_and_topped_up_on_reinvocation() {
+    let mut v = opted_in(&[]);
+    v["spec"]["containers"][0]["env"] = json!([
+        { "name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/app" },
+        { "name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token" },
+        { "name": "UNRELATED", "value": "x" }
+    ]);
+    v["spec"]["containers"][0]["volumeMounts"] = json!([
+        { "name": "aws-iam-token", "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount", "readOnly": true }
+    ]);
+    v["spec"]["volumes"] = json!([{ "name": "aws-iam-token", "projected": { "sources": [{ "serviceAccountToken": { "audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token" } }] } }]);
+    let (doc, p) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
+    let agent = &doc["spec"]["initContainers"][0];
+    let names: Vec<&str> = agent["env"].as_array().expect("env").iter().map(|e| e["name"].as_str().expect("name")).collect();
+    assert!(names.contains(&"AWS_ROLE_ARN") && names.contains(&"AWS_WEB_IDENTITY_TOKEN_FILE"));
+    assert!(!names.contains(&"UNRELATED"));
+    assert!(agent["volumeMounts"].as_array().expect("mounts").iter().any(|m| m["name"] == "aws-iam-token"));
+    assert!(top_up_identity(&p).is_empty(), "nothing new: reinvocation adds nothing");
+
+    // Another webhook adds Pod Identity after kura ran: reinvocation gives it to the agent too.
+    let mut later = doc.clone();
+    later["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .expect("env")
+        .push(json!({ "name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials" }));
+    let ops = top_up_identity(&pod(later.clone()));
+    assert_eq!(pairs(&ops), vec![s("add", "/spec/initContainers/0/env/-")]);
+    let (after, _) = apply(&later, &ops);
+    assert!(after["spec"]["initContainers"][0]["env"].as_array().expect("env").iter().any(|e| e["name"] == "AWS_CONTAINER_CREDENTIALS_FULL_URI"));
+    assert!(top_up_identity(&pod(after)).is_empty());
+}
+
+#[test]
+fn reserved_names_and_mount_paths_are_refused() {
+    let mut v = opted_in(&[]);
+    v["spec"]["volumes"] = json!([{ "name": VOLUME, "emptyDir": {} }]);
+    v["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": VOLUME, "mountPath": "/var/run/secrets/kura" }]);
+    v["spec"]["initContainers"] = json!([{ "name": AGENT, "image": "x" }]);
+    let p = pod(v);
+    let err = plan(&p, &secrets_of(&p), &InjectConfig::default()).unwrap_err();
+    let all: String = err.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("|");
+    assert!(all.contains("volume name \"kura-secrets\" is reserved"), "{all}");
+    assert!(all.contains("container name \"kura-agent\" is reserved"), "{all}");
+    assert!(all.contains("already mounts"), "{all}");
+}
+
+#[test]
+fn pointer_escaping_is_never_hand_written() {
+    let op = add(&["metadata", "annotations", "a~b/c"], json!(1));
+    assert_eq!(pairs(&[op]), vec![s("add", "/metadata/annotations/a~0b~1c")]);
+}
+
+#[test]
+fn status_hash_tracks_the_spec() {
+    let a = plan_for(&opted_in(&[]), &InjectConfig::default()).status;
+    let b = plan_for(&opted_in(&[("kura.dev/file-mode", "0440")]), &InjectConfig::default()).status;
+    assert!(a.starts_with("injected sha256:"));
+    assert_ne!(a, b);
+}

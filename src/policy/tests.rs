@@ -1,0 +1,95 @@
+use super::*;
+use serde_json::json;
+
+fn pod(spec: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({ "metadata": { "name": "p" }, "spec": spec })).expect("pod")
+}
+
+fn findings(spec: serde_json::Value) -> Vec<(Rule, Severity)> {
+    let mut d = Decision::new(Mode::Enforce);
+    check_spec(&Policy::default(), &pod(spec), &mut d);
+    d.findings.iter().map(|f| (f.rule, f.severity)).collect()
+}
+
+#[test]
+fn plaintext_and_native_secret_rules() {
+    let f = findings(json!({
+        "containers": [{
+            "name": "app",
+            "image": "x",
+            "env": [
+                { "name": "DB_PASSWORD", "value": "hunter2" },
+                { "name": "DB_PASSWORD2", "value": "$(DB_PASSWORD)" },
+                { "name": "API_TOKEN", "valueFrom": { "configMapKeyRef": { "name": "cm", "key": "token" } } },
+                { "name": "LOG_PATH", "valueFrom": { "configMapKeyRef": { "name": "cm", "key": "p" } } },
+                { "name": "REDIS_PASSWORD", "valueFrom": { "secretKeyRef": { "name": "redis", "key": "pw" } } }
+            ],
+            "envFrom": [{ "secretRef": { "name": "all" } }, { "configMapRef": { "name": "cm" } }]
+        }],
+        "initContainers": [{ "name": "init", "image": "x", "env": [{ "name": "X", "value": "AKIAIOSFODNN7EXAMPLE" }] }],
+        "imagePullSecrets": [{ "name": "registry" }],
+        "volumes": [
+            { "name": "tls", "secret": { "secretName": "tls" } },
+            { "name": "proj", "projected": { "sources": [{ "secret": { "name": "s" } }] } },
+            { "name": "kube-api-access-abcde", "projected": { "sources": [
+                { "serviceAccountToken": { "path": "token" } },
+                { "configMap": { "name": "kube-root-ca.crt" } }
+            ] } }
+        ]
+    }));
+    let count = |r: Rule| f.iter().filter(|(x, _)| *x == r).count();
+    assert_eq!(count(Rule::Kura005), 2, "{f:?}");
+    assert_eq!(count(Rule::Kura006), 1, "{f:?}");
+    // env secretKeyRef, envFrom secretRef, secret volume, projected secret; not the SA token nor imagePullSecrets.
+    assert_eq!(count(Rule::Kura007), 4, "{f:?}");
+    assert!(f.iter().filter(|(r, _)| *r == Rule::Kura007).all(|(_, s)| *s == Severity::Warn));
+    assert!(f.iter().filter(|(r, _)| *r == Rule::Kura005).all(|(_, s)| *s == Severity::Deny));
+}
+
+#[test]
+fn modes_decide_what_a_finding_does() {
+    let long = "x".repeat(300);
+    let mk = |mode| {
+        let mut d = Decision::new(mode);
+        d.push(Finding::new(Rule::Kura005, format!("container app env DB_PASSWORD {long}")));
+        d.push(Finding { rule: Rule::Kura007, message: "native".into(), severity: Severity::Warn });
+        d
+    };
+    let enforce = mk(Mode::Enforce);
+    assert!(enforce.denies());
+    assert!(enforce.message().contains("[KURA005]"));
+    assert!(!enforce.message().contains("KURA007"));
+    assert_eq!(enforce.warnings().len(), 1);
+
+    let warn = mk(Mode::Warn);
+    assert!(!warn.denies());
+    let w = warn.warnings();
+    assert_eq!(w.len(), 2);
+    assert!(w.iter().all(|w| w.chars().count() <= MAX_WARNING), "{w:?}");
+    assert!(w[0].starts_with("KURA005"));
+
+    let audit = mk(Mode::Audit);
+    assert!(!audit.denies());
+    assert!(audit.warnings().is_empty());
+
+    let mut always = Decision::new(Mode::Audit);
+    always.push_always_deny(Finding::new(Rule::Kura001, "bad".into()));
+    assert!(always.denies(), "a malformed annotation denies in every mode");
+}
+
+#[test]
+fn configured_actions_apply() {
+    let policy = Policy { native_secrets: Action::Deny, config_map_secret_like: Action::Ignore, ..Policy::default() };
+    let p = pod(json!({ "containers": [{ "name": "a", "image": "x", "env": [
+        { "name": "T", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } },
+        { "name": "API_TOKEN", "valueFrom": { "configMapKeyRef": { "name": "cm", "key": "t" } } }
+    ] }] }));
+    let mut d = Decision::new(Mode::Enforce);
+    check_spec(&policy, &p, &mut d);
+    assert_eq!(d.findings.len(), 1);
+    assert!(d.denies());
+    let off = Policy { plaintext: PlaintextPolicy { enabled: false, ..PlaintextPolicy::default() }, ..Policy::default() };
+    let mut d = Decision::new(Mode::Enforce);
+    check_spec(&off, &pod(json!({ "containers": [{ "name": "a", "image": "x", "env": [{ "name": "PASSWORD", "value": "p" }] }] })), &mut d);
+    assert!(d.findings.is_empty());
+}
