@@ -69,12 +69,17 @@ impl Admission {
     }
 
     /// Answers an already decoded review.
-    pub async fn review_parsed(&self, endpoint: Endpoint, review: AdmissionReview<DynamicObject>) -> Result<Outcome, Error> {
+    pub async fn review_parsed(
+        &self,
+        endpoint: Endpoint,
+        review: AdmissionReview<DynamicObject>,
+    ) -> Result<Outcome, Error> {
         let req: AdmissionRequest<DynamicObject> = match review.try_into() {
             Ok(r) => r,
             Err(_) => {
                 return Ok(Outcome {
-                    review: AdmissionResponse::invalid("the AdmissionReview has no request").into_review(),
+                    review: AdmissionResponse::invalid("the AdmissionReview has no request")
+                        .into_review(),
                     decision: "invalid",
                     rules: Vec::new(),
                     namespace: String::new(),
@@ -117,6 +122,15 @@ impl Admission {
             Err(e) => return invalid(format!("the object cannot be read: {e}")),
         };
 
+        // An update that leaves the pod spec alone (labels, annotations such as
+        // kura.dev/refresh-now) is not re-judged: the pod was admitted on create.
+        if req.operation == Operation::Update
+            && req.kind.kind == "Pod"
+            && let Some(old) = &req.old_object
+            && old.data.get("spec") == object.data.get("spec")
+        {
+            return self.finish(req, Decision::allow(), None, &namespace, &name);
+        }
         let kind = req.kind.kind.as_str();
         let template = match crate::workload::pod_template(kind, &value) {
             Ok(t) => t,
@@ -145,10 +159,13 @@ impl Admission {
             }
         };
 
-        self.policy.check_pod(&pod, secrets.as_ref(), &namespace, &mut decision).await;
+        self.policy
+            .check_pod(&pod, secrets.as_ref(), &namespace, &mut decision)
+            .await;
 
         let is_pod = kind == "Pod";
-        if endpoint == Endpoint::Validate && is_pod && secrets.is_some() && !inject::has_agent(&pod) {
+        if endpoint == Endpoint::Validate && is_pod && secrets.is_some() && !inject::has_agent(&pod)
+        {
             decision.push(Finding::new(
                 Rule::Kura008,
                 "the pod opts in with kura.dev/inject but its final spec has no kura-agent: the mutating webhook \
@@ -159,20 +176,25 @@ impl Admission {
         }
 
         let mut patch = None;
-        if endpoint == Endpoint::Mutate && is_pod && !decision.denies() {
-            if let Some(secrets) = &secrets {
-                if inject::is_injected(&pod) {
-                    let ops = inject::top_up_identity(&pod);
-                    if !ops.is_empty() {
-                        patch = Some(json_patch::Patch(ops));
-                    }
-                } else {
-                    match inject::plan(&pod, secrets, &self.inject) {
-                        Ok(plan) => patch = Some(json_patch::Patch(plan.patch)),
-                        Err(problems) => {
-                            for p in problems {
-                                decision.push_always_deny(Finding::new(Rule::Kura001, format!("{}: {}", p.field, p.message)));
-                            }
+        if endpoint == Endpoint::Mutate
+            && is_pod
+            && !decision.denies()
+            && let Some(secrets) = &secrets
+        {
+            if inject::is_injected(&pod) {
+                let ops = inject::top_up_identity(&pod);
+                if !ops.is_empty() {
+                    patch = Some(json_patch::Patch(ops));
+                }
+            } else {
+                match inject::plan(&pod, secrets, &self.inject) {
+                    Ok(plan) => patch = Some(json_patch::Patch(plan.patch)),
+                    Err(problems) => {
+                        for p in problems {
+                            decision.push_always_deny(Finding::new(
+                                Rule::Kura001,
+                                format!("{}: {}", p.field, p.message),
+                            ));
                         }
                     }
                 }
@@ -220,8 +242,15 @@ impl Admission {
         resp.audit_annotations = audit.into_iter().collect();
 
         if denied {
-            let what = if req.kind.kind == "Pod" { format!("pod {name}") } else { format!("{} {name}", req.kind.kind) };
-            let msg = format!("kura denied {what} in namespace {namespace}: {}", decision.message());
+            let what = if req.kind.kind == "Pod" {
+                format!("pod {name}")
+            } else {
+                format!("{} {name}", req.kind.kind)
+            };
+            let msg = format!(
+                "kura denied {what} in namespace {namespace}: {}",
+                decision.message()
+            );
             warn!(decision = label, rules = ?rules.iter().map(|r| r.id()).collect::<Vec<_>>(), "denied");
             resp = resp.deny(msg);
         } else {

@@ -22,7 +22,11 @@ use crate::telemetry::ResultLabels;
 use crate::{lint, tls};
 
 #[derive(Debug, Parser)]
-#[command(name = "kura", version, about = "Admission webhook and CLI that keep AWS secrets out of Kubernetes manifests")]
+#[command(
+    name = "kura",
+    version,
+    about = "Admission webhook and CLI that keep AWS secrets out of Kubernetes manifests"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -45,7 +49,10 @@ pub enum Command {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse().map(Duration::from_millis).map_err(|_| format!("{s:?} is not a duration"));
+        return ms
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{s:?} is not a duration"));
     }
     kura_agent::annotations::parse_duration(s)
         .map(Duration::from_secs)
@@ -112,7 +119,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KURA_AGENT_CPU_LIMIT")]
     pub agent_cpu_limit: Option<String>,
     /// Read `kura.dev/mode` namespace labels from the cluster.
-    #[arg(long, env = "KURA_WATCH_NAMESPACES", value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "KURA_WATCH_NAMESPACES",
+        value_enum,
+        default_value = "auto"
+    )]
     pub watch_namespaces: WatchNamespaces,
     /// On SIGTERM, how long `/readyz` fails before the listener stops (endpoints catch up).
     #[arg(long, env = "KURA_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
@@ -211,7 +223,9 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy, String> {
 
 /// Opens a store with the policy's deadline.
 pub async fn open_store(setting: &StoreSetting, policy: &Policy) -> Result<Store, String> {
-    Store::open(setting, policy.store_timeout).await.map_err(|e| e.to_string())
+    Store::open(setting, policy.store_timeout)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -232,7 +246,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         agent_store: args.agent_store.clone(),
     };
     if args.refresh_interval.as_secs() != DEFAULT_REFRESH_SECS {
-        info!(secs = args.refresh_interval.as_secs(), "default refresh interval");
+        info!(
+            secs = args.refresh_interval.as_secs(),
+            "default refresh interval"
+        );
     }
 
     let watch = match args.watch_namespaces {
@@ -243,21 +260,33 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut engine = PolicyEngine::new(policy, Some(store));
     let mut namespaces = None;
     if watch {
-        let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach the cluster: {e}"))?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("cannot reach the cluster: {e}"))?;
         let ns = crate::namespaces::ClusterNamespaces::start(client);
         engine = engine.with_namespaces(ns.clone());
         namespaces = Some(ns);
     }
-    let state = AppState::new(Admission { inject, policy: engine });
+    let state = AppState::new(Admission {
+        inject,
+        policy: engine,
+    });
 
     let resolver = if args.self_signed {
-        let pair = tls::self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()]).map_err(|e| e.to_string())?;
+        let pair = tls::self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])
+            .map_err(|e| e.to_string())?;
         warn!("serving a self-signed certificate for localhost: for local runs only");
         tls::Resolver::new(tls::certified_key(&pair, "self-signed").map_err(|e| e.to_string())?)
     } else {
         let reloader = tls::CertReloader {
-            cert_path: args.tls_cert.clone().ok_or("--tls-cert is required without --self-signed")?,
-            key_path: args.tls_key.clone().ok_or("--tls-key is required without --self-signed")?,
+            cert_path: args
+                .tls_cert
+                .clone()
+                .ok_or("--tls-cert is required without --self-signed")?,
+            key_path: args
+                .tls_key
+                .clone()
+                .ok_or("--tls-key is required without --self-signed")?,
         };
         let resolver = tls::Resolver::new(reloader.read().map_err(|e| e.to_string())?);
         tokio::spawn(reloader.watch(resolver.clone(), Duration::from_secs(2)));
@@ -278,9 +307,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tokio::spawn(watch_policy(state.clone(), path));
     }
 
-    let running = server::start(state.clone(), args.listen, Some(args.metrics_listen), resolver)
-        .await
-        .map_err(|e| e.to_string())?;
+    let running = server::start(
+        state.clone(),
+        args.listen,
+        Some(args.metrics_listen),
+        resolver,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     wait_for_shutdown().await;
     info!(delay = ?args.shutdown_delay, "shutting down: /readyz now fails");
     state.ready.store(false, Ordering::Relaxed);
@@ -297,7 +331,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 async fn wait_for_shutdown() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can only be killed; keep serving.
         std::future::pending::<()>().await;
         return;
@@ -310,7 +347,11 @@ async fn wait_for_shutdown() {
 
 /// Reloads the policy when its file changes; a bad file is refused and the last good policy kept.
 async fn watch_policy(state: Arc<AppState>, path: PathBuf) {
-    let stamp = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
     let mut last = stamp(&path);
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -322,11 +363,23 @@ async fn watch_policy(state: Arc<AppState>, path: PathBuf) {
         match Policy::load(&path) {
             Ok(p) => {
                 state.admission.policy.replace(p);
-                state.metrics.reloads.get_or_create(&ResultLabels { result: "policy-ok".into() }).inc();
+                state
+                    .metrics
+                    .reloads
+                    .get_or_create(&ResultLabels {
+                        result: "policy-ok".into(),
+                    })
+                    .inc();
                 info!(path = %path.display(), "policy reloaded");
             }
             Err(e) => {
-                state.metrics.reloads.get_or_create(&ResultLabels { result: "policy-refused".into() }).inc();
+                state
+                    .metrics
+                    .reloads
+                    .get_or_create(&ResultLabels {
+                        result: "policy-refused".into(),
+                    })
+                    .inc();
                 warn!(error = %e, "new policy refused; keeping the last good one");
             }
         }
@@ -336,8 +389,25 @@ async fn watch_policy(state: Arc<AppState>, path: PathBuf) {
 fn certs(args: &CertsArgs) -> Result<(), String> {
     use base64::Engine;
     tls::provider();
-    let b = tls::bundle(&args.service, &args.namespace, args.days).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&args.out_dir).map_err(|e| format!("{}: {e}", args.out_dir.display()))?;
+    let names = tls::service_names(&args.service, &args.namespace);
+    let (ca_crt, ca_key) = (args.out_dir.join("ca.crt"), args.out_dir.join("ca.key"));
+    let b = match (
+        std::fs::read_to_string(&ca_crt),
+        std::fs::read_to_string(&ca_key),
+    ) {
+        // Renewal: keep the CA, so the webhooks' caBundle does not change.
+        (Ok(cert), Ok(key)) => {
+            eprintln!(
+                "reusing the CA in {} (delete ca.crt and ca.key to make a new one)",
+                args.out_dir.display()
+            );
+            tls::renew_with_ca(&tls::PemPair { cert, key }, names, args.days)
+        }
+        _ => tls::bundle_for(names, args.days),
+    }
+    .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&args.out_dir)
+        .map_err(|e| format!("{}: {e}", args.out_dir.display()))?;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kura-tls\n  namespace: {ns}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {crt}\n  tls.key: {key}\n  ca.crt: {ca}\n",
@@ -352,11 +422,12 @@ fn certs(args: &CertsArgs) -> Result<(), String> {
         ("tls.crt", &b.serving.cert, 0o644),
         ("tls.key", &b.serving.key, 0o600),
         ("secret.yaml", &secret, 0o600),
-        ("ca-bundle.txt", &format!("{}\n", b64(&b.ca.cert)), 0o644),
+        ("ca-bundle.txt", &b64(&b.ca.cert), 0o644),
     ];
     for (name, content, mode) in files {
         let path = args.out_dir.join(name);
-        write_private(&path, content.as_bytes(), mode).map_err(|e| format!("{}: {e}", path.display()))?;
+        write_private(&path, content.as_bytes(), mode)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     println!(
         "wrote {dir}/{{ca.crt,ca.key,tls.crt,tls.key,secret.yaml,ca-bundle.txt}} for {svc}.{ns}.svc (valid {days} days)\n\
@@ -373,7 +444,12 @@ fn certs(args: &CertsArgs) -> Result<(), String> {
 fn write_private(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
     f.write_all(content)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }

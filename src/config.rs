@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 
 /// Default agent image; manifests under `deploy/` use the same tag.
-pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/kura-dev/kura-agent:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_AGENT_IMAGE: &str =
+    concat!("ghcr.io/kura-dev/kura-agent:", env!("CARGO_PKG_VERSION"));
 /// Cluster default for `kura.dev/refresh-interval`.
 pub const DEFAULT_REFRESH_SECS: u64 = 120;
 

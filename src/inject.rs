@@ -62,7 +62,10 @@ fn ptr(tokens: &[&str]) -> PointerBuf {
 }
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path: ptr(tokens), value })
+    PatchOperation::Add(AddOperation {
+        path: ptr(tokens),
+        value,
+    })
 }
 
 /// The status annotation value for a spec.
@@ -84,7 +87,11 @@ pub fn is_injected(pod: &Pod) -> bool {
 /// Whether the pod's final spec carries the agent (for KURA008).
 pub fn has_agent(pod: &Pod) -> bool {
     let Some(spec) = &pod.spec else { return false };
-    let in_init = spec.init_containers.iter().flatten().any(|c| c.name == AGENT || c.name == AGENT_INIT);
+    let in_init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == AGENT || c.name == AGENT_INIT);
     in_init || spec.containers.iter().any(|c| c.name == AGENT)
 }
 
@@ -92,7 +99,10 @@ pub fn has_agent(pod: &Pod) -> bool {
 pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan, Vec<Problem>> {
     let mut problems = Vec::new();
     let Some(spec) = &pod.spec else {
-        return Err(vec![Problem { field: "spec".into(), message: "the pod has no spec".into() }]);
+        return Err(vec![Problem {
+            field: "spec".into(),
+            message: "the pod has no spec".into(),
+        }]);
     };
     let init = spec.init_containers.as_deref().unwrap_or_default();
 
@@ -101,7 +111,10 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
         if v.name == VOLUME || v.name == PODINFO_VOLUME {
             problems.push(Problem {
                 field: format!("spec.volumes[{}]", v.name),
-                message: format!("volume name {:?} is reserved for kura; rename the pod's volume", v.name),
+                message: format!(
+                    "volume name {:?} is reserved for kura; rename the pod's volume",
+                    v.name
+                ),
             });
         }
     }
@@ -109,20 +122,29 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
         if c.name == AGENT || c.name == AGENT_INIT {
             problems.push(Problem {
                 field: format!("container {}", c.name),
-                message: format!("container name {:?} is reserved for kura; rename the container", c.name),
+                message: format!(
+                    "container name {:?} is reserved for kura; rename the container",
+                    c.name
+                ),
             });
         }
     }
 
     let targets = select_containers(spec.containers.as_slice(), init, secrets, &mut problems);
     for (c, _, _) in &targets {
-        if let Some(m) = c.volume_mounts.iter().flatten().find(|m| m.mount_path.trim_end_matches('/') == secrets.mount_path)
+        if let Some(m) = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path.trim_end_matches('/') == secrets.mount_path)
         {
             problems.push(Problem {
                 field: format!("container {}", c.name),
                 message: format!(
                     "already mounts volume {:?} at {}; choose another path with {}",
-                    m.name, secrets.mount_path, annotations::MOUNT_PATH
+                    m.name,
+                    secrets.mount_path,
+                    annotations::MOUNT_PATH
                 ),
             });
         }
@@ -140,8 +162,14 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
 
     let mut ops = Vec::new();
     match &pod.metadata.annotations {
-        Some(_) => ops.push(add(&["metadata", "annotations", annotations::STATUS], json!(status))),
-        None => ops.push(add(&["metadata", "annotations"], json!({ annotations::STATUS: status }))),
+        Some(_) => ops.push(add(
+            &["metadata", "annotations", annotations::STATUS],
+            json!(status),
+        )),
+        None => ops.push(add(
+            &["metadata", "annotations"],
+            json!({ annotations::STATUS: status }),
+        )),
     }
 
     let mut volumes = vec![json!({
@@ -170,21 +198,27 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
     for (c, list, index) in &targets {
         let idx = index.to_string();
         if c.volume_mounts.is_some() {
-            ops.push(add(&["spec", list, &idx, "volumeMounts", "-"], mount.clone()));
+            ops.push(add(
+                &["spec", list, &idx, "volumeMounts", "-"],
+                mount.clone(),
+            ));
         } else {
             ops.push(add(&["spec", list, &idx, "volumeMounts"], json!([mount])));
         }
     }
 
     let agent = |name: &str, mode: &str, sidecar: bool, native: bool| {
-        agent_container(name, mode, sidecar, native, cfg, secrets, &spec_json, uid, gid, &identity)
+        agent_container(
+            name, mode, sidecar, native, cfg, secrets, &spec_json, uid, gid, &identity,
+        )
     };
     let (first_init, regular) = match (secrets.agent, cfg.sidecar_mode) {
         (AgentMode::InitOnly, _) => (agent(AGENT, "init", false, false), None),
         (AgentMode::Sidecar, SidecarMode::Native) => (agent(AGENT, "run", true, true), None),
-        (AgentMode::Sidecar, SidecarMode::Legacy) => {
-            (agent(AGENT_INIT, "init", false, false), Some(agent(AGENT, "run", true, false)))
-        }
+        (AgentMode::Sidecar, SidecarMode::Legacy) => (
+            agent(AGENT_INIT, "init", false, false),
+            Some(agent(AGENT, "run", true, false)),
+        ),
     };
     if spec.init_containers.is_some() {
         ops.push(add(&["spec", "initContainers", "0"], first_init));
@@ -199,34 +233,73 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
 
 /// On reinvocation: identity that another webhook added after kura ran is given to the agent.
 pub fn top_up_identity(pod: &Pod) -> Vec<PatchOperation> {
-    let Some(spec) = &pod.spec else { return Vec::new() };
+    let Some(spec) = &pod.spec else {
+        return Vec::new();
+    };
     let init = spec.init_containers.as_deref().unwrap_or_default();
-    let apps = spec.containers.iter().chain(init).filter(|c| c.name != AGENT && c.name != AGENT_INIT);
+    let apps = spec
+        .containers
+        .iter()
+        .chain(init)
+        .filter(|c| c.name != AGENT && c.name != AGENT_INIT);
     let identity = Identity::from_containers(apps);
     let mut ops = Vec::new();
-    for (list, containers) in [("initContainers", init), ("containers", spec.containers.as_slice())] {
+    for (list, containers) in [
+        ("initContainers", init),
+        ("containers", spec.containers.as_slice()),
+    ] {
         for (i, c) in containers.iter().enumerate() {
             if c.name != AGENT && c.name != AGENT_INIT {
                 continue;
             }
             let idx = i.to_string();
             let have: BTreeSet<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
-            let missing: Vec<&EnvVar> = identity.env.iter().filter(|e| !have.contains(e.name.as_str())).collect();
-            append_all(&mut ops, &["spec", list, &idx, "env"], c.env.is_some(), &missing);
-            let have: BTreeSet<&str> = c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
-            let missing: Vec<&VolumeMount> =
-                identity.mounts.iter().filter(|m| !have.contains(m.mount_path.as_str())).collect();
-            append_all(&mut ops, &["spec", list, &idx, "volumeMounts"], c.volume_mounts.is_some(), &missing);
+            let missing: Vec<&EnvVar> = identity
+                .env
+                .iter()
+                .filter(|e| !have.contains(e.name.as_str()))
+                .collect();
+            append_all(
+                &mut ops,
+                &["spec", list, &idx, "env"],
+                c.env.is_some(),
+                &missing,
+            );
+            let have: BTreeSet<&str> = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.mount_path.as_str())
+                .collect();
+            let missing: Vec<&VolumeMount> = identity
+                .mounts
+                .iter()
+                .filter(|m| !have.contains(m.mount_path.as_str()))
+                .collect();
+            append_all(
+                &mut ops,
+                &["spec", list, &idx, "volumeMounts"],
+                c.volume_mounts.is_some(),
+                &missing,
+            );
         }
     }
     ops
 }
 
-fn append_all<T: serde::Serialize>(ops: &mut Vec<PatchOperation>, path: &[&str], exists: bool, items: &[T]) {
+fn append_all<T: serde::Serialize>(
+    ops: &mut Vec<PatchOperation>,
+    path: &[&str],
+    exists: bool,
+    items: &[T],
+) {
     if items.is_empty() {
         return;
     }
-    let values: Vec<Value> = items.iter().map(|i| serde_json::to_value(i).expect("k8s types serialize")).collect();
+    let values: Vec<Value> = items
+        .iter()
+        .map(|i| serde_json::to_value(i).expect("k8s types serialize"))
+        .collect();
     if exists {
         let mut p = path.to_vec();
         p.push("-");
@@ -247,11 +320,19 @@ fn select_containers<'a>(
         .iter()
         .enumerate()
         .map(|(i, c)| (c, "containers", i))
-        .chain(init.iter().enumerate().map(|(i, c)| (c, "initContainers", i)));
+        .chain(
+            init.iter()
+                .enumerate()
+                .map(|(i, c)| (c, "initContainers", i)),
+        );
     match &secrets.containers {
         None => all.collect(),
         Some(wanted) => {
-            let names: BTreeSet<&str> = containers.iter().chain(init).map(|c| c.name.as_str()).collect();
+            let names: BTreeSet<&str> = containers
+                .iter()
+                .chain(init)
+                .map(|c| c.name.as_str())
+                .collect();
             for w in wanted {
                 if !names.contains(w.as_str()) {
                     problems.push(Problem {
@@ -264,7 +345,8 @@ fn select_containers<'a>(
                     });
                 }
             }
-            all.filter(|(c, _, _)| wanted.iter().any(|w| w == &c.name)).collect()
+            all.filter(|(c, _, _)| wanted.iter().any(|w| w == &c.name))
+                .collect()
         }
     }
 }
@@ -281,8 +363,18 @@ fn agent_identity(
     let pod_uid = pod_sc.and_then(|s| s.run_as_user);
     let pod_gid = pod_sc.and_then(|s| s.run_as_group);
     let fs_group = pod_sc.and_then(|s| s.fs_group);
-    let effective = |c: &Container| c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_uid);
-    let gid_of = |c: &Container| c.security_context.as_ref().and_then(|s| s.run_as_group).or(pod_gid);
+    let effective = |c: &Container| {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or(pod_uid)
+    };
+    let gid_of = |c: &Container| {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_group)
+            .or(pod_gid)
+    };
 
     if let Some(uid) = secrets.run_as_user {
         return (uid, targets.first().and_then(|(c, _, _)| gid_of(c)));
@@ -293,7 +385,13 @@ fn agent_identity(
         if fs_group.is_none() || !readable_by_group {
             let list: Vec<String> = targets
                 .iter()
-                .map(|(c, _, _)| format!("{}={}", c.name, effective(c).map_or("image default".into(), |u| u.to_string())))
+                .map(|(c, _, _)| {
+                    format!(
+                        "{}={}",
+                        c.name,
+                        effective(c).map_or("image default".into(), |u| u.to_string())
+                    )
+                })
                 .collect();
             problems.push(Problem {
                 field: "securityContext.runAsUser".into(),
@@ -309,7 +407,10 @@ fn agent_identity(
         }
     }
     let first = targets.first().map(|(c, _, _)| *c);
-    let uid = first.and_then(effective).filter(|u| *u != 0).unwrap_or(DEFAULT_UID);
+    let uid = first
+        .and_then(effective)
+        .filter(|u| *u != 0)
+        .unwrap_or(DEFAULT_UID);
     (uid, first.and_then(gid_of))
 }
 
@@ -325,13 +426,19 @@ impl Identity {
         let mut mounts: Vec<VolumeMount> = Vec::new();
         for c in containers {
             for e in c.env.iter().flatten() {
-                if IDENTITY_ENV.contains(&e.name.as_str()) && !env.iter().any(|x| x.name == e.name) {
+                if IDENTITY_ENV.contains(&e.name.as_str()) && !env.iter().any(|x| x.name == e.name)
+                {
                     env.push(e.clone());
                 }
             }
             for m in c.volume_mounts.iter().flatten() {
-                if IDENTITY_VOLUMES.contains(&m.name.as_str()) && !mounts.iter().any(|x| x.mount_path == m.mount_path) {
-                    mounts.push(VolumeMount { read_only: Some(true), ..m.clone() });
+                if IDENTITY_VOLUMES.contains(&m.name.as_str())
+                    && !mounts.iter().any(|x| x.mount_path == m.mount_path)
+                {
+                    mounts.push(VolumeMount {
+                        read_only: Some(true),
+                        ..m.clone()
+                    });
                 }
             }
         }
@@ -364,8 +471,18 @@ fn agent_container(
         env.push(json!({ "name": "KURA_ANNOTATIONS_FILE", "value": format!("{PODINFO_PATH}/annotations") }));
         mounts.push(json!({ "name": PODINFO_VOLUME, "mountPath": PODINFO_PATH, "readOnly": true }));
     }
-    env.extend(identity.env.iter().map(|e| serde_json::to_value(e).expect("k8s types serialize")));
-    mounts.extend(identity.mounts.iter().map(|m| serde_json::to_value(m).expect("k8s types serialize")));
+    env.extend(
+        identity
+            .env
+            .iter()
+            .map(|e| serde_json::to_value(e).expect("k8s types serialize")),
+    );
+    mounts.extend(
+        identity
+            .mounts
+            .iter()
+            .map(|m| serde_json::to_value(m).expect("k8s types serialize")),
+    );
 
     let security = SecurityContext {
         run_as_non_root: Some(true),
@@ -374,7 +491,10 @@ fn agent_container(
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
         privileged: Some(false),
-        capabilities: Some(k8s_openapi::api::core::v1::Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
         seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
             type_: "RuntimeDefault".into(),
             localhost_profile: None,

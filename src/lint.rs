@@ -4,7 +4,7 @@
 //! and answered by [`Admission`], so CI and the cluster can never disagree. Offline (no
 //! `--store`), the rules that need secret metadata are reported as not verified.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -32,16 +32,30 @@ pub struct Document {
 pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, String> {
     let mut out = Vec::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(de).map_err(|e| format!("{source}: document {}: {e}", i + 1))?;
+        let value: Value = serde::Deserialize::deserialize(de)
+            .map_err(|e| format!("{source}: document {}: {e}", i + 1))?;
         if value.is_null() {
             continue;
         }
         if value.get("kind").and_then(Value::as_str) == Some("List") {
-            for item in value.get("items").and_then(Value::as_array).into_iter().flatten() {
-                out.push(Document { source: source.to_string(), index: i + 1, value: item.clone() });
+            for item in value
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out.push(Document {
+                    source: source.to_string(),
+                    index: i + 1,
+                    value: item.clone(),
+                });
             }
         } else {
-            out.push(Document { source: source.to_string(), index: i + 1, value });
+            out.push(Document {
+                source: source.to_string(),
+                index: i + 1,
+                value,
+            });
         }
     }
     Ok(out)
@@ -55,13 +69,22 @@ pub fn is_checked_kind(kind: &str) -> bool {
 /// The AdmissionReview kube-apiserver would send to create this object.
 pub fn review_for(doc: &Value, namespace: &str) -> Value {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("v1");
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", api_version),
     };
-    let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(namespace);
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let ns = doc
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(namespace);
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -114,13 +137,27 @@ fn severity(s: Severity, denied_here: bool) -> &'static str {
 
 /// Checks one document with the webhook's own code.
 pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Option<Report> {
-    let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = doc
+        .value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if !is_checked_kind(&kind) {
         return None;
     }
     let review_json = review_for(&doc.value, namespace);
-    let ns = review_json.pointer("/request/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
-    let name = doc.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
+    let ns = review_json
+        .pointer("/request/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = doc
+        .value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>")
+        .to_string();
     let mut report = Report {
         file: doc.source.clone(),
         document: doc.index,
@@ -133,13 +170,18 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
         not_verified: Vec::new(),
         error: None,
     };
-    let outcome: Result<Outcome, String> = match serde_json::from_value::<AdmissionReview<DynamicObject>>(review_json) {
-        Ok(r) => admission.review_parsed(Endpoint::Mutate, r).await.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("not a Kubernetes object: {e}")),
-    };
+    let outcome: Result<Outcome, String> =
+        match serde_json::from_value::<AdmissionReview<DynamicObject>>(review_json) {
+            Ok(r) => admission
+                .review_parsed(Endpoint::Mutate, r)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("not a Kubernetes object: {e}")),
+        };
     match outcome {
         Ok(o) => {
-            let enforce = admission.policy.mode_for(&report.namespace) == crate::policy::Mode::Enforce;
+            let enforce =
+                admission.policy.mode_for(&report.namespace) == crate::policy::Mode::Enforce;
             report.decision = o.decision.to_string();
             report.denied = o.denied;
             if o.decision == "invalid" {
@@ -148,9 +190,17 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
             report.findings = o
                 .findings
                 .iter()
-                .map(|f| FindingReport { rule: f.rule.id(), severity: severity(f.severity, enforce), message: f.message.clone() })
+                .map(|f| FindingReport {
+                    rule: f.rule.id(),
+                    severity: severity(f.severity, enforce),
+                    message: f.message.clone(),
+                })
                 .collect();
-            let has_secrets = o.review.response.as_ref().is_some_and(|r| r.audit_annotations.contains_key("secrets"));
+            let has_secrets = o
+                .review
+                .response
+                .as_ref()
+                .is_some_and(|r| r.audit_annotations.contains_key("secrets"));
             if has_secrets && !admission.policy.has_store() {
                 report.not_verified = vec![
                     "KURA002 (resolved identity and namespace tag)".into(),
@@ -182,7 +232,9 @@ fn collect_paths(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
             .collect();
         entries.sort();
         for e in entries {
-            let is_manifest = e.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json");
+            let is_manifest = e
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml" || x == "json");
             if e.is_dir() || is_manifest {
                 collect_paths(&e, out)?;
             }
@@ -196,14 +248,19 @@ fn collect_paths(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
 fn read_source(p: &Path) -> Result<(String, String), String> {
     if p == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("stdin: {e}"))?;
         return Ok(("<stdin>".into(), s));
     }
     let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok((p.display().to_string(), text))
 }
 
-async fn engine(policy: Option<&Path>, store: Option<&kura_agent::store::StoreSetting>) -> Result<PolicyEngine, String> {
+async fn engine(
+    policy: Option<&Path>,
+    store: Option<&kura_agent::store::StoreSetting>,
+) -> Result<PolicyEngine, String> {
     let policy = load_policy(policy)?;
     let store = match store {
         Some(s) => Some(open_store(s, &policy).await?),
@@ -223,7 +280,10 @@ pub async fn lint(args: LintArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
-    let admission = Admission { inject: InjectConfig::default(), policy };
+    let admission = Admission {
+        inject: InjectConfig::default(),
+        policy,
+    };
     let mut paths = Vec::new();
     for p in &args.paths {
         if let Err(e) = collect_paths(p, &mut paths) {
@@ -243,28 +303,53 @@ pub async fn lint(args: LintArgs) -> ExitCode {
         }
     }
     let denied = reports.iter().filter(|r| r.denied).count();
-    match args.output {
+    let text = match args.output {
         Output::Json => match serde_json::to_string_pretty(&reports) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => s + "\n",
             Err(e) => return usage(e.to_string()),
         },
-        Output::Text => {
-            for r in &reports {
-                let head = format!("{}#{} {}/{} (namespace {})", r.file, r.document, r.kind, r.name, r.namespace);
-                if let Some(e) = &r.error {
-                    println!("{head}: ERROR {e}");
-                }
-                for f in &r.findings {
-                    println!("{head}: {} [{}] {}", f.severity.to_uppercase(), f.rule, f.message);
-                }
-                if !r.not_verified.is_empty() {
-                    println!("{head}: NOTE not verified offline: {} (pass --store aws|file:PATH)", r.not_verified.join(", "));
-                }
-            }
-            println!("{} document(s) checked, {} denied", reports.len(), denied);
+        Output::Text => text_report(&reports, denied),
+    };
+    // A closed pipe (`kura lint | head`) is not worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if denied > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn text_report(reports: &[Report], denied: usize) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let head = format!(
+            "{}#{} {}/{} (namespace {})",
+            r.file, r.document, r.kind, r.name, r.namespace
+        );
+        if let Some(e) = &r.error {
+            out.push_str(&format!("{head}: ERROR {e}\n"));
+        }
+        for f in &r.findings {
+            out.push_str(&format!(
+                "{head}: {} [{}] {}\n",
+                f.severity.to_uppercase(),
+                f.rule,
+                f.message
+            ));
+        }
+        if !r.not_verified.is_empty() {
+            let rules = r.not_verified.join(", ");
+            out.push_str(&format!(
+                "{head}: NOTE not verified offline: {rules} (pass --store aws|file:PATH)\n"
+            ));
         }
     }
-    if denied > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    out.push_str(&format!(
+        "{} document(s) checked, {} denied\n",
+        reports.len(),
+        denied
+    ));
+    out
 }
 
 /// `kura review`.
@@ -278,14 +363,23 @@ pub async fn review(args: ReviewArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
-    let inject = InjectConfig { agent_image: args.agent_image.clone(), sidecar_mode: args.sidecar_mode, ..InjectConfig::default() };
+    let inject = InjectConfig {
+        agent_image: args.agent_image.clone(),
+        sidecar_mode: args.sidecar_mode,
+        ..InjectConfig::default()
+    };
     let admission = Admission { inject, policy };
-    let docs = match read_source(&args.file).and_then(|(name, text)| parse_documents(&name, &text)) {
+    let docs = match read_source(&args.file).and_then(|(name, text)| parse_documents(&name, &text))
+    {
         Ok(d) => d,
         Err(e) => return usage(e),
     };
     let Some(doc) = docs.into_iter().find(|d| {
-        let kind = d.value.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = d
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         kind == "AdmissionReview" || is_checked_kind(kind)
     }) else {
         return usage("no Pod, workload or AdmissionReview in the input".into());
@@ -295,7 +389,10 @@ pub async fn review(args: ReviewArgs) -> ExitCode {
     } else {
         review_for(&doc.value, &args.namespace)
     };
-    let object = review_json.pointer("/request/object").cloned().unwrap_or(Value::Null);
+    let object = review_json
+        .pointer("/request/object")
+        .cloned()
+        .unwrap_or(Value::Null);
     let parsed = match serde_json::from_value::<AdmissionReview<DynamicObject>>(review_json) {
         Ok(r) => r,
         Err(e) => return usage(format!("not an AdmissionReview: {e}")),
@@ -304,18 +401,20 @@ pub async fn review(args: ReviewArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return usage(e.to_string()),
     };
-    let Some(resp) = &outcome.review.response else { return usage("no response".into()) };
-    println!("decision: {}", outcome.decision);
+    let Some(resp) = &outcome.review.response else {
+        return usage("no response".into());
+    };
+    let mut out = format!("decision: {}\n", outcome.decision);
     if !resp.allowed {
-        println!("message: {}", resp.result.message);
+        out.push_str(&format!("message: {}\n", resp.result.message));
     }
     for w in resp.warnings.iter().flatten() {
-        println!("warning: {w}");
+        out.push_str(&format!("warning: {w}\n"));
     }
     let mut audit: Vec<_> = resp.audit_annotations.iter().collect();
     audit.sort();
     for (k, v) in audit {
-        println!("audit: {k}={v}");
+        out.push_str(&format!("audit: {k}={v}\n"));
     }
     if let Some(patch) = &resp.patch {
         let mut pod = object;
@@ -326,11 +425,15 @@ pub async fn review(args: ReviewArgs) -> ExitCode {
         if let Err(e) = json_patch::patch(&mut pod, &ops) {
             return usage(format!("internal: patch does not apply: {e}"));
         }
-        println!("---");
         match serde_yaml_ng::to_string(&pod) {
-            Ok(y) => print!("{y}"),
+            Ok(y) => out.push_str(&format!("---\n{y}")),
             Err(e) => return usage(e.to_string()),
         }
     }
-    if resp.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    if resp.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -5,8 +5,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = kura::cli::Cli::parse();
-    kura::telemetry::init(&cli.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let server = matches!(cli.command, kura::cli::Command::Serve(_));
+    kura::telemetry::init(&cli.log_format, server);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     match rt {
         Ok(rt) => rt.block_on(kura::cli::run(cli)),
         Err(e) => {

@@ -126,7 +126,11 @@ pub struct Finding {
 
 impl Finding {
     pub fn new(rule: Rule, message: String) -> Self {
-        Finding { rule, message, severity: Severity::Deny }
+        Finding {
+            rule,
+            message,
+            severity: Severity::Deny,
+        }
     }
 }
 
@@ -144,7 +148,10 @@ pub const MAX_WARNING: usize = 120;
 
 impl Decision {
     pub fn new(mode: Mode) -> Self {
-        Decision { mode, ..Default::default() }
+        Decision {
+            mode,
+            ..Default::default()
+        }
     }
 
     pub fn allow() -> Self {
@@ -226,7 +233,11 @@ impl PolicyEngine {
     /// rules as not verified.
     pub fn new(policy: Policy, store: Option<Store>) -> Self {
         let cache = store.map(|s| cache::MetaCache::new(s, &policy.cache));
-        PolicyEngine { policy: ArcSwap::from_pointee(policy), cache, namespaces: None }
+        PolicyEngine {
+            policy: ArcSwap::from_pointee(policy),
+            cache,
+            namespaces: None,
+        }
     }
 
     pub fn with_namespaces(mut self, ns: Arc<dyn NamespaceModes>) -> Self {
@@ -251,11 +262,20 @@ impl PolicyEngine {
     }
 
     pub fn mode_for(&self, namespace: &str) -> Mode {
-        self.namespaces.as_ref().and_then(|n| n.mode(namespace)).unwrap_or_else(|| self.policy.load().mode)
+        self.namespaces
+            .as_ref()
+            .and_then(|n| n.mode(namespace))
+            .unwrap_or_else(|| self.policy.load().mode)
     }
 
     /// Runs every rule that applies to a pod and adds the findings to `decision`.
-    pub async fn check_pod(&self, pod: &Pod, secrets: Option<&PodSecrets>, namespace: &str, decision: &mut Decision) {
+    pub async fn check_pod(
+        &self,
+        pod: &Pod,
+        secrets: Option<&PodSecrets>,
+        namespace: &str,
+        decision: &mut Decision,
+    ) {
         let policy = self.policy.load_full();
         check_spec(&policy, pod, decision);
         if let Some(s) = secrets {
@@ -263,14 +283,22 @@ impl PolicyEngine {
         }
     }
 
-    async fn check_secrets(&self, policy: &Policy, secrets: &PodSecrets, namespace: &str, decision: &mut Decision) {
+    async fn check_secrets(
+        &self,
+        policy: &Policy,
+        secrets: &PodSecrets,
+        namespace: &str,
+        decision: &mut Decision,
+    ) {
         let ids = secrets.secrets();
         // The string the pod wrote must be in scope; so must what the store says it resolves to.
         let mut in_scope = Vec::new();
         for id in &ids {
             match policy.scope.check_id(id, namespace) {
                 Ok(()) => in_scope.push(*id),
-                Err(why) => decision.push(Finding::new(Rule::Kura002, format!("secret {id:?}: {why}"))),
+                Err(why) => {
+                    decision.push(Finding::new(Rule::Kura002, format!("secret {id:?}: {why}")))
+                }
             }
         }
         let Some(cache) = &self.cache else { return };
@@ -283,7 +311,12 @@ impl PolicyEngine {
         for (id, result) in lookups {
             let meta = match result {
                 Err(_) => {
-                    self.store_failure(policy, decision, id, &format!("no answer within {}ms", deadline.as_millis()));
+                    self.store_failure(
+                        policy,
+                        decision,
+                        id,
+                        &format!("no answer within {}ms", deadline.as_millis()),
+                    );
                     continue;
                 }
                 Ok(Err(StoreError::NotFound { .. })) => {
@@ -293,7 +326,9 @@ impl PolicyEngine {
                     ));
                     continue;
                 }
-                Ok(Err(e)) if e.is_store_failure() || matches!(e, StoreError::AccessDenied { .. }) => {
+                Ok(Err(e))
+                    if e.is_store_failure() || matches!(e, StoreError::AccessDenied { .. }) =>
+                {
                     self.store_failure(policy, decision, id, &e.to_string());
                     continue;
                 }
@@ -310,7 +345,10 @@ impl PolicyEngine {
                 ));
             }
             if let Err(why) = policy.scope.check_resolved(&meta, namespace) {
-                decision.push(Finding::new(Rule::Kura002, format!("secret {id:?} resolves to {}: {why}", meta.arn)));
+                decision.push(Finding::new(
+                    Rule::Kura002,
+                    format!("secret {id:?} resolves to {}: {why}", meta.arn),
+                ));
             }
             if let Err(why) = policy.kms.check(&meta) {
                 decision.push(Finding::new(Rule::Kura003, format!("secret {id:?}: {why}")));
@@ -321,7 +359,9 @@ impl PolicyEngine {
     fn store_failure(&self, policy: &Policy, decision: &mut Decision, id: &str, why: &str) {
         let mut f = Finding::new(
             Rule::Kura009,
-            format!("secret {id:?} could not be checked: {why}; retry, or see the runbook for store failures"),
+            format!(
+                "secret {id:?} could not be checked: {why}; retry, or see the runbook for store failures"
+            ),
         );
         if policy.store_errors == StoreErrors::FailOpen {
             f.severity = Severity::Warn;
@@ -333,18 +373,37 @@ impl PolicyEngine {
 /// Rules that need only the pod spec: KURA005, KURA006, KURA007.
 pub fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
     let Some(spec) = &pod.spec else { return };
-    let init = spec.init_containers.iter().flatten().map(|c| (c, "initContainer"));
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (c, "initContainer"));
     let eph = spec.ephemeral_containers.iter().flatten().map(|e| {
         // Ephemeral containers share the fields kura looks at.
         (e, "ephemeralContainer")
     });
-    let mut containers: Vec<(&Container, &str)> = spec.containers.iter().map(|c| (c, "container")).collect();
+    let mut containers: Vec<(&Container, &str)> =
+        spec.containers.iter().map(|c| (c, "container")).collect();
     containers.extend(init);
     for (c, what) in containers {
-        check_container(policy, &c.name, what, c.env.as_deref(), c.env_from.as_deref(), decision);
+        check_container(
+            policy,
+            &c.name,
+            what,
+            c.env.as_deref(),
+            c.env_from.as_deref(),
+            decision,
+        );
     }
     for (e, what) in eph {
-        check_container(policy, &e.name, what, e.env.as_deref(), e.env_from.as_deref(), decision);
+        check_container(
+            policy,
+            &e.name,
+            what,
+            e.env.as_deref(),
+            e.env_from.as_deref(),
+            decision,
+        );
     }
     if policy.native_secrets != Action::Ignore {
         for v in spec.volumes.iter().flatten() {
@@ -354,7 +413,10 @@ pub fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
                     decision,
                     policy.native_secrets,
                     Rule::Kura007,
-                    format!("volume {} mounts native Secret {name:?}; declare it with kura.dev/secret.<file> instead", v.name),
+                    format!(
+                        "volume {} mounts native Secret {name:?}; declare it with kura.dev/secret.<file> instead",
+                        v.name
+                    ),
                 );
             }
             if let Some(p) = &v.projected {
@@ -382,7 +444,11 @@ fn push_action(decision: &mut Decision, action: Action, rule: Rule, message: Str
         Action::Warn => Severity::Warn,
         Action::Ignore => return,
     };
-    decision.push(Finding { rule, message, severity });
+    decision.push(Finding {
+        rule,
+        message,
+        severity,
+    });
 }
 
 fn check_container(
@@ -427,7 +493,10 @@ fn check_container(
                 decision,
                 policy.native_secrets,
                 Rule::Kura007,
-                format!("{what} {name} env {} reads native Secret {:?}; use kura.dev/secret.<file> instead", e.name, s.name),
+                format!(
+                    "{what} {name} env {} reads native Secret {:?}; use kura.dev/secret.<file> instead",
+                    e.name, s.name
+                ),
             );
         }
     }
@@ -437,7 +506,10 @@ fn check_container(
                 decision,
                 policy.native_secrets,
                 Rule::Kura007,
-                format!("{what} {name} envFrom reads native Secret {:?}; use kura.dev/secret.<file> instead", s.name),
+                format!(
+                    "{what} {name} envFrom reads native Secret {:?}; use kura.dev/secret.<file> instead",
+                    s.name
+                ),
             );
         }
     }

@@ -35,7 +35,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(admission: Admission) -> Arc<Self> {
-        Arc::new(AppState { admission, metrics: Metrics::default(), ready: AtomicBool::new(true) })
+        Arc::new(AppState {
+            admission,
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(true),
+        })
     }
 }
 
@@ -52,7 +56,9 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// The metrics router (plain HTTP on its own listener).
 pub fn metrics_app(state: Arc<AppState>) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
@@ -64,7 +70,13 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
         .into_response()
 }
 
@@ -84,9 +96,20 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Response {
     };
     let result = tokio::time::timeout(REQUEST_DEADLINE, s.admission.review(endpoint, &body)).await;
     let elapsed = start.elapsed().as_secs_f64();
-    s.metrics.latency.get_or_create(&EndpointLabels { endpoint: name.into() }).observe(elapsed);
+    s.metrics
+        .latency
+        .get_or_create(&EndpointLabels {
+            endpoint: name.into(),
+        })
+        .observe(elapsed);
     let count = |decision: &str| {
-        s.metrics.requests.get_or_create(&RequestLabels { endpoint: name.into(), decision: decision.into() }).inc();
+        s.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: name.into(),
+                decision: decision.into(),
+            })
+            .inc();
     };
     match result {
         Ok(Ok(outcome)) => {
@@ -96,12 +119,21 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Response {
                     .rules
                     .get_or_create(&RuleLabels {
                         rule: rule.id().into(),
-                        decision: if outcome.denied { "denied".into() } else { "allowed".into() },
+                        decision: if outcome.denied {
+                            "denied".into()
+                        } else {
+                            "allowed".into()
+                        },
                     })
                     .inc();
             }
             if outcome.injected {
-                s.metrics.injections.get_or_create(&NamespaceLabels { namespace: outcome.namespace.clone() }).inc();
+                s.metrics
+                    .injections
+                    .get_or_create(&NamespaceLabels {
+                        namespace: outcome.namespace.clone(),
+                    })
+                    .inc();
             }
             axum::Json(outcome.review).into_response()
         }
@@ -115,7 +147,10 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Response {
             error!(endpoint = name, "admission not decided within the deadline");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("kura did not decide within {} ms", REQUEST_DEADLINE.as_millis()),
+                format!(
+                    "kura did not decide within {} ms",
+                    REQUEST_DEADLINE.as_millis()
+                ),
             )
                 .into_response()
         }
@@ -136,7 +171,10 @@ pub struct Running {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] crate::tls::Error),
 }
@@ -151,18 +189,33 @@ pub async fn start(
     let tls = crate::tls::server_config(resolver)?;
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
     let handle = axum_server::Handle::new();
-    let std_listener = std::net::TcpListener::bind(listen).map_err(|source| Error::Bind { addr: listen, source })?;
-    std_listener.set_nonblocking(true).map_err(|source| Error::Bind { addr: listen, source })?;
-    let addr = std_listener.local_addr().map_err(|source| Error::Bind { addr: listen, source })?;
+    let std_listener = std::net::TcpListener::bind(listen).map_err(|source| Error::Bind {
+        addr: listen,
+        source,
+    })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = std_listener.local_addr().map_err(|source| Error::Bind {
+        addr: listen,
+        source,
+    })?;
     let server = axum_server::from_tcp_rustls(std_listener, rustls_config).handle(handle.clone());
     let router = app(state.clone());
     let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
 
     let (metrics_addr, metrics_handle) = match metrics_listen {
         Some(m) => {
-            let l = std::net::TcpListener::bind(m).map_err(|source| Error::Bind { addr: m, source })?;
-            l.set_nonblocking(true).map_err(|source| Error::Bind { addr: m, source })?;
-            let a = l.local_addr().map_err(|source| Error::Bind { addr: m, source })?;
+            let l =
+                std::net::TcpListener::bind(m).map_err(|source| Error::Bind { addr: m, source })?;
+            l.set_nonblocking(true)
+                .map_err(|source| Error::Bind { addr: m, source })?;
+            let a = l
+                .local_addr()
+                .map_err(|source| Error::Bind { addr: m, source })?;
             let h = axum_server::Handle::new();
             let srv = axum_server::from_tcp(l).handle(h.clone());
             let r = metrics_app(state);
@@ -172,7 +225,13 @@ pub async fn start(
         None => (None, None),
     };
     info!(%addr, metrics = ?metrics_addr, "kura webhook listening");
-    Ok(Running { addr, metrics_addr, handle, metrics_handle, task })
+    Ok(Running {
+        addr,
+        metrics_addr,
+        handle,
+        metrics_handle,
+        task,
+    })
 }
 
 impl Running {

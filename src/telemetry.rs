@@ -10,15 +10,31 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Installs the global subscriber. `format`: `json` or `text`.
-pub fn init(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
-    let _ = if format == "json" {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+/// Installs the global subscriber. `format`: `json` or `text`. The server logs to stdout at
+/// `info`; the CLI commands keep stdout for their output and log warnings to stderr.
+pub fn init(format: &str, server: bool) {
+    let default = if server {
+        "info,aws_config=warn,aws_smithy_runtime=warn,kube=warn"
     } else {
-        builder.try_init()
+        "warn,kura::admission=off"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match (format == "json", server) {
+        (true, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stdout)
+            .try_init(),
+        (true, false) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        (false, true) => builder.with_writer(std::io::stdout).try_init(),
+        (false, false) => builder.with_writer(std::io::stderr).try_init(),
     };
 }
 
@@ -65,17 +81,46 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("kura");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ])
         });
         let rules = Family::<RuleLabels, Counter>::default();
         let injections = Family::<NamespaceLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("admission_requests", "Admission requests by endpoint and decision", requests.clone());
-        registry.register("admission_duration_seconds", "Time to answer an admission request", latency.clone());
-        registry.register("rule_hits", "Policy findings by rule id and decision", rules.clone());
-        registry.register("injections", "Pods injected, by namespace", injections.clone());
-        registry.register("reloads", "Policy and certificate reloads by result", reloads.clone());
-        Metrics { registry: Mutex::new(registry), requests, latency, rules, injections, reloads }
+        registry.register(
+            "admission_requests",
+            "Admission requests by endpoint and decision",
+            requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission request",
+            latency.clone(),
+        );
+        registry.register(
+            "rule_hits",
+            "Policy findings by rule id and decision",
+            rules.clone(),
+        );
+        registry.register(
+            "injections",
+            "Pods injected, by namespace",
+            injections.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Policy and certificate reloads by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            rules,
+            injections,
+            reloads,
+        }
     }
 }
 
@@ -84,7 +129,8 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -29,7 +32,9 @@ pub enum Error {
 /// The process-wide crypto provider, installed once.
 pub fn provider() -> Arc<CryptoProvider> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    CryptoProvider::get_default().cloned().expect("installed just above")
+    CryptoProvider::get_default()
+        .cloned()
+        .expect("installed just above")
 }
 
 /// A PEM certificate chain and key.
@@ -41,21 +46,29 @@ pub struct PemPair {
 
 impl std::fmt::Debug for PemPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PemPair").field("cert", &self.cert).field("key", &"[REDACTED]").finish()
+        f.debug_struct("PemPair")
+            .field("cert", &self.cert)
+            .field("key", &"[REDACTED]")
+            .finish()
     }
 }
 
 /// Parses and checks a pair: the key must match the certificate.
 pub fn certified_key(pair: &PemPair, origin: &str) -> Result<CertifiedKey, Error> {
-    let err = |message: String| Error::File { path: origin.to_string(), message };
+    let err = |message: String| Error::File {
+        path: origin.to_string(),
+        message,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pair.cert.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("certificate PEM: {e}")))?;
     if certs.is_empty() {
         return Err(err("no certificate in the PEM".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).map_err(|e| err(format!("private key PEM: {e}")))?;
-    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| err(format!("key and certificate: {e}")))
+    let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes())
+        .map_err(|e| err(format!("private key PEM: {e}")))?;
+    CertifiedKey::from_der(certs, key, &provider())
+        .map_err(|e| err(format!("key and certificate: {e}")))
 }
 
 /// Serves the current certificate; [`CertReloader`] swaps it.
@@ -66,7 +79,9 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(key: CertifiedKey) -> Arc<Self> {
-        Arc::new(Resolver { current: ArcSwap::from_pointee(key) })
+        Arc::new(Resolver {
+            current: ArcSwap::from_pointee(key),
+        })
     }
 
     pub fn set(&self, key: CertifiedKey) {
@@ -105,10 +120,19 @@ fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
 impl CertReloader {
     pub fn read(&self) -> Result<CertifiedKey, Error> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| Error::File { path: p.display().to_string(), message: e.to_string() })
+            std::fs::read_to_string(p).map_err(|e| Error::File {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })
         };
-        let pair = PemPair { cert: read(&self.cert_path)?, key: read(&self.key_path)? };
-        certified_key(&pair, &format!("{} + {}", self.cert_path.display(), self.key_path.display()))
+        let pair = PemPair {
+            cert: read(&self.cert_path)?,
+            key: read(&self.key_path)?,
+        };
+        certified_key(
+            &pair,
+            &format!("{} + {}", self.cert_path.display(), self.key_path.display()),
+        )
     }
 
     /// Polls the files every `every`; Kubernetes Secret volumes swap them through a symlink,
@@ -127,7 +151,9 @@ impl CertReloader {
                     resolver.set(k);
                     info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
                 }
-                Err(e) => warn!(error = %e, "new TLS certificate refused; keeping the last good one"),
+                Err(e) => {
+                    warn!(error = %e, "new TLS certificate refused; keeping the last good one")
+                }
             }
         }
     }
@@ -141,11 +167,16 @@ fn days_from_now(days: i64) -> time::OffsetDateTime {
 pub fn self_signed(names: &[String]) -> Result<PemPair, Error> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
-    params.distinguished_name.push(DnType::CommonName, "kura local webhook");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kura local webhook");
     params.not_before = days_from_now(-1);
     params.not_after = days_from_now(30);
     let cert = params.self_signed(&key)?;
-    Ok(PemPair { cert: cert.pem(), key: key.serialize_pem() })
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 /// What `kura certs` produces.
@@ -167,26 +198,68 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
 
 /// A CA and a serving certificate for `<service>.<namespace>.svc`.
 pub fn bundle(service: &str, namespace: &str, days: i64) -> Result<Bundle, Error> {
+    bundle_for(service_names(service, namespace), days)
+}
+
+/// A CA and a serving certificate for the given DNS names or IP addresses.
+pub fn bundle_for(names: Vec<String>, days: i64) -> Result<Bundle, Error> {
+    let first = names.first().cloned().unwrap_or_default();
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, format!("kura webhook CA ({namespace})"));
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("kura webhook CA ({first})"));
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca.not_before = days_from_now(-1);
     ca.not_after = days_from_now(days * 2);
     let ca_cert = ca.self_signed(&ca_key)?;
-    let ca_pem = PemPair { cert: ca_cert.pem(), key: ca_key.serialize_pem() };
+    let ca_pem = PemPair {
+        cert: ca_cert.pem(),
+        key: ca_key.serialize_pem(),
+    };
+    let serving = serving_cert(names, days, &Issuer::new(ca, ca_key))?;
+    Ok(Bundle {
+        ca: ca_pem,
+        serving,
+    })
+}
 
+/// A new serving certificate signed by an existing CA, so renewal keeps the `caBundle`.
+pub fn renew_with_ca(ca: &PemPair, names: Vec<String>, days: i64) -> Result<Bundle, Error> {
+    let key = KeyPair::from_pem(&ca.key)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, key)?;
+    let serving = serving_cert(names, days, &issuer)?;
+    Ok(Bundle {
+        ca: ca.clone(),
+        serving,
+    })
+}
+
+fn serving_cert(
+    names: Vec<String>,
+    days: i64,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<PemPair, Error> {
+    let first = names.first().cloned().unwrap_or_default();
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(service_names(service, namespace))?;
-    params.distinguished_name.push(DnType::CommonName, format!("{service}.{namespace}.svc"));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, first);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = days_from_now(-1);
     params.not_after = days_from_now(days);
-    let issuer = Issuer::new(ca, ca_key);
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(Bundle { ca: ca_pem, serving: PemPair { cert: cert.pem(), key: key.serialize_pem() } })
+    let cert = params.signed_by(&key, issuer)?;
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 #[cfg(test)]
@@ -204,10 +277,16 @@ mod tests {
     fn mismatched_pairs_are_refused() {
         let a = self_signed(&["a".into()]).expect("a");
         let b = self_signed(&["b".into()]).expect("b");
-        let mixed = PemPair { cert: a.cert, key: b.key };
+        let mixed = PemPair {
+            cert: a.cert,
+            key: b.key,
+        };
         let e = certified_key(&mixed, "mixed.pem").unwrap_err().to_string();
         assert!(e.contains("mixed.pem"), "{e}");
-        let garbage = PemPair { cert: "nope".into(), key: "nope".into() };
+        let garbage = PemPair {
+            cert: "nope".into(),
+            key: "nope".into(),
+        };
         assert!(certified_key(&garbage, "g").is_err());
     }
 }

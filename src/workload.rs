@@ -24,7 +24,9 @@ pub fn pod_template(kind: &str, object: &Value) -> Result<Option<Value>, String>
     };
     let mut cur = object;
     for seg in path.iter() {
-        cur = cur.get(seg).ok_or_else(|| format!("the {kind} has no {}", path.join(".")))?;
+        cur = cur
+            .get(seg)
+            .ok_or_else(|| format!("the {kind} has no {}", path.join(".")))?;
     }
     let mut metadata = cur.get("metadata").cloned().unwrap_or_else(|| json!({}));
     if metadata.get("name").is_none()
@@ -54,6 +56,10 @@ mod tests {
         let cj = json!({"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[]}}}}}});
         assert!(pod_template("CronJob", &cj).expect("ok").is_some());
         assert!(pod_template("Service", &json!({})).expect("ok").is_none());
-        assert!(pod_template("Job", &json!({"spec":{}})).unwrap_err().contains("spec.template"));
+        assert!(
+            pod_template("Job", &json!({"spec":{}}))
+                .unwrap_err()
+                .contains("spec.template")
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::render::{RenderError, render};
 use crate::reload;
+use crate::render::{RenderError, render};
 use crate::spec::{AgentMode, Spec};
 use crate::store::{FetchRequest, Fetched, Store, StoreError};
 use crate::writer::{AtomicWriter, FilePayload, WriteError};
@@ -32,7 +32,11 @@ pub enum Error {
 }
 
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -113,13 +117,14 @@ impl Agent {
                 Some(v) => render(f, &v.value).map_err(|e| render_errors.push(e)).ok(),
                 None => None,
             };
-            match rendered.map(|content| FilePayload { content, mode: f.mode.0 }).or_else(|| state.files.get(&f.file).cloned())
-            {
-                Some(p) => {
-                    files.insert(f.file.clone(), p);
-                }
-                // No value now and none before: the first write cannot be complete.
-                None => {}
+            // A file without a value now keeps its last good content; with neither, the set is
+            // incomplete and nothing is written.
+            let payload = rendered.map(|content| FilePayload {
+                content,
+                mode: f.mode.0,
+            });
+            if let Some(p) = payload.or_else(|| state.files.get(&f.file).cloned()) {
+                files.insert(f.file.clone(), p);
             }
         }
 
@@ -135,7 +140,11 @@ impl Agent {
             state.versions.insert((*req).clone(), f.version_id.clone());
         }
         state.files = files;
-        let errors = store_errors.iter().map(ToString::to_string).chain(render_errors.iter().map(ToString::to_string)).collect();
+        let errors = store_errors
+            .iter()
+            .map(ToString::to_string)
+            .chain(render_errors.iter().map(ToString::to_string))
+            .collect();
         Ok(Refresh { changed, errors })
     }
 
@@ -168,7 +177,11 @@ impl Agent {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::Usage(format!("cannot watch SIGTERM: {e}")))?;
         loop {
-            let wait = if failures == 0 { jitter(interval) } else { backoff(failures, interval) };
+            let wait = if failures == 0 {
+                jitter(interval)
+            } else {
+                backoff(failures, interval)
+            };
             let deadline = tokio::time::Instant::now() + wait;
             // Poll the downward-API file until the deadline; a changed refresh-now cuts the wait.
             loop {
@@ -230,7 +243,9 @@ fn jitter(d: Duration) -> Duration {
 
 /// 1 s, 2 s, 4 s … capped at the refresh interval (and at 5 minutes), with jitter.
 fn backoff(failures: u32, interval: Duration) -> Duration {
-    let cap = interval.min(Duration::from_secs(300)).max(Duration::from_secs(1));
+    let cap = interval
+        .min(Duration::from_secs(300))
+        .max(Duration::from_secs(1));
     let exp = Duration::from_secs(1u64 << failures.saturating_sub(1).min(16));
     jitter(exp.min(cap))
 }
@@ -238,7 +253,8 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 /// The value of `kura.dev/refresh-now` in a downward-API annotations file.
 fn read_refresh_now(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("kura.dev/refresh-now=").map(str::to_string))
+    text.lines()
+        .find_map(|l| l.strip_prefix("kura.dev/refresh-now=").map(str::to_string))
 }
 
 /// Writes a one-line reason where Kubernetes shows it as the container's termination message.
@@ -266,8 +282,15 @@ mod tests {
     #[test]
     fn refresh_now_is_read_from_downward_api_format() {
         let tmp = tempfile::NamedTempFile::new().expect("tmp");
-        std::fs::write(tmp.path(), "kura.dev/inject=\"true\"\nkura.dev/refresh-now=\"1700000000\"\n").expect("write");
-        assert_eq!(read_refresh_now(tmp.path()).as_deref(), Some("\"1700000000\""));
+        std::fs::write(
+            tmp.path(),
+            "kura.dev/inject=\"true\"\nkura.dev/refresh-now=\"1700000000\"\n",
+        )
+        .expect("write");
+        assert_eq!(
+            read_refresh_now(tmp.path()).as_deref(),
+            Some("\"1700000000\"")
+        );
         assert_eq!(read_refresh_now(Path::new("/nonexistent")), None);
     }
 }

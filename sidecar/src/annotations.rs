@@ -9,8 +9,8 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::spec::{
-    AgentMode, DEFAULT_FILE_MODE, FileMode, Format, Reload, SPEC_VERSION, SecretFile, Spec, validate_file_name,
-    validate_secret_id,
+    AgentMode, DEFAULT_FILE_MODE, FileMode, Format, Reload, SPEC_VERSION, SecretFile, Spec,
+    validate_file_name, validate_secret_id,
 };
 
 pub const PREFIX: &str = "kura.dev/";
@@ -80,7 +80,10 @@ impl PodSecrets {
             .map(|f| serde_json::to_value(f).expect("a secret file always serializes"))
             .collect();
         // JSON is YAML, and quoting every string keeps odd names intact.
-        out.insert(SECRETS.to_string(), serde_json::to_string(&entries).expect("values serialize"));
+        out.insert(
+            SECRETS.to_string(),
+            serde_json::to_string(&entries).expect("values serialize"),
+        );
         if self.mount_path != DEFAULT_MOUNT_PATH {
             out.insert(MOUNT_PATH.to_string(), self.mount_path.clone());
         }
@@ -105,7 +108,11 @@ impl PodSecrets {
     /// Distinct secrets, in declaration order.
     pub fn secrets(&self) -> Vec<&str> {
         let mut seen = BTreeSet::new();
-        self.files.iter().map(|f| f.secret.as_str()).filter(|s| seen.insert(*s)).collect()
+        self.files
+            .iter()
+            .map(|f| f.secret.as_str())
+            .filter(|s| seen.insert(*s))
+            .collect()
     }
 }
 
@@ -130,10 +137,15 @@ struct ListEntry {
 ///
 /// `Ok(None)`: the pod did not opt in (and declares no secrets). `Ok(Some(_))`: inject this.
 /// `Err(errors)`: every problem found, each naming its annotation.
-pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<PodSecrets>, Vec<AnnotationError>> {
+pub fn parse(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<PodSecrets>, Vec<AnnotationError>> {
     let mut errors = Vec::new();
     let mut err = |annotation: &str, message: String| {
-        errors.push(AnnotationError { annotation: annotation.to_string(), message });
+        errors.push(AnnotationError {
+            annotation: annotation.to_string(),
+            message,
+        });
     };
 
     let inject = match annotations.get(INJECT).map(String::as_str) {
@@ -163,7 +175,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<PodSecrets
     let mut reload = None;
 
     for (key, value) in annotations {
-        let Some(name) = key.strip_prefix(PREFIX) else { continue };
+        let Some(name) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
         if let Some(file) = key.strip_prefix(SECRET_PREFIX) {
             match parse_short_form(file, value, default_mode) {
                 Ok(f) => files.push(f),
@@ -197,7 +211,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<PodSecrets
             "containers" => {
                 let list: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
                 if let Some(bad) = list.iter().find(|c| !is_dns_label(c)) {
-                    err(key, format!("{bad:?} is not a container name; write a comma list such as \"app,worker\""));
+                    err(
+                        key,
+                        format!(
+                            "{bad:?} is not a container name; write a comma list such as \"app,worker\""
+                        ),
+                    );
                 } else {
                     containers = Some(list);
                 }
@@ -205,23 +224,37 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<PodSecrets
             "agent" => match value.as_str() {
                 "sidecar" => agent = AgentMode::Sidecar,
                 "init-only" => agent = AgentMode::InitOnly,
-                other => err(key, format!("{other:?} is not \"sidecar\" or \"init-only\"")),
+                other => err(
+                    key,
+                    format!("{other:?} is not \"sidecar\" or \"init-only\""),
+                ),
             },
             "refresh-interval" => match parse_duration(value) {
-                Some(s) if (MIN_REFRESH_SECS..=MAX_REFRESH_SECS).contains(&s) => refresh_interval = Some(s),
+                Some(s) if (MIN_REFRESH_SECS..=MAX_REFRESH_SECS).contains(&s) => {
+                    refresh_interval = Some(s)
+                }
                 Some(_) => err(key, format!("{value:?} is outside 30s..24h")),
-                None => err(key, format!("{value:?} is not a duration such as \"90s\", \"5m\" or \"1h30m\"")),
+                None => err(
+                    key,
+                    format!("{value:?} is not a duration such as \"90s\", \"5m\" or \"1h30m\""),
+                ),
             },
             "run-as-user" => match value.parse::<i64>() {
                 Ok(u) if (1..=i64::from(u32::MAX)).contains(&u) => run_as_user = Some(u),
-                Ok(0) => err(key, "the agent never runs as root; give the app's non-zero uid".into()),
+                Ok(0) => err(
+                    key,
+                    "the agent never runs as root; give the app's non-zero uid".into(),
+                ),
                 _ => err(key, format!("{value:?} is not a uid")),
             },
             "reload" => match Reload::parse(value) {
                 Ok(r) => reload = Some(r),
                 Err(m) => err(key, m),
             },
-            "secret" => err(key, "write kura.dev/secret.<file>: the file name goes after the dot".into()),
+            "secret" => err(
+                key,
+                "write kura.dev/secret.<file>: the file name goes after the dot".into(),
+            ),
             _ => err(
                 key,
                 format!(
@@ -235,18 +268,28 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<PodSecrets
     let mut seen = BTreeSet::new();
     for f in &files {
         if !seen.insert(f.file.as_str()) {
-            err(SECRETS, format!("file {:?} is declared twice; each file name may appear once", f.file));
+            err(
+                SECRETS,
+                format!(
+                    "file {:?} is declared twice; each file name may appear once",
+                    f.file
+                ),
+            );
         }
     }
 
     match inject {
         Some(true) if files.is_empty() => err(
             INJECT,
-            format!("the pod opts in but declares no secret; add {SECRET_PREFIX}<file>: <secret-id> or {SECRETS}"),
+            format!(
+                "the pod opts in but declares no secret; add {SECRET_PREFIX}<file>: <secret-id> or {SECRETS}"
+            ),
         ),
         None if !files.is_empty() => err(
             INJECT,
-            format!("secrets are declared but {INJECT} is missing; set {INJECT}: \"true\" to inject them"),
+            format!(
+                "secrets are declared but {INJECT} is missing; set {INJECT}: \"true\" to inject them"
+            ),
         ),
         _ => {}
     }
@@ -257,7 +300,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<PodSecrets
     if inject != Some(true) {
         return Ok(None);
     }
-    Ok(Some(PodSecrets { files, agent, mount_path, containers, refresh_interval, run_as_user, reload }))
+    Ok(Some(PodSecrets {
+        files,
+        agent,
+        mount_path,
+        containers,
+        refresh_interval,
+        run_as_user,
+        reload,
+    }))
 }
 
 fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFile, String> {
@@ -290,7 +341,10 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, String
     if e.version_stage.is_some() && e.version_id.is_some() {
         return Err("set versionStage or versionId, not both".into());
     }
-    for (field, v) in [("versionStage", &e.version_stage), ("versionId", &e.version_id)] {
+    for (field, v) in [
+        ("versionStage", &e.version_stage),
+        ("versionId", &e.version_id),
+    ] {
         if let Some(v) = v
             && (v.is_empty() || v.len() > 256 || v.contains(char::is_whitespace))
         {
@@ -320,11 +374,17 @@ fn validate_mount_path(p: &str) -> Result<(), String> {
     if trimmed.is_empty() {
         return Err("the mount path cannot be /".into());
     }
-    if trimmed.split('/').skip(1).any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(format!("{p:?} has empty, '.' or '..' segments"));
     }
     if p.contains([':', '\0', '\n']) {
-        return Err(format!("{p:?} contains a character a mount path cannot hold"));
+        return Err(format!(
+            "{p:?} contains a character a mount path cannot hold"
+        ));
     }
     Ok(())
 }
@@ -332,7 +392,8 @@ fn validate_mount_path(p: &str) -> Result<(), String> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -370,18 +431,27 @@ mod tests {
     use proptest::prelude::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn messages(r: Result<Option<PodSecrets>, Vec<AnnotationError>>) -> Vec<String> {
-        r.expect_err("should fail").iter().map(ToString::to_string).collect()
+        r.expect_err("should fail")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
     fn contract_example_parses() {
         let a = map(&[
             ("kura.dev/inject", "true"),
-            ("kura.dev/secret.db-password", "/prod/user-service/db#password"),
+            (
+                "kura.dev/secret.db-password",
+                "/prod/user-service/db#password",
+            ),
             (
                 "kura.dev/secret.api-key",
                 "arn:aws:secretsmanager:ap-northeast-1:111122223333:secret:/prod/user-service/api-AbCdEf",
@@ -405,38 +475,185 @@ mod tests {
     #[test]
     fn not_opted_in() {
         assert_eq!(parse(&map(&[("app", "x")])).expect("ok"), None);
-        assert_eq!(parse(&map(&[("kura.dev/inject", "false"), ("kura.dev/secret.a", "/x/y")])).expect("ok"), None);
+        assert_eq!(
+            parse(&map(&[
+                ("kura.dev/inject", "false"),
+                ("kura.dev/secret.a", "/x/y")
+            ]))
+            .expect("ok"),
+            None
+        );
     }
 
     #[test]
     fn every_error_names_its_annotation() {
         let cases: &[(&[(&str, &str)], &str, &str)] = &[
             (&[("kura.dev/inject", "yes")], "kura.dev/inject", "\"yes\""),
-            (&[("kura.dev/inject", "true")], "kura.dev/inject", "declares no secret"),
-            (&[("kura.dev/secret.a", "/x/y")], "kura.dev/inject", "missing"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.../x", "/x/y")], "kura.dev/secret.../x", "must start"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x y")], "kura.dev/secret.a", "contains"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x#")], "kura.dev/secret.a", "empty"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/colour", "red")], "kura.dev/colour", "unknown"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/agent", "daemon")], "kura.dev/agent", "init-only"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/refresh-interval", "5s")], "kura.dev/refresh-interval", "30s..24h"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/refresh-interval", "soon")], "kura.dev/refresh-interval", "duration"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/run-as-user", "0")], "kura.dev/run-as-user", "root"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/mount-path", "rel/path")], "kura.dev/mount-path", "absolute"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/mount-path", "/a/../b")], "kura.dev/mount-path", "'..'"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/containers", "App")], "kura.dev/containers", "\"App\""),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/file-mode", "777x")], "kura.dev/file-mode", "octal"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/reload", "http://10.0.0.1:80/")], "kura.dev/reload", "loopback"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secrets", "file: a")], "kura.dev/secrets", "YAML list"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secrets", "- file: a\n  secret: /x\n  colour: red")], "kura.dev/secrets", "unknown field"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secrets", "- file: a\n  secret: /x\n  versionId: v\n  versionStage: s")], "kura.dev/secrets", "not both"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secrets", "- file: a\n  secret: /x\n  format: xml")], "kura.dev/secrets", "unknown variant"),
-            (&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x"), ("kura.dev/secrets", "- file: a\n  secret: /y")], "kura.dev/secrets", "twice"),
+            (
+                &[("kura.dev/inject", "true")],
+                "kura.dev/inject",
+                "declares no secret",
+            ),
+            (
+                &[("kura.dev/secret.a", "/x/y")],
+                "kura.dev/inject",
+                "missing",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.../x", "/x/y"),
+                ],
+                "kura.dev/secret.../x",
+                "must start",
+            ),
+            (
+                &[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x y")],
+                "kura.dev/secret.a",
+                "contains",
+            ),
+            (
+                &[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x#")],
+                "kura.dev/secret.a",
+                "empty",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/colour", "red"),
+                ],
+                "kura.dev/colour",
+                "unknown",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/agent", "daemon"),
+                ],
+                "kura.dev/agent",
+                "init-only",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/refresh-interval", "5s"),
+                ],
+                "kura.dev/refresh-interval",
+                "30s..24h",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/refresh-interval", "soon"),
+                ],
+                "kura.dev/refresh-interval",
+                "duration",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/run-as-user", "0"),
+                ],
+                "kura.dev/run-as-user",
+                "root",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/mount-path", "rel/path"),
+                ],
+                "kura.dev/mount-path",
+                "absolute",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/mount-path", "/a/../b"),
+                ],
+                "kura.dev/mount-path",
+                "'..'",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/containers", "App"),
+                ],
+                "kura.dev/containers",
+                "\"App\"",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/file-mode", "777x"),
+                ],
+                "kura.dev/file-mode",
+                "octal",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/reload", "http://10.0.0.1:80/"),
+                ],
+                "kura.dev/reload",
+                "loopback",
+            ),
+            (
+                &[("kura.dev/inject", "true"), ("kura.dev/secrets", "file: a")],
+                "kura.dev/secrets",
+                "YAML list",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secrets", "- file: a\n  secret: /x\n  colour: red"),
+                ],
+                "kura.dev/secrets",
+                "unknown field",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    (
+                        "kura.dev/secrets",
+                        "- file: a\n  secret: /x\n  versionId: v\n  versionStage: s",
+                    ),
+                ],
+                "kura.dev/secrets",
+                "not both",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secrets", "- file: a\n  secret: /x\n  format: xml"),
+                ],
+                "kura.dev/secrets",
+                "unknown variant",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "/x"),
+                    ("kura.dev/secrets", "- file: a\n  secret: /y"),
+                ],
+                "kura.dev/secrets",
+                "twice",
+            ),
         ];
         for (pairs, annotation, needle) in cases {
             let msgs = messages(parse(&map(pairs)));
             assert!(
-                msgs.iter().any(|m| m.contains(annotation) && m.contains(needle)),
+                msgs.iter()
+                    .any(|m| m.contains(annotation) && m.contains(needle)),
                 "{pairs:?}: wanted {annotation} / {needle} in {msgs:?}"
             );
         }
@@ -469,19 +686,24 @@ mod tests {
             "[A-Za-z0-9][A-Za-z0-9._-]{0,20}",
             "/[a-z]{1,8}/[a-z0-9_+=.@-]{1,12}",
             proptest::option::of("[a-zA-Z0-9_/ -]{1,10}"),
-            proptest::option::of(prop_oneof![Just("AWSPREVIOUS".to_string()), Just("AWSCURRENT".to_string())]),
+            proptest::option::of(prop_oneof![
+                Just("AWSPREVIOUS".to_string()),
+                Just("AWSCURRENT".to_string())
+            ]),
             prop_oneof![Just(Format::Raw), Just(Format::Json), Just(Format::Env)],
             prop_oneof![Just(0o400u32), Just(0o440), Just(0o600), Just(0o644)],
         )
-            .prop_map(|(file, secret, key, version_stage, format, mode)| SecretFile {
-                file,
-                secret,
-                key,
-                version_stage,
-                version_id: None,
-                format,
-                mode: FileMode(mode),
-            })
+            .prop_map(
+                |(file, secret, key, version_stage, format, mode)| SecretFile {
+                    file,
+                    secret,
+                    key,
+                    version_stage,
+                    version_id: None,
+                    format,
+                    mode: FileMode(mode),
+                },
+            )
     }
 
     proptest! {

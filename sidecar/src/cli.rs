@@ -13,7 +13,11 @@ use crate::store::{Store, StoreSetting};
 use crate::writer::AtomicWriter;
 
 #[derive(Debug, Parser)]
-#[command(name = "kura-agent", version, about = "Fetches AWS Secrets Manager values into files and keeps them fresh")]
+#[command(
+    name = "kura-agent",
+    version,
+    about = "Fetches AWS Secrets Manager values into files and keeps them fresh"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -48,7 +52,11 @@ pub struct RunArgs {
     #[arg(long, env = "KURA_STORE", default_value = "aws")]
     pub store: StoreSetting,
     /// Where a failed init leaves its one-line reason.
-    #[arg(long, env = "KURA_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    #[arg(
+        long,
+        env = "KURA_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
     pub termination_log: PathBuf,
     /// The pod's annotations through the downward API (for kura.dev/refresh-now).
     #[arg(long, env = "KURA_ANNOTATIONS_FILE")]
@@ -65,9 +73,12 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 pub fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {
@@ -82,22 +93,47 @@ pub async fn run(cli: Cli) -> ExitCode {
             if agent::ready(&dir) {
                 ExitCode::SUCCESS
             } else {
-                eprintln!("not ready: no complete set of files in {} yet", dir.display());
+                eprintln!(
+                    "not ready: no complete set of files in {} yet",
+                    dir.display()
+                );
                 ExitCode::FAILURE
             }
         }
-        Command::Init(args) => finish(&args.termination_log.clone(), build(args).await.map(|a| (a, true))).await,
-        Command::Run(args) => finish(&args.termination_log.clone(), build(args).await.map(|a| (a, false))).await,
+        Command::Init(args) => {
+            finish(
+                &args.termination_log.clone(),
+                build(args).await.map(|a| (a, true)),
+            )
+            .await
+        }
+        Command::Run(args) => {
+            finish(
+                &args.termination_log.clone(),
+                build(args).await.map(|a| (a, false)),
+            )
+            .await
+        }
     }
 }
 
 async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
     let spec = Spec::from_json(&args.spec)?;
-    let store = Store::open(&args.store, args.store_timeout).await.map_err(|e| agent::Error::Store(vec![e]))?;
-    Ok(Agent { spec, store, writer: AtomicWriter::new(args.dir), annotations_file: args.annotations_file })
+    let store = Store::open(&args.store, args.store_timeout)
+        .await
+        .map_err(|e| agent::Error::Store(vec![e]))?;
+    Ok(Agent {
+        spec,
+        store,
+        writer: AtomicWriter::new(args.dir),
+        annotations_file: args.annotations_file,
+    })
 }
 
-async fn finish(termination_log: &std::path::Path, built: Result<(Agent, bool), agent::Error>) -> ExitCode {
+async fn finish(
+    termination_log: &std::path::Path,
+    built: Result<(Agent, bool), agent::Error>,
+) -> ExitCode {
     let result = match built {
         Ok((a, true)) => a.init().await.map(|_| ()),
         Ok((a, false)) => a.run().await,

@@ -8,8 +8,8 @@
 pub mod agent;
 pub mod annotations;
 pub mod cli;
-pub mod render;
 pub mod reload;
+pub mod render;
 pub mod spec;
 pub mod store;
 pub mod writer;

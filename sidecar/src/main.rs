@@ -8,7 +8,9 @@ fn main() -> std::process::ExitCode {
     kura_agent::cli::init_tracing(&cli.log_format);
     // One thread: the agent waits on the network most of the time and its RSS is multiplied by
     // every pod in the cluster.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     match rt {
         Ok(rt) => rt.block_on(kura_agent::cli::run(cli)),
         Err(e) => {

@@ -42,18 +42,28 @@ async fn post(url: &str) -> Result<String, String> {
     };
     let connect_to = host_port.replace("localhost", "127.0.0.1");
     let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(&connect_to).await.map_err(|e| e.to_string())?;
+        let mut s = tokio::net::TcpStream::connect(&connect_to)
+            .await
+            .map_err(|e| e.to_string())?;
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: kura-agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 256];
         let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
         let head = String::from_utf8_lossy(&buf[..n]);
         let status = head.split_whitespace().nth(1).unwrap_or("").to_string();
-        if status.starts_with('2') { Ok(format!("HTTP {status}")) } else { Err(format!("HTTP status {status:?}")) }
+        if status.starts_with('2') {
+            Ok(format!("HTTP {status}"))
+        } else {
+            Err(format!("HTTP status {status:?}"))
+        }
     };
-    tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| "timed out".to_string())?
 }
 
 fn signal_process(signal: Signal, process: &str) -> Result<String, String> {
@@ -62,18 +72,23 @@ fn signal_process(signal: Signal, process: &str) -> Result<String, String> {
     let mut sent = 0;
     let entries = std::fs::read_dir("/proc").map_err(|e| format!("cannot list processes: {e}"))?;
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if pid as u32 == me {
             continue;
         }
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.trim_end() == process {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| format!("kill {pid}: {e}"))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                .map_err(|e| format!("kill {pid}: {e}"))?;
             sent += 1;
         }
     }
     if sent == 0 {
-        return Err(format!("no process named {process:?} (is shareProcessNamespace: true set on the pod?)"));
+        return Err(format!(
+            "no process named {process:?} (is shareProcessNamespace: true set on the pod?)"
+        ));
     }
     Ok(format!("{} sent to {sent} process(es)", signal.name()))
 }
@@ -84,13 +99,17 @@ mod tests {
 
     #[tokio::test]
     async fn http_hook_posts_to_loopback() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
             let mut buf = vec![0u8; 1024];
             let n = s.read(&mut buf).await.expect("read");
-            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("write");
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .expect("write");
             String::from_utf8_lossy(&buf[..n]).to_string()
         });
         let hook = Reload::parse(&format!("http://127.0.0.1:{port}/-/reload")).expect("valid");
@@ -106,7 +125,10 @@ mod tests {
         let name = format!("kt{}", fastrand::u32(..));
         let bin = dir.path().join(&name);
         std::fs::copy("/bin/sleep", &bin).expect("copy sleep");
-        let mut child = std::process::Command::new(&bin).arg("30").spawn().expect("sleep");
+        let mut child = std::process::Command::new(&bin)
+            .arg("30")
+            .spawn()
+            .expect("sleep");
         tokio::time::sleep(Duration::from_millis(100)).await;
         let hook = Reload::parse(&format!("signal:SIGTERM:{name}")).expect("valid");
         assert!(run(&hook).await);

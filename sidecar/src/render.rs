@@ -47,7 +47,11 @@ pub struct RenderError {
 
 /// Renders one file from its secret's value.
 pub fn render(file: &SecretFile, value: &SecretValue) -> Result<Content, RenderError> {
-    let fail = |message: String| RenderError { file: file.file.clone(), secret: file.secret.clone(), message };
+    let fail = |message: String| RenderError {
+        file: file.file.clone(),
+        secret: file.secret.clone(),
+        message,
+    };
     let needs_json = file.key.is_some() || file.format != Format::Raw;
     let text = match value {
         SecretValue::Binary(b) if !needs_json => return Ok(Content(b.expose_secret().to_vec())),
@@ -60,11 +64,16 @@ pub fn render(file: &SecretFile, value: &SecretValue) -> Result<Content, RenderE
         return Ok(Content(text.as_bytes().to_vec()));
     }
     // serde_json's errors give a position only, never the input.
-    let doc: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| fail(format!("the secret is not JSON ({e}), so keys and formats cannot apply")))?;
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        fail(format!(
+            "the secret is not JSON ({e}), so keys and formats cannot apply"
+        ))
+    })?;
     let selected = match &file.key {
         None => &doc,
-        Some(key) => select(&doc, key).ok_or_else(|| fail(format!("the secret has no JSON key {key:?}")))?,
+        Some(key) => {
+            select(&doc, key).ok_or_else(|| fail(format!("the secret has no JSON key {key:?}")))?
+        }
     };
     match file.format {
         Format::Raw => Ok(Content(match selected {
@@ -86,14 +95,22 @@ fn select<'a>(doc: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::V
 
 fn env_lines(v: &serde_json::Value) -> Result<Vec<u8>, String> {
     let obj = v.as_object().ok_or_else(|| {
-        format!("the env format needs a JSON object, and the value is {}", json_kind(v))
+        format!(
+            "the env format needs a JSON object, and the value is {}",
+            json_kind(v)
+        )
     })?;
     let mut out = String::new();
     for (k, v) in obj {
-        let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!("key {k:?} is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+            return Err(format!(
+                "key {k:?} is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            ));
         }
         let text = match v {
             serde_json::Value::String(s) => s.clone(),
@@ -152,24 +169,49 @@ mod tests {
         assert_eq!(ok(&f(Some("port"), Format::Raw), &doc), "5432");
         assert_eq!(ok(&f(Some("/nested/a/1"), Format::Raw), &doc), "2");
         assert_eq!(ok(&f(Some("nested"), Format::Json), &doc), r#"{"a":[1,2]}"#);
-        let env = ok(&f(None, Format::Env), &text(r#"{"USER":"app","PASS":"p'w","N":1}"#));
+        let env = ok(
+            &f(None, Format::Env),
+            &text(r#"{"USER":"app","PASS":"p'w","N":1}"#),
+        );
         assert_eq!(env, "N='1'\nPASS='p'\\''w'\nUSER='app'\n");
         let bin = SecretValue::Binary(SecretSlice::from(vec![0u8, 159, 146, 150]));
-        assert_eq!(render(&f(None, Format::Raw), &bin).expect("binary").bytes(), &[0u8, 159, 146, 150]);
+        assert_eq!(
+            render(&f(None, Format::Raw), &bin).expect("binary").bytes(),
+            &[0u8, 159, 146, 150]
+        );
     }
 
     #[test]
     fn errors_name_file_and_secret_but_not_value() {
         let cases = [
-            (f(Some("missing"), Format::Raw), text(r#"{"password":"hunter2"}"#), "no JSON key \"missing\""),
-            (f(Some("password"), Format::Raw), text("hunter2"), "not JSON"),
+            (
+                f(Some("missing"), Format::Raw),
+                text(r#"{"password":"hunter2"}"#),
+                "no JSON key \"missing\"",
+            ),
+            (
+                f(Some("password"), Format::Raw),
+                text("hunter2"),
+                "not JSON",
+            ),
             (f(None, Format::Env), text(r#"["hunter2"]"#), "an array"),
-            (f(None, Format::Env), text(r#"{"bad-key":"hunter2"}"#), "not a shell variable"),
-            (f(Some("k"), Format::Raw), SecretValue::Binary(SecretSlice::from(b"hunter2".to_vec())), "binary"),
+            (
+                f(None, Format::Env),
+                text(r#"{"bad-key":"hunter2"}"#),
+                "not a shell variable",
+            ),
+            (
+                f(Some("k"), Format::Raw),
+                SecretValue::Binary(SecretSlice::from(b"hunter2".to_vec())),
+                "binary",
+            ),
         ];
         for (file, value, needle) in cases {
             let e = render(&file, &value).expect_err(needle).to_string();
-            assert!(e.contains(needle) && e.contains("\"out\"") && e.contains("/demo/s"), "{e}");
+            assert!(
+                e.contains(needle) && e.contains("\"out\"") && e.contains("/demo/s"),
+                "{e}"
+            );
             assert!(!e.contains("hunter2"), "{e}");
         }
     }
@@ -180,7 +222,9 @@ mod tests {
         let out = ok(&f(None, Format::Env), &v);
         let status = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("set -a; {out}\n[ \"$A\" = '$(exit 7) `x` '\\'' \" \n' ]"))
+            .arg(format!(
+                "set -a; {out}\n[ \"$A\" = '$(exit 7) `x` '\\'' \" \n' ]"
+            ))
             .status()
             .expect("sh runs");
         assert!(status.success(), "{out}");

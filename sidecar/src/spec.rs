@@ -20,7 +20,9 @@ pub const DEFAULT_FILE_MODE: FileMode = FileMode(0o400);
 pub enum SpecError {
     #[error("KURA_SPEC is not valid JSON: {0}")]
     Json(String),
-    #[error("KURA_SPEC has version {found:?}; this agent reads {SPEC_VERSION:?} (upgrade the agent image or the webhook so they match)")]
+    #[error(
+        "KURA_SPEC has version {found:?}; this agent reads {SPEC_VERSION:?} (upgrade the agent image or the webhook so they match)"
+    )]
     Version { found: String },
     #[error("KURA_SPEC is invalid: {0}")]
     Invalid(String),
@@ -78,12 +80,17 @@ impl FileMode {
     /// Parses `0400`, `400` or `0o400`; modes above `0777` are refused.
     pub fn parse(s: &str) -> Result<Self, String> {
         let digits = s.strip_prefix("0o").unwrap_or(s);
-        if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        if digits.is_empty()
+            || digits.len() > 4
+            || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        {
             return Err(format!("{s:?} is not an octal file mode such as \"0400\""));
         }
         let mode = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
         if mode > 0o777 {
-            return Err(format!("{s:?} sets special bits; use a mode from 0000 to 0777"));
+            return Err(format!(
+                "{s:?} sets special bits; use a mode from 0000 to 0777"
+            ));
         }
         if mode & 0o400 == 0 {
             return Err(format!("{s:?} does not let the owner read the file"));
@@ -140,8 +147,15 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 7] =
-        [Signal::Hup, Signal::Usr1, Signal::Usr2, Signal::Int, Signal::Quit, Signal::Term, Signal::Winch];
+    pub const ALL: [Signal; 7] = [
+        Signal::Hup,
+        Signal::Usr1,
+        Signal::Usr2,
+        Signal::Int,
+        Signal::Quit,
+        Signal::Term,
+        Signal::Winch,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -179,27 +193,36 @@ impl Reload {
     /// Parses `http://127.0.0.1:<port>/<path>` or `signal:<SIGNAME>:<process-name>`.
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("signal:") {
-            let (sig, process) = rest
-                .split_once(':')
-                .ok_or_else(|| format!("{s:?} must be signal:<SIGNAME>:<process-name>, e.g. signal:SIGHUP:nginx"))?;
+            let (sig, process) = rest.split_once(':').ok_or_else(|| {
+                format!("{s:?} must be signal:<SIGNAME>:<process-name>, e.g. signal:SIGHUP:nginx")
+            })?;
             let signal = Signal::parse(sig).ok_or_else(|| {
                 let names: Vec<_> = Signal::ALL.iter().map(|s| s.name()).collect();
                 format!("{sig:?} is not one of {}", names.join(", "))
             })?;
             if process.is_empty() || process.len() > 64 || process.contains(['/', '\0']) {
-                return Err(format!("{process:?} is not a process name (the command name as in /proc/<pid>/comm)"));
+                return Err(format!(
+                    "{process:?} is not a process name (the command name as in /proc/<pid>/comm)"
+                ));
             }
-            return Ok(Reload::Signal { signal, process: process.to_string() });
+            return Ok(Reload::Signal {
+                signal,
+                process: process.to_string(),
+            });
         }
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{s:?} must be http://127.0.0.1:<port>/<path> or signal:<SIGNAME>:<process-name>"))?;
+        let rest = s.strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "{s:?} must be http://127.0.0.1:<port>/<path> or signal:<SIGNAME>:<process-name>"
+            )
+        })?;
         let (host_port, _path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = host_port
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?} needs an explicit port, e.g. http://127.0.0.1:8080/-/reload"))?;
+        let (host, port) = host_port.rsplit_once(':').ok_or_else(|| {
+            format!("{s:?} needs an explicit port, e.g. http://127.0.0.1:8080/-/reload")
+        })?;
         if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-            return Err(format!("{s:?} must target the pod's loopback (127.0.0.1, localhost or [::1]), not {host:?}"));
+            return Err(format!(
+                "{s:?} must target the pod's loopback (127.0.0.1, localhost or [::1]), not {host:?}"
+            ));
         }
         match port.parse::<u16>() {
             Ok(p) if p > 0 => {}
@@ -257,7 +280,11 @@ pub struct SecretFile {
 impl SecretFile {
     /// Whether this entry must be fetched on its own (batch reads return `AWSCURRENT` only).
     pub fn is_pinned(&self) -> bool {
-        self.version_id.is_some() || self.version_stage.as_deref().is_some_and(|s| s != "AWSCURRENT")
+        self.version_id.is_some()
+            || self
+                .version_stage
+                .as_deref()
+                .is_some_and(|s| s != "AWSCURRENT")
     }
 }
 
@@ -278,13 +305,19 @@ pub struct Spec {
 impl Spec {
     /// Reads a spec, refusing unknown versions and fields with a message that says which.
     pub fn from_json(s: &str) -> Result<Spec, SpecError> {
-        let value: serde_json::Value = serde_json::from_str(s).map_err(|e| SpecError::Json(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| SpecError::Json(e.to_string()))?;
         match value.get("version").and_then(|v| v.as_str()) {
             Some(SPEC_VERSION) => {}
-            Some(other) => return Err(SpecError::Version { found: other.to_string() }),
+            Some(other) => {
+                return Err(SpecError::Version {
+                    found: other.to_string(),
+                });
+            }
             None => return Err(SpecError::Invalid("missing \"version\"".into())),
         }
-        let spec: Spec = serde_json::from_value(value).map_err(|e| SpecError::Invalid(e.to_string()))?;
+        let spec: Spec =
+            serde_json::from_value(value).map_err(|e| SpecError::Invalid(e.to_string()))?;
         if spec.files.is_empty() {
             return Err(SpecError::Invalid("no files declared".into()));
         }
@@ -292,7 +325,10 @@ impl Spec {
         for f in &spec.files {
             validate_file_name(&f.file).map_err(SpecError::Invalid)?;
             if !names.insert(f.file.as_str()) {
-                return Err(SpecError::Invalid(format!("file {:?} is declared twice", f.file)));
+                return Err(SpecError::Invalid(format!(
+                    "file {:?} is declared twice",
+                    f.file
+                )));
             }
         }
         Ok(spec)
@@ -305,7 +341,11 @@ impl Spec {
     /// Distinct secrets this spec reads, in declaration order.
     pub fn secrets(&self) -> Vec<&str> {
         let mut seen = std::collections::BTreeSet::new();
-        self.files.iter().map(|f| f.secret.as_str()).filter(|s| seen.insert(*s)).collect()
+        self.files
+            .iter()
+            .map(|f| f.secret.as_str())
+            .filter(|s| seen.insert(*s))
+            .collect()
     }
 }
 
@@ -315,15 +355,25 @@ pub fn validate_file_name(name: &str) -> Result<(), String> {
         return Err("the file name is empty".into());
     }
     if name.len() > 255 {
-        return Err(format!("file name is {} bytes; at most 255 are allowed", name.len()));
+        return Err(format!(
+            "file name is {} bytes; at most 255 are allowed",
+            name.len()
+        ));
     }
     let mut bytes = name.bytes();
     let first = bytes.next().expect("checked non-empty above");
     if !first.is_ascii_alphanumeric() {
-        return Err(format!("file name {name:?} must start with a letter or digit"));
+        return Err(format!(
+            "file name {name:?} must start with a letter or digit"
+        ));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("file name {name:?} contains {bad:?}; use letters, digits, '.', '_' and '-'"));
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "file name {name:?} contains {bad:?}; use letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -355,10 +405,18 @@ pub fn validate_secret_id(id: &str) -> Result<(), String> {
 
 fn validate_secret_name(name: &str) -> Result<(), String> {
     if name.len() > 512 {
-        return Err(format!("secret name is {} characters; Secrets Manager allows 512", name.len()));
+        return Err(format!(
+            "secret name is {} characters; Secrets Manager allows 512",
+            name.len()
+        ));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(*c))) {
-        return Err(format!("secret name {name:?} contains {bad:?}; Secrets Manager names use letters, digits and /_+=.@-"));
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(*c)))
+    {
+        return Err(format!(
+            "secret name {name:?} contains {bad:?}; Secrets Manager names use letters, digits and /_+=.@-"
+        ));
     }
     Ok(())
 }
@@ -396,9 +454,12 @@ mod tests {
 
     #[test]
     fn unknown_version_and_fields_are_clear_errors() {
-        let err = Spec::from_json(r#"{"version":"kura.dev/v9","refreshInterval":1,"files":[]}"#).unwrap_err();
+        let err = Spec::from_json(r#"{"version":"kura.dev/v9","refreshInterval":1,"files":[]}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("kura.dev/v9"), "{err}");
-        let err = Spec::from_json(r#"{"version":"kura.dev/v1","refreshInterval":1,"files":[],"x":1}"#).unwrap_err();
+        let err =
+            Spec::from_json(r#"{"version":"kura.dev/v1","refreshInterval":1,"files":[],"x":1}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         let err = Spec::from_json("not json").unwrap_err();
         assert!(matches!(err, SpecError::Json(_)));
@@ -406,7 +467,12 @@ mod tests {
             r#"{{"version":"kura.dev/v1","refreshInterval":1,"files":[{0},{0}]}}"#,
             serde_json::to_string(&file("a")).expect("serializes")
         );
-        assert!(Spec::from_json(&dup).unwrap_err().to_string().contains("twice"));
+        assert!(
+            Spec::from_json(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
     }
 
     #[test]
@@ -453,13 +519,25 @@ mod tests {
     fn reload_hooks() {
         assert_eq!(
             Reload::parse("http://127.0.0.1:8080/-/reload").expect("ok"),
-            Reload::Http { url: "http://127.0.0.1:8080/-/reload".into() }
+            Reload::Http {
+                url: "http://127.0.0.1:8080/-/reload".into()
+            }
         );
         assert_eq!(
             Reload::parse("signal:SIGUSR1:envoy").expect("ok"),
-            Reload::Signal { signal: Signal::Usr1, process: "envoy".into() }
+            Reload::Signal {
+                signal: Signal::Usr1,
+                process: "envoy".into()
+            }
         );
-        for bad in ["http://example.com:80/", "http://127.0.0.1/x", "https://127.0.0.1:1/", "signal:KILL:x", "signal:HUP:", "ftp://x"] {
+        for bad in [
+            "http://example.com:80/",
+            "http://127.0.0.1/x",
+            "https://127.0.0.1:1/",
+            "signal:KILL:x",
+            "signal:HUP:",
+            "ftp://x",
+        ] {
             assert!(Reload::parse(bad).is_err(), "{bad}");
         }
     }

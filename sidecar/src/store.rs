@@ -28,12 +28,18 @@ pub enum StoreError {
     Decryption { secret: String, message: String },
     #[error("secret {secret:?}: throttled by the store: {message}")]
     Throttled { secret: String, message: String },
-    #[error("secret {secret:?}: the store could not be reached or did not answer in time: {message}")]
+    #[error(
+        "secret {secret:?}: the store could not be reached or did not answer in time: {message}"
+    )]
     Unavailable { secret: String, message: String },
     #[error("secret {secret:?}: version {version:?} does not exist")]
     VersionNotFound { secret: String, version: String },
     #[error("secret {secret:?}: {code}: {message}")]
-    Other { secret: String, code: String, message: String },
+    Other {
+        secret: String,
+        code: String,
+        message: String,
+    },
     #[error("secret store: {0}")]
     Config(String),
 }
@@ -56,7 +62,10 @@ impl StoreError {
 
     /// Whether the store itself failed (as opposed to an answer about the secret).
     pub fn is_store_failure(&self) -> bool {
-        matches!(self, StoreError::Throttled { .. } | StoreError::Unavailable { .. } | StoreError::Config(_))
+        matches!(
+            self,
+            StoreError::Throttled { .. } | StoreError::Unavailable { .. } | StoreError::Config(_)
+        )
     }
 }
 
@@ -106,16 +115,27 @@ pub struct FetchRequest {
 
 impl FetchRequest {
     pub fn current(secret: impl Into<String>) -> Self {
-        FetchRequest { secret: secret.into(), version_id: None, version_stage: None }
+        FetchRequest {
+            secret: secret.into(),
+            version_id: None,
+            version_stage: None,
+        }
     }
 
     /// Batch reads only return `AWSCURRENT`; anything else is fetched on its own.
     pub fn is_pinned(&self) -> bool {
-        self.version_id.is_some() || self.version_stage.as_deref().is_some_and(|s| s != "AWSCURRENT")
+        self.version_id.is_some()
+            || self
+                .version_stage
+                .as_deref()
+                .is_some_and(|s| s != "AWSCURRENT")
     }
 
     fn version_label(&self) -> String {
-        self.version_id.clone().or_else(|| self.version_stage.clone()).unwrap_or_else(|| "AWSCURRENT".into())
+        self.version_id
+            .clone()
+            .or_else(|| self.version_stage.clone())
+            .unwrap_or_else(|| "AWSCURRENT".into())
     }
 }
 
@@ -140,7 +160,9 @@ impl std::str::FromStr for StoreSetting {
             "aws" => Ok(StoreSetting::Aws),
             _ => match s.strip_prefix("file:") {
                 Some(p) if !p.is_empty() => Ok(StoreSetting::File(p.into())),
-                _ => Err(format!("{s:?} is not a store; use \"aws\" or \"file:PATH\"")),
+                _ => Err(format!(
+                    "{s:?} is not a store; use \"aws\" or \"file:PATH\""
+                )),
             },
         }
     }
@@ -158,7 +180,10 @@ impl fmt::Display for StoreSetting {
 impl Store {
     /// Opens a store. AWS takes the standard configuration (region, credentials chain,
     /// `AWS_ENDPOINT_URL`); `timeout` bounds every call including retries.
-    pub async fn open(setting: &StoreSetting, timeout: std::time::Duration) -> Result<Store, StoreError> {
+    pub async fn open(
+        setting: &StoreSetting,
+        timeout: std::time::Duration,
+    ) -> Result<Store, StoreError> {
         match setting {
             StoreSetting::Aws => Ok(Store::Aws(AwsStore::from_env(timeout).await)),
             StoreSetting::File(p) => Ok(Store::File(FileStore::open(p)?)),
@@ -206,7 +231,10 @@ mod tests {
     #[test]
     fn store_settings() {
         assert_eq!("aws".parse::<StoreSetting>(), Ok(StoreSetting::Aws));
-        assert_eq!("file:/x.yaml".parse::<StoreSetting>(), Ok(StoreSetting::File("/x.yaml".into())));
+        assert_eq!(
+            "file:/x.yaml".parse::<StoreSetting>(),
+            Ok(StoreSetting::File("/x.yaml".into()))
+        );
         assert!("file:".parse::<StoreSetting>().is_err());
         assert!("vault".parse::<StoreSetting>().is_err());
     }
@@ -216,16 +244,29 @@ mod tests {
         let arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/db-AbCdEf";
         assert!(id_matches("/demo/db", arn, "/demo/db"));
         assert!(id_matches(arn, arn, "/demo/db"));
-        assert!(id_matches("arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/db", arn, "/demo/db"));
+        assert!(id_matches(
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/db",
+            arn,
+            "/demo/db"
+        ));
         assert!(!id_matches("/demo/d", arn, "/demo/db"));
-        assert!(!id_matches("arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/d", arn, "/demo/db"));
+        assert!(!id_matches(
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/d",
+            arn,
+            "/demo/db"
+        ));
     }
 
     #[test]
     fn values_never_debug_print() {
         let v = SecretValue::Text(SecretString::from("hunter2".to_string()));
         assert!(!format!("{v:?}").contains("hunter2"));
-        let f = Fetched { arn: "a".into(), name: "n".into(), version_id: "v".into(), value: v };
+        let f = Fetched {
+            arn: "a".into(),
+            name: "n".into(),
+            version_id: "v".into(),
+            value: v,
+        };
         assert!(!format!("{f:?}").contains("hunter2"));
     }
 }

@@ -44,7 +44,10 @@ pub struct WriteError {
 }
 
 fn at(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
-    move |source| WriteError { path: path.to_path_buf(), source }
+    move |source| WriteError {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl AtomicWriter {
@@ -70,10 +73,20 @@ impl AtomicWriter {
             return Ok(false);
         }
 
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let name = format!("..{}.{:09}{:04}", now.as_secs(), now.subsec_nanos(), fastrand::u16(..10000));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let name = format!(
+            "..{}.{:09}{:04}",
+            now.as_secs(),
+            now.subsec_nanos(),
+            fastrand::u16(..10000)
+        );
         let staging = self.dir.join(&name);
-        fs::DirBuilder::new().mode(0o750).create(&staging).map_err(at(&staging))?;
+        fs::DirBuilder::new()
+            .mode(0o750)
+            .create(&staging)
+            .map_err(at(&staging))?;
         if let Err(e) = write_all(&staging, payload) {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -97,7 +110,8 @@ impl AtomicWriter {
         for file in payload.keys() {
             let link = self.dir.join(file);
             if fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(Path::new(DATA_LINK).join(file), &link).map_err(at(&link))?;
+                std::os::unix::fs::symlink(Path::new(DATA_LINK).join(file), &link)
+                    .map_err(at(&link))?;
             }
         }
         self.remove_stale(&name, payload);
@@ -105,25 +119,31 @@ impl AtomicWriter {
     }
 
     fn same_as(&self, dir: &Path, payload: &BTreeMap<String, FilePayload>) -> bool {
-        let Ok(entries) = fs::read_dir(dir) else { return false };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return false;
+        };
         if entries.count() != payload.len() {
             return false;
         }
         payload.iter().all(|(name, p)| {
             let path = dir.join(name);
-            let same_mode = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == p.mode);
+            let same_mode =
+                fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == p.mode);
             same_mode && fs::read(&path).is_ok_and(|bytes| bytes == p.content.bytes())
         })
     }
 
     fn remove_stale(&self, keep: &str, payload: &BTreeMap<String, FilePayload>) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let path = entry.path();
             if name.starts_with("..") {
-                if name != keep && name != DATA_LINK && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if name != keep && name != DATA_LINK && entry.file_type().is_ok_and(|t| t.is_dir())
+                {
                     let _ = fs::remove_dir_all(&path);
                 }
             } else if !payload.contains_key(name.as_ref())
@@ -158,7 +178,15 @@ mod tests {
     fn payload(pairs: &[(&str, &str)]) -> BTreeMap<String, FilePayload> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), FilePayload { content: Content::new(v.as_bytes().to_vec()), mode: 0o400 }))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    FilePayload {
+                        content: Content::new(v.as_bytes().to_vec()),
+                        mode: 0o400,
+                    },
+                )
+            })
             .collect()
     }
 
@@ -167,20 +195,40 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let w = AtomicWriter::new(tmp.path());
         assert!(!w.is_ready());
-        assert!(w.write(&payload(&[("a", "1"), ("b", "2")])).expect("first write"));
+        assert!(
+            w.write(&payload(&[("a", "1"), ("b", "2")]))
+                .expect("first write")
+        );
         assert!(w.is_ready());
         assert_eq!(fs::read_to_string(tmp.path().join("a")).expect("a"), "1");
-        let mode = fs::metadata(tmp.path().join("a")).expect("meta").permissions().mode() & 0o777;
+        let mode = fs::metadata(tmp.path().join("a"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o400);
-        assert!(!w.write(&payload(&[("a", "1"), ("b", "2")])).expect("unchanged"), "same set is not rewritten");
-        assert!(w.write(&payload(&[("a", "3"), ("c", "4")])).expect("second write"));
+        assert!(
+            !w.write(&payload(&[("a", "1"), ("b", "2")]))
+                .expect("unchanged"),
+            "same set is not rewritten"
+        );
+        assert!(
+            w.write(&payload(&[("a", "3"), ("c", "4")]))
+                .expect("second write")
+        );
         assert_eq!(fs::read_to_string(tmp.path().join("a")).expect("a"), "3");
         assert_eq!(fs::read_to_string(tmp.path().join("c")).expect("c"), "4");
-        assert!(fs::symlink_metadata(tmp.path().join("b")).is_err(), "dropped file's link is removed");
+        assert!(
+            fs::symlink_metadata(tmp.path().join("b")).is_err(),
+            "dropped file's link is removed"
+        );
         let dirs: Vec<_> = fs::read_dir(tmp.path())
             .expect("list")
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("..") && e.file_type().expect("type").is_dir())
+            .filter(|e| {
+                e.file_name().to_string_lossy().starts_with("..")
+                    && e.file_type().expect("type").is_dir()
+            })
             .collect();
         assert_eq!(dirs.len(), 1, "old version directories are removed");
     }
@@ -192,10 +240,19 @@ mod tests {
         w.write(&payload(&[("a", "old")])).expect("first write");
         // A file name that cannot be created fails mid-set, like a full disk would.
         let mut bad = payload(&[("a", "new")]);
-        bad.insert("x/y".into(), FilePayload { content: Content::new(b"z".to_vec()), mode: 0o400 });
+        bad.insert(
+            "x/y".into(),
+            FilePayload {
+                content: Content::new(b"z".to_vec()),
+                mode: 0o400,
+            },
+        );
         assert!(w.write(&bad).is_err());
         assert_eq!(fs::read_to_string(tmp.path().join("a")).expect("a"), "old");
         let leftovers = fs::read_dir(tmp.path()).expect("list").count();
-        assert_eq!(leftovers, 3, "..data, its directory and the link to a; nothing half-written");
+        assert_eq!(
+            leftovers, 3,
+            "..data, its directory and the link to a; nothing half-written"
+        );
     }
 }

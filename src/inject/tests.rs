@@ -11,7 +11,10 @@ fn pod(v: Value) -> Pod {
 fn opted_in(extra: &[(&str, &str)]) -> Value {
     let mut ann = serde_json::Map::new();
     ann.insert("kura.dev/inject".into(), json!("true"));
-    ann.insert("kura.dev/secret.db-password".into(), json!("/demo/db#password"));
+    ann.insert(
+        "kura.dev/secret.db-password".into(),
+        json!("/demo/db#password"),
+    );
     for (k, v) in extra {
         ann.insert((*k).into(), json!(v));
     }
@@ -28,7 +31,10 @@ fn pairs(ops: &[PatchOperation]) -> Vec<(String, String)> {
     ops.iter()
         .map(|o| {
             let v = serde_json::to_value(o).expect("op serializes");
-            (v["op"].as_str().expect("op").to_string(), v["path"].as_str().expect("path").to_string())
+            (
+                v["op"].as_str().expect("op").to_string(),
+                v["path"].as_str().expect("path").to_string(),
+            )
         })
         .collect()
 }
@@ -56,8 +62,10 @@ fn op_path_pairs_per_pod_shape() {
     let minimal = opted_in(&[]);
     let mut with_everything = opted_in(&[]);
     with_everything["spec"]["volumes"] = json!([{ "name": "data", "emptyDir": {} }]);
-    with_everything["spec"]["initContainers"] = json!([{ "name": "migrate", "image": "m:1", "volumeMounts": [] }]);
-    with_everything["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "data", "mountPath": "/data" }]);
+    with_everything["spec"]["initContainers"] =
+        json!([{ "name": "migrate", "image": "m:1", "volumeMounts": [] }]);
+    with_everything["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "data", "mountPath": "/data" }]);
     let mut no_auto = opted_in(&[]);
     no_auto["spec"]["automountServiceAccountToken"] = json!(false);
     let init_only = opted_in(&[("kura.dev/agent", "init-only")]);
@@ -101,7 +109,10 @@ fn op_path_pairs_per_pod_shape() {
         (
             "legacy sidecar",
             minimal.clone(),
-            InjectConfig { sidecar_mode: SidecarMode::Legacy, ..cfg.clone() },
+            InjectConfig {
+                sidecar_mode: SidecarMode::Legacy,
+                ..cfg.clone()
+            },
             vec![
                 s("add", "/metadata/annotations/kura.dev~1status"),
                 s("add", "/spec/volumes"),
@@ -137,21 +148,43 @@ fn native_sidecar_is_first_and_gated_by_a_startup_probe() {
     v["spec"]["initContainers"] = json!([{ "name": "migrate", "image": "m:1" }]);
     let plan = plan_for(&v, &InjectConfig::default());
     let (doc, p) = apply(&v, &plan.patch);
-    let init = p.spec.as_ref().and_then(|s| s.init_containers.clone()).expect("init containers");
+    let init = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .expect("init containers");
     assert_eq!(init[0].name, AGENT);
     assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
     assert_eq!(init[1].name, "migrate");
-    let probe = init[0].startup_probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone());
-    assert_eq!(probe.expect("probe")[..2], [AGENT_BINARY.to_string(), "ready".to_string()]);
+    let probe = init[0]
+        .startup_probe
+        .as_ref()
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone());
+    assert_eq!(
+        probe.expect("probe")[..2],
+        [AGENT_BINARY.to_string(), "ready".to_string()]
+    );
     // The user's init container got the mount (default: all containers).
-    assert!(init[1].volume_mounts.iter().flatten().any(|m| m.name == VOLUME && m.read_only == Some(true)));
+    assert!(
+        init[1]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == VOLUME && m.read_only == Some(true))
+    );
     let sc = &doc["spec"]["initContainers"][0]["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
-    let vol = doc["spec"]["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == VOLUME).cloned();
+    let vol = doc["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == VOLUME)
+        .cloned();
     assert_eq!(vol.expect("volume")["emptyDir"]["medium"], "Memory");
 }
 
@@ -161,7 +194,13 @@ fn spec_in_env_is_the_normalized_versioned_spec() {
     let plan = plan_for(&v, &InjectConfig::default());
     let (_, p) = apply(&v, &plan.patch);
     let agent = &p.spec.expect("spec").init_containers.expect("init")[0];
-    let spec_json = agent.env.iter().flatten().find(|e| e.name == "KURA_SPEC").and_then(|e| e.value.clone()).expect("spec");
+    let spec_json = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "KURA_SPEC")
+        .and_then(|e| e.value.clone())
+        .expect("spec");
     let spec = kura_agent::Spec::from_json(&spec_json).expect("agent reads it");
     assert_eq!(spec.refresh_interval, 300);
     assert_eq!(spec.files[0].key.as_deref(), Some("password"));
@@ -185,7 +224,13 @@ fn one_to_fifty_containers() {
         v["spec"]["volumes"] = json!([{ "name": "v", "emptyDir": {} }]);
         let plan = plan_for(&v, &InjectConfig::default());
         let (_, p) = apply(&v, &plan.patch);
-        let mounted = p.spec.expect("spec").containers.iter().filter(|c| c.volume_mounts.iter().flatten().any(|m| m.name == VOLUME)).count();
+        let mounted = p
+            .spec
+            .expect("spec")
+            .containers
+            .iter()
+            .filter(|c| c.volume_mounts.iter().flatten().any(|m| m.name == VOLUME))
+            .count();
         assert_eq!(mounted, n);
     }
 }
@@ -193,7 +238,8 @@ fn one_to_fifty_containers() {
 #[test]
 fn containers_annotation_targets_named_containers_including_init() {
     let mut v = opted_in(&[("kura.dev/containers", "worker,setup")]);
-    v["spec"]["containers"] = json!([{ "name": "app", "image": "a" }, { "name": "worker", "image": "w" }]);
+    v["spec"]["containers"] =
+        json!([{ "name": "app", "image": "a" }, { "name": "worker", "image": "w" }]);
     v["spec"]["initContainers"] = json!([{ "name": "setup", "image": "s" }]);
     let planned = plan_for(&v, &InjectConfig::default());
     let (_, p) = apply(&v, &planned.patch);
@@ -202,7 +248,9 @@ fn containers_annotation_targets_named_containers_including_init() {
     assert!(!mounts(&spec.containers[0]));
     assert!(mounts(&spec.containers[1]));
     let init = spec.init_containers.expect("init");
-    assert!(mounts(init.iter().find(|c| c.name == "setup").expect("setup")));
+    assert!(mounts(
+        init.iter().find(|c| c.name == "setup").expect("setup")
+    ));
 
     let v = opted_in(&[("kura.dev/containers", "nope")]);
     let p = pod(v);
@@ -215,19 +263,37 @@ fn agent_runs_as_the_reading_user() {
     let mut v = opted_in(&[]);
     v["spec"]["securityContext"] = json!({ "runAsUser": 2000, "runAsGroup": 3000 });
     let (doc, _) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
-    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], 2000);
-    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsGroup"], 3000);
+    assert_eq!(
+        doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"],
+        2000
+    );
+    assert_eq!(
+        doc["spec"]["initContainers"][0]["securityContext"]["runAsGroup"],
+        3000
+    );
 
     v["spec"]["containers"][0]["securityContext"] = json!({ "runAsUser": 1234 });
     let (doc, _) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
-    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], 1234);
+    assert_eq!(
+        doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"],
+        1234
+    );
 
     let v = opted_in(&[("kura.dev/run-as-user", "4321")]);
     let (doc, _) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
-    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], 4321);
+    assert_eq!(
+        doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"],
+        4321
+    );
 
-    let (doc, _) = apply(&opted_in(&[]), &plan_for(&opted_in(&[]), &InjectConfig::default()).patch);
-    assert_eq!(doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"], DEFAULT_UID);
+    let (doc, _) = apply(
+        &opted_in(&[]),
+        &plan_for(&opted_in(&[]), &InjectConfig::default()).patch,
+    );
+    assert_eq!(
+        doc["spec"]["initContainers"][0]["securityContext"]["runAsUser"],
+        DEFAULT_UID
+    );
 }
 
 #[test]
@@ -261,11 +327,25 @@ fn identity_is_copied_and_topped_up_on_reinvocation() {
     v["spec"]["volumes"] = json!([{ "name": "aws-iam-token", "projected": { "sources": [{ "serviceAccountToken": { "audience": "sts.amazonaws.com", "expirationSeconds": 86400, "path": "token" } }] } }]);
     let (doc, p) = apply(&v, &plan_for(&v, &InjectConfig::default()).patch);
     let agent = &doc["spec"]["initContainers"][0];
-    let names: Vec<&str> = agent["env"].as_array().expect("env").iter().map(|e| e["name"].as_str().expect("name")).collect();
+    let names: Vec<&str> = agent["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| e["name"].as_str().expect("name"))
+        .collect();
     assert!(names.contains(&"AWS_ROLE_ARN") && names.contains(&"AWS_WEB_IDENTITY_TOKEN_FILE"));
     assert!(!names.contains(&"UNRELATED"));
-    assert!(agent["volumeMounts"].as_array().expect("mounts").iter().any(|m| m["name"] == "aws-iam-token"));
-    assert!(top_up_identity(&p).is_empty(), "nothing new: reinvocation adds nothing");
+    assert!(
+        agent["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["name"] == "aws-iam-token")
+    );
+    assert!(
+        top_up_identity(&p).is_empty(),
+        "nothing new: reinvocation adds nothing"
+    );
 
     // Another webhook adds Pod Identity after kura ran: reinvocation gives it to the agent too.
     let mut later = doc.clone();
@@ -276,7 +356,13 @@ fn identity_is_copied_and_topped_up_on_reinvocation() {
     let ops = top_up_identity(&pod(later.clone()));
     assert_eq!(pairs(&ops), vec![s("add", "/spec/initContainers/0/env/-")]);
     let (after, _) = apply(&later, &ops);
-    assert!(after["spec"]["initContainers"][0]["env"].as_array().expect("env").iter().any(|e| e["name"] == "AWS_CONTAINER_CREDENTIALS_FULL_URI"));
+    assert!(
+        after["spec"]["initContainers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    );
     assert!(top_up_identity(&pod(after)).is_empty());
 }
 
@@ -284,26 +370,44 @@ fn identity_is_copied_and_topped_up_on_reinvocation() {
 fn reserved_names_and_mount_paths_are_refused() {
     let mut v = opted_in(&[]);
     v["spec"]["volumes"] = json!([{ "name": VOLUME, "emptyDir": {} }]);
-    v["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": VOLUME, "mountPath": "/var/run/secrets/kura" }]);
+    v["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": VOLUME, "mountPath": "/var/run/secrets/kura" }]);
     v["spec"]["initContainers"] = json!([{ "name": AGENT, "image": "x" }]);
     let p = pod(v);
     let err = plan(&p, &secrets_of(&p), &InjectConfig::default()).unwrap_err();
-    let all: String = err.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("|");
-    assert!(all.contains("volume name \"kura-secrets\" is reserved"), "{all}");
-    assert!(all.contains("container name \"kura-agent\" is reserved"), "{all}");
+    let all: String = err
+        .iter()
+        .map(|e| e.message.clone())
+        .collect::<Vec<_>>()
+        .join("|");
+    assert!(
+        all.contains("volume name \"kura-secrets\" is reserved"),
+        "{all}"
+    );
+    assert!(
+        all.contains("container name \"kura-agent\" is reserved"),
+        "{all}"
+    );
     assert!(all.contains("already mounts"), "{all}");
 }
 
 #[test]
 fn pointer_escaping_is_never_hand_written() {
     let op = add(&["metadata", "annotations", "a~b/c"], json!(1));
-    assert_eq!(pairs(&[op]), vec![s("add", "/metadata/annotations/a~0b~1c")]);
+    assert_eq!(
+        pairs(&[op]),
+        vec![s("add", "/metadata/annotations/a~0b~1c")]
+    );
 }
 
 #[test]
 fn status_hash_tracks_the_spec() {
     let a = plan_for(&opted_in(&[]), &InjectConfig::default()).status;
-    let b = plan_for(&opted_in(&[("kura.dev/file-mode", "0440")]), &InjectConfig::default()).status;
+    let b = plan_for(
+        &opted_in(&[("kura.dev/file-mode", "0440")]),
+        &InjectConfig::default(),
+    )
+    .status;
     assert!(a.starts_with("injected sha256:"));
     assert_ne!(a, b);
 }

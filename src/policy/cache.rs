@@ -36,13 +36,20 @@ impl MetaCache {
         MetaCache {
             store,
             slots: Mutex::new(HashMap::new()),
-            ttls: Mutex::new(Ttls { ttl: s.ttl, negative: s.negative_ttl, max: s.max_entries.max(1) }),
+            ttls: Mutex::new(Ttls {
+                ttl: s.ttl,
+                negative: s.negative_ttl,
+                max: s.max_entries.max(1),
+            }),
         }
     }
 
     pub fn set_ttls(&self, s: &CacheSettings) {
-        *self.ttls.lock().unwrap_or_else(|p| p.into_inner()) =
-            Ttls { ttl: s.ttl, negative: s.negative_ttl, max: s.max_entries.max(1) };
+        *self.ttls.lock().unwrap_or_else(|p| p.into_inner()) = Ttls {
+            ttl: s.ttl,
+            negative: s.negative_ttl,
+            max: s.max_entries.max(1),
+        };
     }
 
     fn ttls(&self) -> Ttls {
@@ -72,7 +79,9 @@ impl MetaCache {
                     if slots.len() >= ttls.max {
                         slots.retain(|_, s| Self::fresh(s, ttls, now));
                         while slots.len() >= ttls.max {
-                            let Some(k) = slots.keys().next().cloned() else { break };
+                            let Some(k) = slots.keys().next().cloned() else {
+                                break;
+                            };
                             slots.remove(&k);
                         }
                     }
@@ -82,7 +91,10 @@ impl MetaCache {
                 }
             }
         };
-        let (result, _) = slot.cell.get_or_init(|| async { (self.store.describe(id).await, Instant::now()) }).await;
+        let (result, _) = slot
+            .cell
+            .get_or_init(|| async { (self.store.describe(id).await, Instant::now()) })
+            .await;
         result.clone()
     }
 

@@ -43,7 +43,10 @@ pub enum StoreErrors {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse().map(Duration::from_millis).map_err(|_| serde::de::Error::custom(format!("{s:?} is not a duration")));
+        return ms
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a duration")));
     }
     parse_duration(&s).map(Duration::from_secs).ok_or_else(|| {
         serde::de::Error::custom(format!("{s:?} is not a duration such as 500ms, 2s or 5m"))
@@ -96,7 +99,12 @@ fn default_arns() -> Vec<String> {
 
 impl Default for Scope {
     fn default() -> Self {
-        Scope { names: default_names(), arns: default_arns(), namespace_tag: None, grants: Vec::new() }
+        Scope {
+            names: default_names(),
+            arns: default_arns(),
+            namespace_tag: None,
+            grants: Vec::new(),
+        }
     }
 }
 
@@ -108,12 +116,15 @@ impl Scope {
             .iter()
             .filter(move |g| g.namespaces.iter().any(|p| glob::matches(p, namespace)))
             .flat_map(move |g| if arn { g.arns.iter() } else { g.names.iter() });
-        own.iter().chain(granted).map(move |p| p.replace("{namespace}", namespace))
+        own.iter()
+            .chain(granted)
+            .map(move |p| p.replace("{namespace}", namespace))
     }
 
     fn allows(&self, id: &str, namespace: &str) -> bool {
         let is_arn = id.starts_with("arn:");
-        self.patterns(namespace, is_arn).any(|p| glob::matches(&p, id))
+        self.patterns(namespace, is_arn)
+            .any(|p| glob::matches(&p, id))
     }
 
     /// The id the pod wrote.
@@ -125,13 +136,19 @@ impl Scope {
             return Ok(());
         }
         let wanted: Vec<String> = self.patterns(namespace, id.starts_with("arn:")).collect();
-        Err(format!("not in namespace {namespace}'s scope (allowed: {}); ask the platform team for a grant", wanted.join(", ")))
+        Err(format!(
+            "not in namespace {namespace}'s scope (allowed: {}); ask the platform team for a grant",
+            wanted.join(", ")
+        ))
     }
 
     /// What the store says the id resolves to: name, ARN and, if configured, the namespace tag.
     pub fn check_resolved(&self, meta: &SecretMeta, namespace: &str) -> Result<(), String> {
         if !self.allows(&meta.name, namespace) {
-            return Err(format!("its name {:?} is outside namespace {namespace}'s scope", meta.name));
+            return Err(format!(
+                "its name {:?} is outside namespace {namespace}'s scope",
+                meta.name
+            ));
         }
         if !meta.arn.is_empty() && !self.allows(&meta.arn, namespace) {
             return Err(format!("its ARN is outside namespace {namespace}'s scope"));
@@ -139,8 +156,16 @@ impl Scope {
         if let Some(tag) = &self.namespace_tag {
             match meta.tags.get(tag) {
                 Some(v) if v == namespace => {}
-                Some(v) => return Err(format!("its tag {tag}={v:?} does not name namespace {namespace}")),
-                None => return Err(format!("it has no tag {tag}={namespace}; tag the secret with its namespace")),
+                Some(v) => {
+                    return Err(format!(
+                        "its tag {tag}={v:?} does not name namespace {namespace}"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "it has no tag {tag}={namespace}; tag the secret with its namespace"
+                    ));
+                }
             }
         }
         Ok(())
@@ -164,7 +189,10 @@ fn yes() -> bool {
 
 impl Default for KmsPolicy {
     fn default() -> Self {
-        KmsPolicy { require_customer_managed: true, allowed_keys: Vec::new() }
+        KmsPolicy {
+            require_customer_managed: true,
+            allowed_keys: Vec::new(),
+        }
     }
 }
 
@@ -190,8 +218,14 @@ impl KmsPolicy {
         }
         if let (false, Some(k)) = (self.allowed_keys.is_empty(), key) {
             let have = key_ref(k);
-            if !self.allowed_keys.iter().any(|a| a == k || key_ref(a) == have) {
-                return Err(format!("encrypted with KMS key {k}, which is not in the policy's allowed keys"));
+            if !self
+                .allowed_keys
+                .iter()
+                .any(|a| a == k || key_ref(a) == have)
+            {
+                return Err(format!(
+                    "encrypted with KMS key {k}, which is not in the policy's allowed keys"
+                ));
             }
         }
         Ok(())
@@ -260,7 +294,11 @@ fn store_timeout() -> Duration {
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        CacheSettings { ttl: ttl(), negative_ttl: negative_ttl(), max_entries: max_entries() }
+        CacheSettings {
+            ttl: ttl(),
+            negative_ttl: negative_ttl(),
+            max_entries: max_entries(),
+        }
     }
 }
 
@@ -315,7 +353,10 @@ impl Default for Policy {
 
 impl Policy {
     pub fn from_yaml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let err = |message: String| PolicyError::Invalid { path: origin.to_string(), message };
+        let err = |message: String| PolicyError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
         let p: Policy = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
         if p.api_version != API_VERSION || p.kind != KIND {
             return Err(err(format!(
@@ -324,17 +365,24 @@ impl Policy {
             )));
         }
         if p.scope.names.is_empty() && p.scope.arns.is_empty() {
-            return Err(err("scope has neither names nor arns: no secret could ever be used".into()));
+            return Err(err(
+                "scope has neither names nor arns: no secret could ever be used".into(),
+            ));
         }
         if p.store_timeout.is_zero() || p.store_timeout > Duration::from_secs(4) {
-            return Err(err("storeTimeout must be above 0 and at most 4s, under the webhook's 5s timeout".into()));
+            return Err(err(
+                "storeTimeout must be above 0 and at most 4s, under the webhook's 5s timeout"
+                    .into(),
+            ));
         }
         Ok(p)
     }
 
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| PolicyError::Invalid { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Invalid {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Policy::from_yaml(&text, &path.display().to_string())
     }
 }
@@ -350,7 +398,10 @@ mod tests {
             arn: arn.into(),
             kms_key_id: key.map(Into::into),
             deleted: false,
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
         }
     }
 
@@ -366,12 +417,27 @@ mod tests {
         assert_eq!(p.store_timeout, Duration::from_millis(1500));
         assert_eq!(p.scope, Scope::default());
         for (bad, needle) in [
-            ("apiVersion: kura.dev/v1alpha1\nkind: Policy\ncolour: red\n", "unknown field"),
+            (
+                "apiVersion: kura.dev/v1alpha1\nkind: Policy\ncolour: red\n",
+                "unknown field",
+            ),
             ("apiVersion: kura.dev/v2\nkind: Policy\n", "this kura reads"),
-            ("apiVersion: kura.dev/v1alpha1\nkind: Policy\nmode: strict\n", "unknown variant"),
-            ("apiVersion: kura.dev/v1alpha1\nkind: Policy\ncache: {ttl: soon}\n", "not a duration"),
-            ("apiVersion: kura.dev/v1alpha1\nkind: Policy\nstoreTimeout: 10s\n", "storeTimeout"),
-            ("apiVersion: kura.dev/v1alpha1\nkind: Policy\nplaintext: {ignoreNames: ['(']}\n", "regex"),
+            (
+                "apiVersion: kura.dev/v1alpha1\nkind: Policy\nmode: strict\n",
+                "unknown variant",
+            ),
+            (
+                "apiVersion: kura.dev/v1alpha1\nkind: Policy\ncache: {ttl: soon}\n",
+                "not a duration",
+            ),
+            (
+                "apiVersion: kura.dev/v1alpha1\nkind: Policy\nstoreTimeout: 10s\n",
+                "storeTimeout",
+            ),
+            (
+                "apiVersion: kura.dev/v1alpha1\nkind: Policy\nplaintext: {ignoreNames: ['(']}\n",
+                "regex",
+            ),
             ("kind: Policy\n", "apiVersion"),
         ] {
             let e = Policy::from_yaml(bad, "p.yaml").expect_err(bad).to_string();
@@ -383,8 +449,16 @@ mod tests {
     fn scope_names_and_arns() {
         let s = Scope::default();
         s.check_id("/prod/db", "prod").expect("own name");
-        s.check_id("arn:aws:secretsmanager:eu-west-1:111122223333:secret:/prod/db-AbCdEf", "prod").expect("own arn");
-        s.check_id("arn:aws-cn:secretsmanager:cn-north-1:111122223333:secret:/prod/db", "prod").expect("partial arn");
+        s.check_id(
+            "arn:aws:secretsmanager:eu-west-1:111122223333:secret:/prod/db-AbCdEf",
+            "prod",
+        )
+        .expect("own arn");
+        s.check_id(
+            "arn:aws-cn:secretsmanager:cn-north-1:111122223333:secret:/prod/db",
+            "prod",
+        )
+        .expect("partial arn");
         for bad in [
             "/production/db",
             "/dev/db",
@@ -401,45 +475,115 @@ mod tests {
     #[test]
     fn grants_extend_scope() {
         let s = Scope {
-            grants: vec![Grant { namespaces: vec!["pay*".into()], names: vec!["/shared/payments/*".into()], arns: vec![] }],
+            grants: vec![Grant {
+                namespaces: vec!["pay*".into()],
+                names: vec!["/shared/payments/*".into()],
+                arns: vec![],
+            }],
             ..Scope::default()
         };
-        s.check_id("/shared/payments/key", "payments").expect("granted");
+        s.check_id("/shared/payments/key", "payments")
+            .expect("granted");
         assert!(s.check_id("/shared/payments/key", "web").is_err());
     }
 
     #[test]
     fn resolved_identity_and_tags() {
-        let s = Scope { namespace_tag: Some("kubernetes-namespace".into()), ..Scope::default() };
+        let s = Scope {
+            namespace_tag: Some("kubernetes-namespace".into()),
+            ..Scope::default()
+        };
         let arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/db-AbCdEf";
-        s.check_resolved(&meta("/prod/db", arn, None, &[("kubernetes-namespace", "prod")]), "prod").expect("ok");
-        let e = s.check_resolved(&meta("/prod/db", arn, None, &[("kubernetes-namespace", "dev")]), "prod").unwrap_err();
+        s.check_resolved(
+            &meta("/prod/db", arn, None, &[("kubernetes-namespace", "prod")]),
+            "prod",
+        )
+        .expect("ok");
+        let e = s
+            .check_resolved(
+                &meta("/prod/db", arn, None, &[("kubernetes-namespace", "dev")]),
+                "prod",
+            )
+            .unwrap_err();
         assert!(e.contains("does not name"), "{e}");
-        assert!(s.check_resolved(&meta("/prod/db", arn, None, &[]), "prod").unwrap_err().contains("no tag"));
+        assert!(
+            s.check_resolved(&meta("/prod/db", arn, None, &[]), "prod")
+                .unwrap_err()
+                .contains("no tag")
+        );
         let other = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/dev/db-AbCdEf";
-        assert!(s.check_resolved(&meta("/dev/db", other, None, &[("kubernetes-namespace", "prod")]), "prod").is_err());
+        assert!(
+            s.check_resolved(
+                &meta("/dev/db", other, None, &[("kubernetes-namespace", "prod")]),
+                "prod"
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn kms_rules() {
         let arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/db-AbCdEf";
         let k = KmsPolicy::default();
-        assert!(k.check(&meta("/p", arn, None, &[])).unwrap_err().contains("AWS managed"));
-        assert!(k.check(&meta("/p", arn, Some("alias/aws/secretsmanager"), &[])).is_err());
         assert!(
-            k.check(&meta("/p", arn, Some("arn:aws:kms:us-east-1:111122223333:alias/aws/secretsmanager"), &[])).is_err()
+            k.check(&meta("/p", arn, None, &[]))
+                .unwrap_err()
+                .contains("AWS managed")
         );
-        k.check(&meta("/p", arn, Some("1234abcd-12ab-34cd-56ef-1234567890ab"), &[])).expect("cmk");
+        assert!(
+            k.check(&meta("/p", arn, Some("alias/aws/secretsmanager"), &[]))
+                .is_err()
+        );
+        assert!(
+            k.check(&meta(
+                "/p",
+                arn,
+                Some("arn:aws:kms:us-east-1:111122223333:alias/aws/secretsmanager"),
+                &[]
+            ))
+            .is_err()
+        );
+        k.check(&meta(
+            "/p",
+            arn,
+            Some("1234abcd-12ab-34cd-56ef-1234567890ab"),
+            &[],
+        ))
+        .expect("cmk");
         let allowed = KmsPolicy {
             require_customer_managed: true,
-            allowed_keys: vec!["1234abcd-12ab-34cd-56ef-1234567890ab".into(), "alias/prod".into()],
+            allowed_keys: vec![
+                "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
+                "alias/prod".into(),
+            ],
         };
         allowed
-            .check(&meta("/p", arn, Some("arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"), &[]))
+            .check(&meta(
+                "/p",
+                arn,
+                Some("arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+                &[],
+            ))
             .expect("key arn of an allowed id");
-        allowed.check(&meta("/p", arn, Some("arn:aws:kms:us-east-1:111122223333:alias/prod"), &[])).expect("alias arn");
-        assert!(allowed.check(&meta("/p", arn, Some("alias/other"), &[])).unwrap_err().contains("not in the policy"));
-        let lax = KmsPolicy { require_customer_managed: false, allowed_keys: vec![] };
-        lax.check(&meta("/p", arn, None, &[])).expect("not required");
+        allowed
+            .check(&meta(
+                "/p",
+                arn,
+                Some("arn:aws:kms:us-east-1:111122223333:alias/prod"),
+                &[],
+            ))
+            .expect("alias arn");
+        assert!(
+            allowed
+                .check(&meta("/p", arn, Some("alias/other"), &[]))
+                .unwrap_err()
+                .contains("not in the policy")
+        );
+        let lax = KmsPolicy {
+            require_customer_managed: false,
+            allowed_keys: vec![],
+        };
+        lax.check(&meta("/p", arn, None, &[]))
+            .expect("not required");
     }
 }

@@ -16,7 +16,11 @@ pub fn matches(pattern: &str, text: &str) -> bool {
                 // Stay, or extend the previous reach by one non-':' character.
                 next[j] = reach[j] || (j > 0 && next[j - 1] && t[j - 1] != ':');
             } else if j > 0 && reach[j - 1] {
-                next[j] = if pc == '?' { t[j - 1] != ':' } else { t[j - 1] == pc };
+                next[j] = if pc == '?' {
+                    t[j - 1] != ':'
+                } else {
+                    t[j - 1] == pc
+                };
             }
         }
         reach = next;
@@ -35,10 +39,19 @@ mod tests {
         assert!(!matches("/prod/*", "/production/db"));
         assert!(!matches("/prod/*", "/Prod/db"));
         assert!(!matches("/prod/*", "/prod"));
-        assert!(matches("arn:*:secretsmanager:*:*:secret:/prod/*", "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/db-AbCdEf"));
-        assert!(!matches("arn:*:secretsmanager:*:*:secret:/prod/*", "arn:aws:secretsmanager:us-east-1:111122223333:secret:/other/db-AbCdEf"));
+        assert!(matches(
+            "arn:*:secretsmanager:*:*:secret:/prod/*",
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/db-AbCdEf"
+        ));
+        assert!(!matches(
+            "arn:*:secretsmanager:*:*:secret:/prod/*",
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:/other/db-AbCdEf"
+        ));
         // A star cannot cross ':' to line the pattern up somewhere else.
-        assert!(!matches("arn:*:secret:/prod/*", "arn:aws:secretsmanager:r:1:secret:/prod/x"));
+        assert!(!matches(
+            "arn:*:secret:/prod/*",
+            "arn:aws:secretsmanager:r:1:secret:/prod/x"
+        ));
         assert!(matches("a?c", "abc"));
         assert!(!matches("a?c", "a:c"));
         assert!(matches("*", ""));

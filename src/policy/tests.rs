@@ -42,8 +42,16 @@ fn plaintext_and_native_secret_rules() {
     assert_eq!(count(Rule::Kura006), 1, "{f:?}");
     // env secretKeyRef, envFrom secretRef, secret volume, projected secret; not the SA token nor imagePullSecrets.
     assert_eq!(count(Rule::Kura007), 4, "{f:?}");
-    assert!(f.iter().filter(|(r, _)| *r == Rule::Kura007).all(|(_, s)| *s == Severity::Warn));
-    assert!(f.iter().filter(|(r, _)| *r == Rule::Kura005).all(|(_, s)| *s == Severity::Deny));
+    assert!(
+        f.iter()
+            .filter(|(r, _)| *r == Rule::Kura007)
+            .all(|(_, s)| *s == Severity::Warn)
+    );
+    assert!(
+        f.iter()
+            .filter(|(r, _)| *r == Rule::Kura005)
+            .all(|(_, s)| *s == Severity::Deny)
+    );
 }
 
 #[test]
@@ -51,8 +59,15 @@ fn modes_decide_what_a_finding_does() {
     let long = "x".repeat(300);
     let mk = |mode| {
         let mut d = Decision::new(mode);
-        d.push(Finding::new(Rule::Kura005, format!("container app env DB_PASSWORD {long}")));
-        d.push(Finding { rule: Rule::Kura007, message: "native".into(), severity: Severity::Warn });
+        d.push(Finding::new(
+            Rule::Kura005,
+            format!("container app env DB_PASSWORD {long}"),
+        ));
+        d.push(Finding {
+            rule: Rule::Kura007,
+            message: "native".into(),
+            severity: Severity::Warn,
+        });
         d
     };
     let enforce = mk(Mode::Enforce);
@@ -74,12 +89,19 @@ fn modes_decide_what_a_finding_does() {
 
     let mut always = Decision::new(Mode::Audit);
     always.push_always_deny(Finding::new(Rule::Kura001, "bad".into()));
-    assert!(always.denies(), "a malformed annotation denies in every mode");
+    assert!(
+        always.denies(),
+        "a malformed annotation denies in every mode"
+    );
 }
 
 #[test]
 fn configured_actions_apply() {
-    let policy = Policy { native_secrets: Action::Deny, config_map_secret_like: Action::Ignore, ..Policy::default() };
+    let policy = Policy {
+        native_secrets: Action::Deny,
+        config_map_secret_like: Action::Ignore,
+        ..Policy::default()
+    };
     let p = pod(json!({ "containers": [{ "name": "a", "image": "x", "env": [
         { "name": "T", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } },
         { "name": "API_TOKEN", "valueFrom": { "configMapKeyRef": { "name": "cm", "key": "t" } } }
@@ -88,8 +110,20 @@ fn configured_actions_apply() {
     check_spec(&policy, &p, &mut d);
     assert_eq!(d.findings.len(), 1);
     assert!(d.denies());
-    let off = Policy { plaintext: PlaintextPolicy { enabled: false, ..PlaintextPolicy::default() }, ..Policy::default() };
+    let off = Policy {
+        plaintext: PlaintextPolicy {
+            enabled: false,
+            ..PlaintextPolicy::default()
+        },
+        ..Policy::default()
+    };
     let mut d = Decision::new(Mode::Enforce);
-    check_spec(&off, &pod(json!({ "containers": [{ "name": "a", "image": "x", "env": [{ "name": "PASSWORD", "value": "p" }] }] })), &mut d);
+    check_spec(
+        &off,
+        &pod(
+            json!({ "containers": [{ "name": "a", "image": "x", "env": [{ "name": "PASSWORD", "value": "p" }] }] }),
+        ),
+        &mut d,
+    );
     assert!(d.findings.is_empty());
 }

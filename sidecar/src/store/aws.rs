@@ -38,7 +38,10 @@ impl AwsStore {
             .retry_config(RetryConfig::standard().with_max_attempts(3))
             .load()
             .await;
-        AwsStore { client: Client::new(&conf), calls: Arc::new(AtomicU64::new(0)) }
+        AwsStore {
+            client: Client::new(&conf),
+            calls: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn api_calls(&self) -> u64 {
@@ -47,24 +50,41 @@ impl AwsStore {
 
     pub async fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let out = self.client.describe_secret().secret_id(secret).send().await.map_err(|e| map_err(secret, &e))?;
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(secret)
+            .send()
+            .await
+            .map_err(|e| map_err(secret, &e))?;
         let tags: BTreeMap<String, String> = out
             .tags()
             .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+            .filter_map(|t| {
+                Some((
+                    t.key()?.to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                ))
+            })
             .collect();
         Ok(SecretMeta {
             arn: out.arn().unwrap_or_default().to_string(),
             name: out.name().unwrap_or_default().to_string(),
-            kms_key_id: out.kms_key_id().filter(|k| !k.is_empty()).map(str::to_string),
+            kms_key_id: out
+                .kms_key_id()
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
             deleted: out.deleted_date().is_some(),
             tags,
         })
     }
 
     pub async fn fetch(&self, requests: &[FetchRequest]) -> Vec<Result<Fetched, StoreError>> {
-        let mut results: Vec<Option<Result<Fetched, StoreError>>> = requests.iter().map(|_| None).collect();
-        let batched: Vec<usize> = (0..requests.len()).filter(|&i| !requests[i].is_pinned()).collect();
+        let mut results: Vec<Option<Result<Fetched, StoreError>>> =
+            requests.iter().map(|_| None).collect();
+        let batched: Vec<usize> = (0..requests.len())
+            .filter(|&i| !requests[i].is_pinned())
+            .collect();
         for chunk in batched.chunks(BATCH_SIZE) {
             self.fetch_batch(requests, chunk, &mut results).await;
         }
@@ -79,7 +99,8 @@ impl AwsStore {
                     Err(StoreError::Other {
                         secret: req.secret.clone(),
                         code: "MissingFromBatch".into(),
-                        message: "BatchGetSecretValue returned neither a value nor an error for it".into(),
+                        message: "BatchGetSecretValue returned neither a value nor an error for it"
+                            .into(),
                     })
                 })
             })
@@ -96,7 +117,13 @@ impl AwsStore {
         ids.sort();
         ids.dedup();
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let out = match self.client.batch_get_secret_value().set_secret_id_list(Some(ids)).send().await {
+        let out = match self
+            .client
+            .batch_get_secret_value()
+            .set_secret_id_list(Some(ids))
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) => {
                 for &i in chunk {
@@ -115,18 +142,29 @@ impl AwsStore {
                 (None, None) => None,
             };
             let Some(value) = value else { continue };
-            let wanted: Vec<usize> =
-                chunk.iter().copied().filter(|&i| id_matches(&requests[i].secret, &arn, &name)).collect();
+            let wanted: Vec<usize> = chunk
+                .iter()
+                .copied()
+                .filter(|&i| id_matches(&requests[i].secret, &arn, &name))
+                .collect();
             // Several files may read one secret; each gets its own copy of the value.
             let mut value = Some(value);
             for (n, &i) in wanted.iter().enumerate() {
                 let v = if n + 1 == wanted.len() {
                     value.take().expect("taken only on the last iteration")
                 } else {
-                    clone_value(value.as_ref().expect("still present before the last iteration"))
+                    clone_value(
+                        value
+                            .as_ref()
+                            .expect("still present before the last iteration"),
+                    )
                 };
-                results[i] =
-                    Some(Ok(Fetched { arn: arn.clone(), name: name.clone(), version_id: version_id.clone(), value: v }));
+                results[i] = Some(Ok(Fetched {
+                    arn: arn.clone(),
+                    name: name.clone(),
+                    version_id: version_id.clone(),
+                    value: v,
+                }));
             }
         }
         for err in out.errors.unwrap_or_default() {
@@ -150,9 +188,10 @@ impl AwsStore {
             .send()
             .await
             .map_err(|e| match map_err(&req.secret, &e) {
-                StoreError::NotFound { secret } if req.is_pinned() => {
-                    StoreError::VersionNotFound { secret, version: req.version_label() }
-                }
+                StoreError::NotFound { secret } if req.is_pinned() => StoreError::VersionNotFound {
+                    secret,
+                    version: req.version_label(),
+                },
                 other => other,
             })?;
         let value = match (out.secret_string, out.secret_binary) {
@@ -178,8 +217,12 @@ impl AwsStore {
 fn clone_value(v: &SecretValue) -> SecretValue {
     use secrecy::ExposeSecret;
     match v {
-        SecretValue::Text(s) => SecretValue::Text(SecretString::from(s.expose_secret().to_string())),
-        SecretValue::Binary(b) => SecretValue::Binary(SecretSlice::from(b.expose_secret().to_vec())),
+        SecretValue::Text(s) => {
+            SecretValue::Text(SecretString::from(s.expose_secret().to_string()))
+        }
+        SecretValue::Binary(b) => {
+            SecretValue::Binary(SecretSlice::from(b.expose_secret().to_vec()))
+        }
     }
 }
 
@@ -188,9 +231,10 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
     err: &SdkError<E, R>,
 ) -> StoreError {
     match err {
-        SdkError::TimeoutError(_) => {
-            StoreError::Unavailable { secret: secret.into(), message: "timed out waiting for Secrets Manager".into() }
-        }
+        SdkError::TimeoutError(_) => StoreError::Unavailable {
+            secret: secret.into(),
+            message: "timed out waiting for Secrets Manager".into(),
+        },
         SdkError::DispatchFailure(d) => {
             let message = if d.is_timeout() {
                 "timed out connecting to Secrets Manager".to_string()
@@ -199,13 +243,20 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
             } else {
                 format!("request not sent: {}", describe_chain(err))
             };
-            StoreError::Unavailable { secret: secret.into(), message }
+            StoreError::Unavailable {
+                secret: secret.into(),
+                message,
+            }
         }
         SdkError::ConstructionFailure(_) => StoreError::Config(format!(
             "could not build a Secrets Manager request (is a region configured? set AWS_REGION): {}",
             describe_chain(err)
         )),
-        _ => classify(secret, err.code().unwrap_or("Unknown"), err.message().unwrap_or("no message from the store")),
+        _ => classify(
+            secret,
+            err.code().unwrap_or("Unknown"),
+            err.message().unwrap_or("no message from the store"),
+        ),
     }
 }
 
@@ -225,22 +276,31 @@ fn classify(secret: &str, code: &str, message: &str) -> StoreError {
     let message = message.to_string();
     match code {
         "ResourceNotFoundException" => StoreError::NotFound { secret },
-        "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" | "ExpiredTokenException" => {
-            StoreError::AccessDenied { secret, message }
-        }
-        "DecryptionFailure" | "KMSAccessDeniedException" | "KMSDisabledException" | "KMSInvalidStateException" => {
-            StoreError::Decryption { secret, message }
-        }
-        "ThrottlingException" | "Throttling" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-            StoreError::Throttled { secret, message }
-        }
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "ExpiredTokenException" => StoreError::AccessDenied { secret, message },
+        "DecryptionFailure"
+        | "KMSAccessDeniedException"
+        | "KMSDisabledException"
+        | "KMSInvalidStateException" => StoreError::Decryption { secret, message },
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded" => StoreError::Throttled { secret, message },
         "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => {
             StoreError::Unavailable { secret, message }
         }
-        "InvalidRequestException" if message.contains("deleted") || message.contains("deletion") => {
+        "InvalidRequestException"
+            if message.contains("deleted") || message.contains("deletion") =>
+        {
             StoreError::Deleted { secret }
         }
-        _ => StoreError::Other { secret, code: code.to_string(), message },
+        _ => StoreError::Other {
+            secret,
+            code: code.to_string(),
+            message,
+        },
     }
 }
 
@@ -250,14 +310,30 @@ mod tests {
 
     #[test]
     fn error_codes_are_classified() {
-        assert_eq!(classify("s", "ResourceNotFoundException", "").kind(), "not_found");
-        assert_eq!(classify("s", "ThrottlingException", "slow down").kind(), "throttled");
-        assert_eq!(classify("s", "DecryptionFailure", "kms").kind(), "decryption");
         assert_eq!(
-            classify("s", "InvalidRequestException", "You can't perform this operation on the secret because it was marked for deletion.")
-                .kind(),
+            classify("s", "ResourceNotFoundException", "").kind(),
+            "not_found"
+        );
+        assert_eq!(
+            classify("s", "ThrottlingException", "slow down").kind(),
+            "throttled"
+        );
+        assert_eq!(
+            classify("s", "DecryptionFailure", "kms").kind(),
+            "decryption"
+        );
+        assert_eq!(
+            classify(
+                "s",
+                "InvalidRequestException",
+                "You can't perform this operation on the secret because it was marked for deletion."
+            )
+            .kind(),
             "deleted"
         );
-        assert_eq!(classify("s", "Weird", "m").to_string(), "secret \"s\": Weird: m");
+        assert_eq!(
+            classify("s", "Weird", "m").to_string(),
+            "secret \"s\": Weird: m"
+        );
     }
 }

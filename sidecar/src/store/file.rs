@@ -93,7 +93,9 @@ pub struct FileStore {
 
 impl std::fmt::Debug for FileStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("FileStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,7 +104,11 @@ impl FileStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut salt = [0u8; 16];
         salt.iter_mut().for_each(|b| *b = fastrand::u8(..));
-        let store = FileStore { path: path.to_path_buf(), salt, cache: Arc::new(Mutex::new(None)) };
+        let store = FileStore {
+            path: path.to_path_buf(),
+            salt,
+            cache: Arc::new(Mutex::new(None)),
+        };
         store.load()?;
         Ok(store)
     }
@@ -110,7 +116,10 @@ impl FileStore {
     fn load(&self) -> Result<Arc<Doc>, StoreError> {
         let err = |m: String| StoreError::Config(format!("{}: {m}", self.path.display()));
         let meta = std::fs::metadata(&self.path).map_err(|e| err(e.to_string()))?;
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = cache.as_ref()
             && l.stamp == stamp
@@ -119,27 +128,40 @@ impl FileStore {
         }
         let text = std::fs::read_to_string(&self.path).map_err(|e| err(e.to_string()))?;
         // serde_yaml_ng errors quote positions, not scalar contents, so values stay out of them.
-        let doc: Doc = serde_yaml_ng::from_str(&text).map_err(|e| err(format!("not a kura local store: {e}")))?;
+        let doc: Doc = serde_yaml_ng::from_str(&text)
+            .map_err(|e| err(format!("not a kura local store: {e}")))?;
         for s in &doc.secrets {
             check_secret(s).map_err(|m| err(format!("secret {:?}: {m}", s.name)))?;
         }
         let doc = Arc::new(doc);
-        *cache = Some(Loaded { stamp, doc: doc.clone() });
+        *cache = Some(Loaded {
+            stamp,
+            doc: doc.clone(),
+        });
         Ok(doc)
     }
 
     fn arn(doc: &Doc, name: &str) -> String {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let digest = Sha256::digest(name.as_bytes());
-        let suffix: String = digest.iter().take(6).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
-        format!("arn:aws:secretsmanager:{}:{}:secret:{name}-{suffix}", doc.region, doc.account)
+        let suffix: String = digest
+            .iter()
+            .take(6)
+            .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+            .collect();
+        format!(
+            "arn:aws:secretsmanager:{}:{}:secret:{name}-{suffix}",
+            doc.region, doc.account
+        )
     }
 
     fn find<'a>(doc: &'a Doc, id: &str) -> Result<&'a FileSecret, StoreError> {
         doc.secrets
             .iter()
             .find(|s| id_matches(id, &Self::arn(doc, &s.name), &s.name))
-            .ok_or_else(|| StoreError::NotFound { secret: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                secret: id.to_string(),
+            })
     }
 
     pub fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
@@ -165,13 +187,22 @@ impl FileStore {
     fn fetch_one(&self, doc: &Doc, req: &FetchRequest) -> Result<Fetched, StoreError> {
         let s = Self::find(doc, &req.secret)?;
         if s.scheduled_for_deletion {
-            return Err(StoreError::Deleted { secret: req.secret.clone() });
+            return Err(StoreError::Deleted {
+                secret: req.secret.clone(),
+            });
         }
         let (version_id, text, binary) = if s.versions.is_empty() {
             if req.is_pinned() && req.version_stage.as_deref() != Some("AWSCURRENT") {
-                return Err(StoreError::VersionNotFound { secret: req.secret.clone(), version: req.version_label() });
+                return Err(StoreError::VersionNotFound {
+                    secret: req.secret.clone(),
+                    version: req.version_label(),
+                });
             }
-            (self.shorthand_version_id(s), s.value.as_ref(), s.binary.as_ref())
+            (
+                self.shorthand_version_id(s),
+                s.value.as_ref(),
+                s.binary.as_ref(),
+            )
         } else {
             let stage = req.version_stage.as_deref().unwrap_or("AWSCURRENT");
             let v = s
@@ -181,24 +212,34 @@ impl FileStore {
                     Some(id) => &v.id == id,
                     None => v.stages.iter().any(|st| st == stage),
                 })
-                .ok_or_else(|| StoreError::VersionNotFound { secret: req.secret.clone(), version: req.version_label() })?;
+                .ok_or_else(|| StoreError::VersionNotFound {
+                    secret: req.secret.clone(),
+                    version: req.version_label(),
+                })?;
             (v.id.clone(), v.value.as_ref(), v.binary.as_ref())
         };
         let value = match (text, binary) {
             (Some(t), _) => SecretValue::Text(SecretString::from(t.expose_secret().to_string())),
             (None, Some(b)) => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(b.expose_secret().trim()).map_err(|_| {
-                    StoreError::Other {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b.expose_secret().trim())
+                    .map_err(|_| StoreError::Other {
                         secret: req.secret.clone(),
                         code: "InvalidBinary".into(),
                         message: "binary is not base64".into(),
-                    }
-                })?;
+                    })?;
                 SecretValue::Binary(SecretSlice::from(bytes))
             }
-            (None, None) => unreachable!("check_secret requires a value or binary in every version"),
+            (None, None) => {
+                unreachable!("check_secret requires a value or binary in every version")
+            }
         };
-        Ok(Fetched { arn: Self::arn(doc, &s.name), name: s.name.clone(), version_id, value })
+        Ok(Fetched {
+            arn: Self::arn(doc, &s.name),
+            name: s.name.clone(),
+            version_id,
+            value,
+        })
     }
 
     fn shorthand_version_id(&self, s: &FileSecret) -> String {
@@ -210,7 +251,14 @@ impl FileStore {
         }
         let d = h.finalize();
         let hex: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
     }
 }
 
@@ -229,12 +277,17 @@ fn check_secret(s: &FileSecret) -> Result<(), String> {
     let mut current = 0;
     for v in &s.versions {
         if !has(&v.value, &v.binary) {
-            return Err(format!("version {:?} needs exactly one of value or binary", v.id));
+            return Err(format!(
+                "version {:?} needs exactly one of value or binary",
+                v.id
+            ));
         }
         current += v.stages.iter().filter(|st| *st == "AWSCURRENT").count();
     }
     if current != 1 {
-        return Err(format!("exactly one version must carry AWSCURRENT (found {current})"));
+        return Err(format!(
+            "exactly one version must carry AWSCURRENT (found {current})"
+        ));
     }
     Ok(())
 }
@@ -273,13 +326,26 @@ secrets:
         let (_f, s) = store(DOC);
         let s = s.expect("valid store");
         let m = s.describe("/demo/db").expect("exists");
-        assert!(m.arn.starts_with("arn:aws:secretsmanager:eu-west-1:111122223333:secret:/demo/db-"), "{}", m.arn);
+        assert!(
+            m.arn
+                .starts_with("arn:aws:secretsmanager:eu-west-1:111122223333:secret:/demo/db-"),
+            "{}",
+            m.arn
+        );
         assert_eq!(m.kms_key_id.as_deref(), Some("alias/demo"));
         assert_eq!(m.tags["kubernetes-namespace"], "demo");
         assert_eq!(s.describe(&m.arn).expect("by arn").name, "/demo/db");
-        assert!(s.describe("/demo/tls").expect("exists").kms_key_id.is_none());
+        assert!(
+            s.describe("/demo/tls")
+                .expect("exists")
+                .kms_key_id
+                .is_none()
+        );
         assert!(s.describe("/demo/gone").expect("exists").deleted);
-        assert!(matches!(s.describe("/demo/nope"), Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            s.describe("/demo/nope"),
+            Err(StoreError::NotFound { .. })
+        ));
     }
 
     #[test]
@@ -288,8 +354,16 @@ secrets:
         let s = s.expect("valid store");
         let reqs = vec![
             FetchRequest::current("/demo/tls"),
-            FetchRequest { secret: "/demo/tls".into(), version_id: None, version_stage: Some("AWSPREVIOUS".into()) },
-            FetchRequest { secret: "/demo/tls".into(), version_id: Some("v9".into()), version_stage: None },
+            FetchRequest {
+                secret: "/demo/tls".into(),
+                version_id: None,
+                version_stage: Some("AWSPREVIOUS".into()),
+            },
+            FetchRequest {
+                secret: "/demo/tls".into(),
+                version_id: Some("v9".into()),
+                version_stage: None,
+            },
             FetchRequest::current("/demo/gone"),
             FetchRequest::current("/demo/db"),
         ];
@@ -310,10 +384,19 @@ secrets:
     #[test]
     fn bad_files_are_refused_without_echoing_values() {
         for (doc, needle) in [
-            ("secrets: [{name: /a, value: x, binary: eA==}]", "exactly one"),
+            (
+                "secrets: [{name: /a, value: x, binary: eA==}]",
+                "exactly one",
+            ),
             ("secrets: [{name: /a}]", "exactly one"),
-            ("secrets: [{name: /a, value: supersecret, colour: red}]", "unknown field"),
-            ("secrets: [{name: /a, versions: [{id: v1, value: supersecret}]}]", "AWSCURRENT"),
+            (
+                "secrets: [{name: /a, value: supersecret, colour: red}]",
+                "unknown field",
+            ),
+            (
+                "secrets: [{name: /a, versions: [{id: v1, value: supersecret}]}]",
+                "AWSCURRENT",
+            ),
             ("secrets: [{name: 'a b', value: supersecret}]", "contains"),
             ("- not a map", "not a kura local store"),
         ] {
@@ -328,9 +411,17 @@ secrets:
     fn edits_are_picked_up() {
         let (f, s) = store("secrets: [{name: /a, value: one}]");
         let s = s.expect("valid");
-        let v1 = s.fetch(&[FetchRequest::current("/a")]).remove(0).expect("a").version_id;
+        let v1 = s
+            .fetch(&[FetchRequest::current("/a")])
+            .remove(0)
+            .expect("a")
+            .version_id;
         std::fs::write(f.path(), "secrets: [{name: /a, value: second}]").expect("rewrite");
-        let v2 = s.fetch(&[FetchRequest::current("/a")]).remove(0).expect("a").version_id;
+        let v2 = s
+            .fetch(&[FetchRequest::current("/a")])
+            .remove(0)
+            .expect("a")
+            .version_id;
         assert_ne!(v1, v2);
     }
 }

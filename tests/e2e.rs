@@ -1,0 +1,272 @@
+//! One pod, walked as a cluster would: kube-apiserver's AdmissionReview for a Deployment-created
+//! pod → `/mutate` over TLS on the real binary → the patch applied → the mutated pod validated
+//! against the Kubernetes schema → the injected agent container run as a process (its command,
+//! args and env taken from the patched pod) against moto → the app's mount shows the secret.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn example_review() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/admission-review.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs a container spec from the pod as a local process: the volume's mount path is mapped to
+/// `dir`, the binary to the built agent, AWS to moto.
+fn container_command(
+    container: &Value,
+    mount_path: &str,
+    dir: &std::path::Path,
+    moto: &Moto,
+) -> Command {
+    let map = |s: &str| s.replace(mount_path, dir.to_str().unwrap());
+    let argv: Vec<String> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(container["args"].as_array().unwrap())
+        .map(|v| map(v.as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        argv[0], "/kura-agent",
+        "the injected container runs the agent binary"
+    );
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(&argv[1..]).env_clear();
+    for e in container["env"].as_array().unwrap() {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), map(v));
+        }
+    }
+    cmd.envs(moto.env())
+        .env("KURA_TERMINATION_LOG", dir.join("..termination-log"))
+        .env("KURA_LOG_FORMAT", "text");
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_pod_end_to_end() {
+    let moto = Moto::start();
+    let key = moto.create_kms_key().await;
+    moto.secret(
+        "/demo/orders/db",
+        r#"{"username":"orders","password":"s3cr3t-from-moto"}"#,
+        Some(&key),
+        &[],
+    )
+    .await;
+    moto.secret("/demo/orders/api-key", "api-key-from-moto", Some(&key), &[])
+        .await;
+
+    let certs = test_certs();
+    let hook = Webhook::start(
+        &certs,
+        &["--agent-image", "ghcr.io/kura-dev/kura-agent:test"],
+        &moto.env(),
+    );
+    let client = https_client(&certs.ca);
+
+    let review = example_review();
+    let object = review["request"]["object"].clone();
+    assert!(
+        object["metadata"].get("name").is_none() && object["metadata"].get("namespace").is_none()
+    );
+    let resp: Value = client
+        .post(format!("{}/mutate", hook.url))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = &resp["response"];
+    assert_eq!(r["uid"], review["request"]["uid"]);
+    assert_eq!(r["allowed"], true, "{resp}");
+    assert_eq!(r["patchType"], "JSONPatch");
+    let patch: Vec<u8> = serde_json::from_value(r["patch"].clone()).unwrap();
+    let pod = apply_patch(&object, &patch);
+    validate_k8s(std::slice::from_ref(&pod)).unwrap();
+
+    let agent = pod["spec"]["initContainers"][0].clone();
+    assert_eq!(agent["name"], "kura-agent");
+    assert_eq!(agent["restartPolicy"], "Always");
+    let mount_path = agent["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let app = &pod["spec"]["containers"][0];
+    let app_mount = app["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "kura-secrets")
+        .unwrap();
+    assert_eq!(app_mount["readOnly"], true);
+    assert_eq!(app_mount["mountPath"], mount_path.as_str());
+
+    // The native sidecar runs `run`; its startup probe gates the app until the first write.
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent_proc = container_command(&agent, &mount_path, dir.path(), &moto)
+        .spawn()
+        .unwrap();
+    let probe: Vec<String> = agent["startupProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap()
+                .replace(&mount_path, dir.path().to_str().unwrap())
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = Command::new(agent_bin())
+            .args(&probe[1..])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if ok {
+            break;
+        }
+        assert!(
+            agent_proc.try_wait().unwrap().is_none(),
+            "agent exited before becoming ready"
+        );
+        assert!(Instant::now() < deadline, "startup probe never passed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // What the app container sees through its read-only mount.
+    let file = dir.path().join("db-password");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "s3cr3t-from-moto");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("api-key")).unwrap(),
+        "api-key-from-moto"
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o400, "the declared default mode");
+
+    // SIGTERM: the agent exits promptly and leaves the files.
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &agent_proc.id().to_string()])
+        .status()
+        .unwrap();
+    let status = agent_proc.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(file.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_clear_answers() {
+    let moto = Moto::start();
+    let certs = test_certs();
+    let hook = Webhook::start(&certs, &[], &moto.env());
+    let client = https_client(&certs.ca);
+
+    let resp = client
+        .post(format!("{}/mutate", hook.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("not an AdmissionReview")
+    );
+
+    let resp: Value = client
+        .post(format!("{}/mutate", hook.url))
+        .json(&serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["response"]["allowed"], false);
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no request")
+    );
+
+    let mut review = example_review();
+    review["request"]["object"]["spec"]["containers"] = serde_json::json!("not a list");
+    let resp: Value = client
+        .post(format!("{}/mutate", hook.url))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["response"]["allowed"], false);
+    assert_eq!(resp["response"]["uid"], review["request"]["uid"]);
+    assert!(
+        resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pod spec"),
+        "{resp}"
+    );
+
+    let mut review = example_review();
+    review["request"]["object"]["metadata"]["annotations"]["kura.dev/agent"] =
+        serde_json::json!("daemon");
+    let resp: Value = client
+        .post(format!("{}/mutate", hook.url))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["response"]["allowed"], false);
+    let msg = resp["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("KURA001") && msg.contains("kura.dev/agent"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_with_a_missing_secret_names_it() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = r#"{"version":"kura.dev/v1","refreshInterval":120,"files":[{"file":"x","secret":"/demo/does-not-exist","format":"raw","mode":"0400"}]}"#;
+    let out = Command::new(agent_bin())
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .env("KURA_SPEC", spec)
+        .env("KURA_TERMINATION_LOG", dir.path().join("termination-log"))
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = std::fs::read_to_string(dir.path().join("termination-log")).unwrap();
+    assert!(log.contains("/demo/does-not-exist"), "{log}");
+    assert!(!log.contains('\n'), "one line");
+    assert!(!dir.path().join("x").exists());
+}

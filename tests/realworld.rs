@@ -1,0 +1,122 @@
+//! The real-world corpus (tests/realworld, copied from 25 public projects with its LABELS.md):
+//! under the default policy kura denies exactly the documents labelled as carrying plaintext
+//! credentials, and nothing else.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use kura::admission::Admission;
+use kura::config::InjectConfig;
+use kura::lint::{check, parse_documents};
+use kura::policy::{Policy, PolicyEngine, Rule};
+
+fn corpus() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realworld"))
+}
+
+/// (file, kind/name) of every document LABELS.md expects denied, and the document count.
+fn labels() -> (BTreeSet<(String, String)>, usize) {
+    let text = std::fs::read_to_string(corpus().join("LABELS.md")).unwrap();
+    let section = text
+        .split("## 1.")
+        .nth(1)
+        .unwrap()
+        .split("## 2.")
+        .next()
+        .unwrap();
+    let mut deny = BTreeSet::new();
+    let mut docs = 0;
+    for line in section
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(".yaml |"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        docs += 1;
+        if cells[7].starts_with("deny") {
+            deny.insert((cells[1].to_string(), cells[2].to_string()));
+        }
+    }
+    (deny, docs)
+}
+
+#[tokio::test]
+async fn default_policy_denies_exactly_the_labelled_documents() {
+    let (expected, labelled_docs) = labels();
+    assert_eq!(
+        expected.len(),
+        7,
+        "LABELS.md lists 7 documents with plaintext credentials"
+    );
+    let admission = Admission {
+        inject: InjectConfig::default(),
+        policy: PolicyEngine::new(Policy::default(), None),
+    };
+    let mut denied = BTreeSet::new();
+    let mut checked = 0;
+    let mut files: Vec<_> = std::fs::read_dir(corpus())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    {
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let docs = parse_documents(&file, &std::fs::read_to_string(path).unwrap()).unwrap();
+        for d in &docs {
+            let Some(report) = check(&admission, d, "default").await else {
+                continue;
+            };
+            checked += 1;
+            assert!(
+                report.error.is_none(),
+                "{file} {}/{}: {:?}",
+                report.kind,
+                report.name,
+                report.error
+            );
+            if report.denied {
+                let rules: BTreeSet<&str> = report
+                    .findings
+                    .iter()
+                    .filter(|f| f.severity == "deny")
+                    .map(|f| f.rule)
+                    .collect();
+                assert_eq!(
+                    rules,
+                    BTreeSet::from([Rule::Kura005.id()]),
+                    "{file} {}/{}",
+                    report.kind,
+                    report.name
+                );
+                denied.insert((file.clone(), format!("{}/{}", report.kind, report.name)));
+            }
+        }
+    }
+    assert_eq!(checked, labelled_docs, "every workload document is checked");
+    assert_eq!(checked, 69);
+    assert_eq!(denied, expected);
+}
+
+#[tokio::test]
+async fn native_secret_references_warn_without_denying() {
+    let admission = Admission {
+        inject: InjectConfig::default(),
+        policy: PolicyEngine::new(Policy::default(), None),
+    };
+    let text =
+        std::fs::read_to_string(corpus().join("kubernetes__website__pod-secret-envFrom.yaml"))
+            .unwrap();
+    let docs = parse_documents("envfrom", &text).unwrap();
+    let r = check(&admission, &docs[0], "default").await.unwrap();
+    assert!(!r.denied);
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.rule == "KURA007" && f.severity == "warn"),
+        "{r:?}"
+    );
+}
