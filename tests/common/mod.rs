@@ -145,3 +145,135 @@ impl Drop for Webhook {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy in front of a real endpoint (moto) that counts Secrets Manager calls by
+/// operation and can delay or refuse to forward, to make a slow or dead store out of a real one.
+pub struct Proxy {
+    pub endpoint: String,
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let delay = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, d) = (counts.clone(), delay.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (c, d, upstream) = (c.clone(), d.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let ms = d.load(Ordering::Relaxed);
+                    if ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let up = async {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                            for part in text.split("x-amz-target: secretsmanager.").skip(1) {
+                                let op = part
+                                    .split(['\r', '\n'])
+                                    .next()
+                                    .unwrap_or_default()
+                                    .to_string();
+                                *c.lock().unwrap().entry(op).or_default() += 1;
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut sr, &mut cw);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Proxy {
+            endpoint,
+            counts,
+            delay,
+        }
+    }
+
+    /// Calls seen for an operation (lower case, e.g. "describesecret").
+    pub fn count(&self, op: &str) -> usize {
+        self.counts.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
+    /// Holds every new connection this long before forwarding it.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `moto.env()` with the endpoint replaced by this proxy.
+    pub fn env(&self, moto: &Moto) -> Vec<(String, String)> {
+        moto.env()
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "AWS_ENDPOINT_URL" {
+                    (k, self.endpoint.clone())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The example AdmissionReview with another namespace and other annotations.
+pub fn review(namespace: &str, annotations: &[(&str, &str)]) -> serde_json::Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/admission-review.json"
+    ))
+    .unwrap();
+    let mut r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    r["request"]["namespace"] = serde_json::json!(namespace);
+    r["request"]["uid"] = serde_json::json!(format!("uid-{}", fastrand_u64()));
+    let ann: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
+    r["request"]["object"]["metadata"]["annotations"] = serde_json::Value::Object(ann);
+    r
+}
+
+fn fastrand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Posts a review to an endpoint and returns the `response` object.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    review: &serde_json::Value,
+) -> serde_json::Value {
+    let resp: serde_json::Value = client
+        .post(url)
+        .json(review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    resp["response"].clone()
+}
