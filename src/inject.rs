@@ -379,7 +379,12 @@ fn agent_identity(
     if let Some(uid) = secrets.run_as_user {
         return (uid, targets.first().and_then(|(c, _, _)| gid_of(c)));
     }
-    let uids: BTreeSet<Option<i64>> = targets.iter().map(|(c, _, _)| effective(c)).collect();
+    // Containers without a runAsUser run as their image's user, which kura cannot know; only
+    // explicit, differing users are a conflict.
+    let uids: BTreeSet<i64> = targets
+        .iter()
+        .filter_map(|(c, _, _)| effective(c))
+        .collect();
     if uids.len() > 1 {
         let readable_by_group = secrets.files.iter().all(|f| f.mode.0 & 0o040 != 0);
         if fs_group.is_none() || !readable_by_group {
@@ -406,7 +411,11 @@ fn agent_identity(
             });
         }
     }
-    let first = targets.first().map(|(c, _, _)| *c);
+    let first = targets
+        .iter()
+        .map(|(c, _, _)| *c)
+        .find(|c| effective(c).is_some())
+        .or_else(|| targets.first().map(|t| t.0));
     let uid = first
         .and_then(effective)
         .filter(|u| *u != 0)

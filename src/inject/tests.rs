@@ -411,3 +411,82 @@ fn status_hash_tracks_the_spec() {
     assert!(a.starts_with("injected sha256:"));
     assert_ne!(a, b);
 }
+
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A pod of random shape: 1–6 containers, 0–3 init containers, with or without volumes,
+    /// mounts, env and extra annotations.
+    fn arb_pod() -> impl Strategy<Value = (Value, bool)> {
+        (
+            1usize..7,
+            0usize..4,
+            any::<bool>(),
+            proptest::collection::vec((any::<bool>(), any::<bool>()), 10),
+            any::<bool>(),
+            prop_oneof![Just(None), Just(Some("init-only")), Just(Some("sidecar"))],
+        )
+            .prop_map(|(n, m, volumes, flags, extra_ann, agent)| {
+                let container = |name: String, i: usize| {
+                    let (mounts, env) = flags[i % flags.len()];
+                    let mut c = json!({ "name": name, "image": "img" });
+                    if mounts {
+                        c["volumeMounts"] =
+                            json!([{ "name": "data", "mountPath": format!("/data/{i}") }]);
+                    }
+                    if env {
+                        c["env"] = json!([{ "name": "A", "value": "b" }]);
+                    }
+                    c
+                };
+                let mut v = opted_in(&[]);
+                if let Some(a) = agent {
+                    v["metadata"]["annotations"]["kura.dev/agent"] = json!(a);
+                }
+                if extra_ann {
+                    v["metadata"]["annotations"]["example.com/a~b"] = json!("x");
+                }
+                v["spec"]["containers"] = json!(
+                    (0..n)
+                        .map(|i| container(format!("c{i}"), i))
+                        .collect::<Vec<_>>()
+                );
+                if m > 0 {
+                    v["spec"]["initContainers"] = json!(
+                        (0..m)
+                            .map(|i| container(format!("i{i}"), i + 5))
+                            .collect::<Vec<_>>()
+                    );
+                }
+                // Mounts refer to the "data" volume, so it exists whenever some container mounts it.
+                if volumes || flags.iter().any(|f| f.0) {
+                    v["spec"]["volumes"] = json!([{ "name": "data", "emptyDir": {} }]);
+                }
+                (v, agent == Some("init-only"))
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_generated_patch_applies((v, init_only) in arb_pod(), legacy in any::<bool>()) {
+            let cfg = InjectConfig {
+                sidecar_mode: if legacy { SidecarMode::Legacy } else { SidecarMode::Native },
+                ..InjectConfig::default()
+            };
+            let p = pod(v.clone());
+            let planned = plan(&p, &secrets_of(&p), &cfg).expect("plan");
+            let (_, after) = apply(&v, &planned.patch);
+            // The status is written, so a second pass over the result adds nothing.
+            prop_assert!(is_injected(&after) && has_agent(&after));
+            let spec = after.spec.expect("spec");
+            let init = spec.init_containers.clone().expect("init containers");
+            prop_assert!(init[0].name.starts_with(AGENT));
+            let regular_agent = spec.containers.iter().any(|c| c.name == AGENT);
+            prop_assert_eq!(regular_agent, legacy && !init_only);
+            for c in spec.containers.iter().chain(init.iter()).filter(|c| !c.name.starts_with(AGENT)) {
+                prop_assert!(c.volume_mounts.iter().flatten().any(|m| m.name == VOLUME && m.read_only == Some(true)));
+            }
+        }
+    }
+}
