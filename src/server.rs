@@ -10,18 +10,20 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admission::{Admission, Endpoint};
 use crate::telemetry::{EndpointLabels, Metrics, NamespaceLabels, RequestLabels, RuleLabels};
 
 /// kube-apiserver caps request bodies at 3 MiB; anything larger is not a real review.
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
-/// Under the webhook configuration's 5 s timeout, so the API server gets kura's answer.
+/// Reading the body and deciding, together, finish under the webhook configuration's 5 s
+/// timeout, so the API server gets kura's answer rather than its own timeout error.
 pub const REQUEST_DEADLINE: Duration = Duration::from_millis(4500);
 
 /// Shared by every request.
@@ -80,21 +82,44 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn mutate(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    handle(s, Endpoint::Mutate, body).await
+async fn mutate(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    handle(s, Endpoint::Mutate, req).await
 }
 
-async fn validate(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    handle(s, Endpoint::Validate, body).await
+async fn validate(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    handle(s, Endpoint::Validate, req).await
 }
 
-async fn handle(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Response {
+/// Why a request got no AdmissionReview back.
+enum Failure {
+    TooLarge,
+    Unreadable(BytesRejection),
+    Malformed(crate::admission::Error),
+}
+
+async fn handle(s: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
     let start = Instant::now();
     let name = match endpoint {
         Endpoint::Mutate => "mutate",
         Endpoint::Validate => "validate",
     };
-    let result = tokio::time::timeout(REQUEST_DEADLINE, s.admission.review(endpoint, &body)).await;
+    // The deadline covers reading the body too: a client that trickles a body must not hold a
+    // request past the point where the API server has given up on it.
+    let result = tokio::time::timeout(REQUEST_DEADLINE, async {
+        // Extracted here rather than as a handler argument so that the rejection gets kura's
+        // message (and the deadline above), not axum's bare "Failed to buffer the request body".
+        let body = Bytes::from_request(req, &()).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                Failure::TooLarge
+            }
+            other => Failure::Unreadable(other),
+        })?;
+        s.admission
+            .review(endpoint, &body)
+            .await
+            .map_err(Failure::Malformed)
+    })
+    .await;
     let elapsed = start.elapsed().as_secs_f64();
     s.metrics
         .latency
@@ -137,7 +162,32 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, body: Bytes) -> Response {
             }
             axum::Json(outcome.review).into_response()
         }
-        Ok(Err(e)) => {
+        Ok(Err(Failure::TooLarge)) => {
+            count("too-large");
+            warn!(
+                endpoint = name,
+                limit = BODY_LIMIT,
+                "admission request body over the limit"
+            );
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} MiB, the most kube-apiserver sends: this is not an AdmissionReview kura can answer",
+                    BODY_LIMIT / (1024 * 1024)
+                ),
+            )
+                .into_response()
+        }
+        Ok(Err(Failure::Unreadable(e))) => {
+            count("bad-request");
+            info!(endpoint = name, error = %e.body_text(), "admission request body could not be read");
+            (
+                e.status(),
+                format!("the request body could not be read: {}", e.body_text()),
+            )
+                .into_response()
+        }
+        Ok(Err(Failure::Malformed(e))) => {
             count("bad-request");
             info!(endpoint = name, error = %e, "malformed admission request");
             (StatusCode::BAD_REQUEST, e.to_string()).into_response()
@@ -186,6 +236,7 @@ pub async fn start(
     metrics_listen: Option<SocketAddr>,
     resolver: Arc<crate::tls::Resolver>,
 ) -> Result<Running, Error> {
+    resolver.count_reloads_in(state.metrics.reloads.clone());
     let tls = crate::tls::server_config(resolver)?;
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
     let handle = axum_server::Handle::new();

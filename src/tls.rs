@@ -3,10 +3,12 @@
 //! `kura certs` writes. One crypto provider: aws-lc-rs, the AWS SDK's own.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -17,6 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
+
+use crate::telemetry::ResultLabels;
 
 /// TLS errors, naming the file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -75,17 +79,34 @@ pub fn certified_key(pair: &PemPair, origin: &str) -> Result<CertifiedKey, Error
 #[derive(Debug)]
 pub struct Resolver {
     current: ArcSwap<CertifiedKey>,
+    /// Where reload results are counted (`cert-ok`, `cert-refused`), once the server has metrics.
+    reloads: OnceLock<Family<ResultLabels, Counter>>,
 }
 
 impl Resolver {
     pub fn new(key: CertifiedKey) -> Arc<Self> {
         Arc::new(Resolver {
             current: ArcSwap::from_pointee(key),
+            reloads: OnceLock::new(),
         })
     }
 
     pub fn set(&self, key: CertifiedKey) {
         self.current.store(Arc::new(key));
+    }
+
+    /// Counts later reloads in `reloads` (the first call wins).
+    pub fn count_reloads_in(&self, reloads: Family<ResultLabels, Counter>) {
+        let _ = self.reloads.set(reloads);
+    }
+
+    fn counted(&self, result: &str) {
+        if let Some(f) = self.reloads.get() {
+            f.get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        }
     }
 }
 
@@ -136,7 +157,9 @@ impl CertReloader {
     }
 
     /// Polls the files every `every`; Kubernetes Secret volumes swap them through a symlink,
-    /// which a metadata poll sees without inotify subtleties.
+    /// which a metadata poll sees without inotify subtleties. A pair written file by file may
+    /// be seen half-written (new certificate, old key): that read is refused, and the next
+    /// change of the second file triggers another.
     pub async fn watch(self, resolver: Arc<Resolver>, every: Duration) {
         let mut last = (stamp(&self.cert_path), stamp(&self.key_path));
         loop {
@@ -149,9 +172,11 @@ impl CertReloader {
             match self.read() {
                 Ok(k) => {
                     resolver.set(k);
+                    resolver.counted("cert-ok");
                     info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {
+                    resolver.counted("cert-refused");
                     warn!(error = %e, "new TLS certificate refused; keeping the last good one")
                 }
             }
