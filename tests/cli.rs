@@ -208,3 +208,25 @@ fn review_prints_the_decision_and_the_mutated_pod() {
     assert_eq!(pod["spec"]["initContainers"][0]["name"], "kura-agent");
     common::validate_k8s(&[pod]).unwrap();
 }
+
+#[test]
+fn lint_verifies_store_rules_with_a_store() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: legacy\n  namespace: demo\n  annotations:\n    kura.dev/inject: \"true\"\n    kura.dev/secret.old: /demo/orders/legacy\nspec:\n  containers: [{name: app, image: app:1}]\n";
+    let (code, out) = lint(&["-"], Some(pod));
+    assert_eq!(
+        code, 0,
+        "offline: scope passes, the rest is not verified: {out}"
+    );
+    assert!(out.contains("NOTE not verified offline: KURA002 (resolved identity and namespace tag), KURA003, KURA004"), "{out}");
+    let (code, out) = lint(
+        &["--store", &format!("file:{root}/examples/store.yaml"), "-"],
+        Some(pod),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("DENY [KURA003]") && out.contains("/demo/orders/legacy"),
+        "{out}"
+    );
+    assert!(!out.contains("not verified"));
+}
