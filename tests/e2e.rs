@@ -11,16 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
-
-fn example_review() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/admission-review.json"
-    ))
-    .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+use serde_json::{Value, json};
 
 /// Runs a container spec from the pod as a local process: the volume's mount path is mapped to
 /// `dir`, the binary to the built agent, AWS to moto.
@@ -82,15 +73,7 @@ async fn deployment_pod_end_to_end() {
     assert!(
         object["metadata"].get("name").is_none() && object["metadata"].get("namespace").is_none()
     );
-    let resp: Value = client
-        .post(format!("{}/mutate", hook.url))
-        .json(&review)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp = json!({ "response": post(&client, &format!("{}/mutate", hook.url), &review).await });
     let r = &resp["response"];
     assert_eq!(r["uid"], review["request"]["uid"]);
     assert_eq!(r["allowed"], true, "{resp}");
@@ -212,15 +195,7 @@ async fn malformed_bodies_get_clear_answers() {
 
     let mut review = example_review();
     review["request"]["object"]["spec"]["containers"] = serde_json::json!("not a list");
-    let resp: Value = client
-        .post(format!("{}/mutate", hook.url))
-        .json(&review)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp = json!({ "response": post(&client, &format!("{}/mutate", hook.url), &review).await });
     assert_eq!(resp["response"]["allowed"], false);
     assert_eq!(resp["response"]["uid"], review["request"]["uid"]);
     assert!(
@@ -234,15 +209,7 @@ async fn malformed_bodies_get_clear_answers() {
     let mut review = example_review();
     review["request"]["object"]["metadata"]["annotations"]["kura.dev/agent"] =
         serde_json::json!("daemon");
-    let resp: Value = client
-        .post(format!("{}/mutate", hook.url))
-        .json(&review)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp = json!({ "response": post(&client, &format!("{}/mutate", hook.url), &review).await });
     assert_eq!(resp["response"]["allowed"], false);
     let msg = resp["response"]["status"]["message"].as_str().unwrap();
     assert!(

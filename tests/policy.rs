@@ -308,7 +308,8 @@ async fn store_down_or_slow_is_kura009_within_the_deadline() {
     let client = https_client(&s.certs.ca);
     let ann = inject("/team-a/db");
 
-    // Nothing listens on the endpoint.
+    // Nothing listens on the endpoint. The bound that matters is the webhook's 5 s timeout: kura
+    // must answer itself (storeTimeout is 1.5 s here), with room for a loaded CI machine.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let env: Vec<(String, String)> = s
         .moto
@@ -326,7 +327,7 @@ async fn store_down_or_slow_is_kura009_within_the_deadline() {
     let t = Instant::now();
     let r = mutate(&client, &hook, "team-a", &ann).await;
     assert!(
-        t.elapsed() < Duration::from_millis(2500),
+        t.elapsed() < Duration::from_millis(4000),
         "{:?}",
         t.elapsed()
     );
@@ -347,7 +348,7 @@ async fn store_down_or_slow_is_kura009_within_the_deadline() {
     let r = mutate(&client, &hook, "team-a", &ann).await;
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(4000),
         "{took:?}"
     );
     assert!(message(&r).contains("KURA009"), "{r}");

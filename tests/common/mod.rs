@@ -236,14 +236,19 @@ impl Proxy {
     }
 }
 
-/// The example AdmissionReview with another namespace and other annotations.
-pub fn review(namespace: &str, annotations: &[(&str, &str)]) -> serde_json::Value {
+/// examples/admission-review.json: a Deployment-created pod as kube-apiserver sends it.
+pub fn example_review() -> serde_json::Value {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/admission-review.json"
     ))
     .unwrap();
-    let mut r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The example AdmissionReview with another namespace and other annotations.
+pub fn review(namespace: &str, annotations: &[(&str, &str)]) -> serde_json::Value {
+    let mut r = example_review();
     r["request"]["namespace"] = serde_json::json!(namespace);
     r["request"]["uid"] = serde_json::json!(format!("uid-{}", fastrand_u64()));
     let ann: serde_json::Map<String, serde_json::Value> = annotations
