@@ -26,8 +26,39 @@ pub struct AwsStore {
 impl AwsStore {
     /// Builds a client from the environment; `timeout` bounds each operation, retries included.
     pub async fn from_env(timeout: Duration) -> Self {
+        Self::load(
+            aws_config::defaults(aws_config::BehaviorVersion::latest()),
+            timeout,
+        )
+        .await
+    }
+
+    /// Builds a client for an explicit endpoint, region and static credentials (a local
+    /// Secrets Manager such as moto, and in-process tests); otherwise like [`AwsStore::from_env`].
+    pub async fn for_endpoint(
+        endpoint: &str,
+        region: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+        timeout: Duration,
+    ) -> Self {
+        let creds = aws_sdk_secretsmanager::config::Credentials::new(
+            access_key_id,
+            secret_access_key,
+            None,
+            None,
+            "kura-agent-static",
+        );
+        let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new(region.to_string()))
+            .credentials_provider(creds);
+        Self::load(loader, timeout).await
+    }
+
+    async fn load(loader: aws_config::ConfigLoader, timeout: Duration) -> Self {
         let attempt = timeout.mul_f32(0.45).max(Duration::from_millis(200));
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let conf = loader
             .timeout_config(
                 TimeoutConfig::builder()
                     .operation_timeout(timeout)
