@@ -6,10 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{debug, error, info, warn};
 
+use crate::metrics::Metrics;
 use crate::reload;
 use crate::render::{RenderError, render};
 use crate::spec::{AgentMode, Spec};
@@ -49,6 +52,8 @@ pub struct Agent {
     pub writer: AtomicWriter,
     /// The downward-API file with the pod's annotations, for `kura.dev/refresh-now`.
     pub annotations_file: Option<PathBuf>,
+    /// What the refreshes did, for `--metrics-listen`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The outcome of one refresh.
@@ -87,6 +92,28 @@ impl Agent {
     /// Fetches and writes. On the first refresh (empty state) any failure is an error and
     /// nothing is written; later, failed secrets keep their last good files.
     pub async fn refresh(&self, state: &mut State) -> Result<Refresh> {
+        let calls_before = self.store.api_calls();
+        let result = self.refresh_inner(state).await;
+        let aws_calls = self.store.api_calls().saturating_sub(calls_before);
+        let m = &self.metrics;
+        m.refreshed(aws_calls);
+        match &result {
+            Ok(r) => {
+                if r.changed {
+                    m.changed();
+                }
+                if r.errors.is_empty() {
+                    m.succeeded();
+                }
+            }
+            Err(Error::Write(_)) => m.error("write"),
+            Err(_) => {}
+        }
+        debug!(aws_calls, ok = result.is_ok(), "refresh done");
+        result
+    }
+
+    async fn refresh_inner(&self, state: &mut State) -> Result<Refresh> {
         let requests = self.requests();
         let results = self.store.fetch(&requests).await;
         let mut fetched: BTreeMap<&FetchRequest, Fetched> = BTreeMap::new();
@@ -101,7 +128,10 @@ impl Agent {
                     }
                     fetched.insert(req, f);
                 }
-                Err(e) => store_errors.push(e),
+                Err(e) => {
+                    self.metrics.error(e.kind());
+                    store_errors.push(e);
+                }
             }
         }
 
@@ -114,7 +144,12 @@ impl Agent {
                 version_stage: f.version_stage.clone(),
             };
             let rendered = match fetched.get(&req) {
-                Some(v) => render(f, &v.value).map_err(|e| render_errors.push(e)).ok(),
+                Some(v) => render(f, &v.value)
+                    .map_err(|e| {
+                        self.metrics.error("render");
+                        render_errors.push(e);
+                    })
+                    .ok(),
                 None => None,
             };
             // A file without a value now keeps its last good content; with neither, the set is
@@ -157,8 +192,29 @@ impl Agent {
     }
 
     /// `kura-agent run`: init (unless a complete set is already there from the init container),
-    /// then refresh every interval until SIGTERM.
+    /// then refresh every interval until SIGTERM (or SIGINT), which ends it at once, even in the
+    /// middle of a store call or a reload hook: writes are synchronous, so a swap is never cut
+    /// short, and the files stay in place.
     pub async fn run(&self) -> Result<()> {
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::Usage(format!("cannot watch {name}: {e}")))
+        };
+        let mut term = watch(SignalKind::terminate(), "SIGTERM")?;
+        let mut int = watch(SignalKind::interrupt(), "SIGINT")?;
+        tokio::select! {
+            r = self.follow() => r,
+            _ = term.recv() => {
+                info!("SIGTERM: exiting, files stay in place");
+                Ok(())
+            }
+            _ = int.recv() => {
+                info!("SIGINT: exiting, files stay in place");
+                Ok(())
+            }
+        }
+    }
+
+    async fn follow(&self) -> Result<()> {
         let mut state = match self.init().await {
             Ok(s) => s,
             // The init container wrote a set; the sidecar keeps it and retries with backoff.
@@ -172,10 +228,8 @@ impl Agent {
             return Ok(());
         }
         let interval = Duration::from_secs(self.spec.refresh_interval.max(1));
-        let mut failures: u32 = 0;
+        let mut failures: u32 = u32::from(state.files.is_empty());
         let mut refresh_now = self.annotations_file.as_deref().and_then(read_refresh_now);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Error::Usage(format!("cannot watch SIGTERM: {e}")))?;
         loop {
             let wait = if failures == 0 {
                 jitter(interval)
@@ -190,13 +244,7 @@ impl Agent {
                     break;
                 }
                 let step = (deadline - now).min(Duration::from_secs(1));
-                tokio::select! {
-                    _ = term.recv() => {
-                        info!("SIGTERM: exiting, files stay in place");
-                        return Ok(());
-                    }
-                    _ = tokio::time::sleep(step) => {}
-                }
+                tokio::time::sleep(step).await;
                 if let Some(path) = &self.annotations_file {
                     let seen = read_refresh_now(path);
                     if seen.is_some() && seen != refresh_now {
@@ -211,7 +259,7 @@ impl Agent {
                     if r.errors.is_empty() {
                         failures = 0;
                     } else {
-                        failures += 1;
+                        failures = failures.saturating_add(1);
                         for e in &r.errors {
                             warn!(error = %e, "refresh incomplete; last good files kept");
                         }
@@ -219,12 +267,16 @@ impl Agent {
                     if r.changed {
                         info!("secrets changed: new set written");
                         if let Some(hook) = &self.spec.reload {
-                            reload::run(hook).await;
+                            if reload::run(hook).await {
+                                self.metrics.reloaded();
+                            } else {
+                                self.metrics.error("reload");
+                            }
                         }
                     }
                 }
                 Err(e) => {
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     error!(error = %e, failures, "refresh failed; last good files kept");
                 }
             }

@@ -1,13 +1,16 @@
 //! The `kura-agent` command line: `init`, `run` and `ready`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing::error;
+use tracing::{error, info};
 
 use crate::agent::{self, Agent};
+use crate::metrics::{self, Metrics};
 use crate::spec::Spec;
 use crate::store::{Store, StoreSetting};
 use crate::writer::AtomicWriter;
@@ -31,7 +34,14 @@ pub enum Command {
     /// Fetch every declared secret, write the files and exit.
     Init(RunArgs),
     /// Like init, then refresh on rotation until SIGTERM.
-    Run(RunArgs),
+    Run {
+        #[command(flatten)]
+        args: RunArgs,
+        /// Serve Prometheus metrics at http://ADDR/metrics; loopback addresses only
+        /// (127.0.0.1:PORT or [::1]:PORT). Off when unset.
+        #[arg(long, env = "KURA_METRICS_LISTEN", value_parser = metrics::parse_listen)]
+        metrics_listen: Option<SocketAddr>,
+    },
     /// Exit 0 once a complete set of files has been written (startup probe).
     Ready {
         /// Directory the files are written to.
@@ -107,14 +117,35 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        Command::Run(args) => {
-            finish(
-                &args.termination_log.clone(),
-                build(args).await.map(|a| (a, false)),
-            )
-            .await
+        Command::Run {
+            args,
+            metrics_listen,
+        } => {
+            let termination_log = args.termination_log.clone();
+            let built = match build(args).await {
+                Ok(a) => serve_metrics(metrics_listen, &a).await.map(|()| (a, false)),
+                Err(e) => Err(e),
+            };
+            finish(&termination_log, built).await
         }
     }
+}
+
+/// Binds the metrics listener before the first fetch, so a taken port is a clear start error.
+async fn serve_metrics(listen: Option<SocketAddr>, agent: &Agent) -> Result<(), agent::Error> {
+    let Some(addr) = listen else {
+        return Ok(());
+    };
+    let listener = metrics::bind(addr)
+        .await
+        .map_err(|e| agent::Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
+    info!(%addr, "serving metrics at /metrics");
+    tokio::spawn(metrics::serve(
+        listener,
+        agent.metrics.clone(),
+        agent.store.clone(),
+    ));
+    Ok(())
 }
 
 async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
@@ -127,6 +158,7 @@ async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
         store,
         writer: AtomicWriter::new(args.dir),
         annotations_file: args.annotations_file,
+        metrics: Arc::new(Metrics::default()),
     })
 }
 

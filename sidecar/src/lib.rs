@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod annotations;
 pub mod cli;
+pub mod metrics;
 pub mod reload;
 pub mod render;
 pub mod spec;
