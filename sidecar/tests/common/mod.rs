@@ -1,0 +1,358 @@
+//! Helpers for the agent's integration tests: the real `kura-agent` binary as a child process,
+//! specs, moto (also on a fixed port, to simulate an endpoint that goes away and comes back),
+//! metrics scraping and polling.
+#![allow(dead_code, clippy::unwrap_used)]
+
+#[path = "../../../tests/common/moto.rs"]
+pub mod moto;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kura_agent::spec::{DEFAULT_FILE_MODE, FileMode, Format, SPEC_VERSION, SecretFile, Spec};
+
+#[allow(unused_imports)]
+pub use moto::Moto;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kura-agent");
+
+/// Log filter for agents under test: the agent's own debug lines too, so that the
+/// "no value in the logs" checks cover them.
+const LOG_FILTER: &str = "info,kura_agent=debug,aws_config=warn,aws_smithy_runtime=warn";
+
+/// One file of a spec, unpinned, raw, mode 0400.
+pub fn file(name: &str, secret: &str) -> SecretFile {
+    SecretFile {
+        file: name.into(),
+        secret: secret.into(),
+        key: None,
+        version_stage: None,
+        version_id: None,
+        format: Format::Raw,
+        mode: DEFAULT_FILE_MODE,
+    }
+}
+
+pub fn with_key(mut f: SecretFile, key: &str) -> SecretFile {
+    f.key = Some(key.into());
+    f
+}
+
+pub fn with_format(mut f: SecretFile, format: Format) -> SecretFile {
+    f.format = format;
+    f
+}
+
+pub fn with_mode(mut f: SecretFile, mode: &str) -> SecretFile {
+    f.mode = FileMode::parse(mode).unwrap();
+    f
+}
+
+/// A `KURA_SPEC` as the webhook writes it.
+pub fn spec(files: Vec<SecretFile>, interval_secs: u64, reload: Option<&str>) -> String {
+    Spec {
+        version: SPEC_VERSION.into(),
+        agent: Default::default(),
+        refresh_interval: interval_secs,
+        reload: reload.map(|r| kura_agent::spec::Reload::parse(r).unwrap()),
+        files,
+    }
+    .to_json()
+}
+
+/// A scratch area: the secrets directory, a termination log and a downward-API file.
+pub struct Scratch {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub termination_log: PathBuf,
+    pub annotations: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("secrets");
+        fs::create_dir(&dir).unwrap();
+        Scratch {
+            termination_log: tmp.path().join("termination-log"),
+            annotations: tmp.path().join("annotations"),
+            dir,
+            tmp,
+        }
+    }
+
+    /// The content of a file the agent wrote, through its user-visible path.
+    pub fn read(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.dir.join(name)).ok()
+    }
+
+    pub fn read_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        fs::read(self.dir.join(name)).ok()
+    }
+
+    pub fn termination_message(&self) -> String {
+        fs::read_to_string(&self.termination_log).unwrap_or_default()
+    }
+
+    /// Writes the downward-API annotations file the way the kubelet does: a new file renamed in.
+    pub fn annotate(&self, lines: &str) {
+        let tmp = self.annotations.with_extension("tmp");
+        fs::write(&tmp, lines).unwrap();
+        fs::rename(&tmp, &self.annotations).unwrap();
+    }
+
+    /// A `kura-agent <mode>` command writing into this scratch area, with a clean environment.
+    pub fn command(&self, mode: &str, spec: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg(mode)
+            .env_clear()
+            .env("KURA_SPEC", spec)
+            .env("KURA_DIR", &self.dir)
+            .env("KURA_TERMINATION_LOG", &self.termination_log)
+            .env("KURA_ANNOTATIONS_FILE", &self.annotations)
+            .env("KURA_LOG", LOG_FILTER)
+            .env("KURA_STORE_TIMEOUT", "5s");
+        c
+    }
+
+    /// Runs `kura-agent init` to completion.
+    pub fn init(&self, spec: &str, env: &[(String, String)]) -> (ExitStatus, String) {
+        let out = self
+            .command("init", spec)
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts `kura-agent run` in the background; its stderr goes to a file.
+    pub fn run(&self, spec: &str, env: &[(String, String)], args: &[&str]) -> AgentProc {
+        AgentProc::spawn(
+            self.command("run", spec)
+                .args(args)
+                .envs(env.iter().cloned()),
+            &self
+                .tmp
+                .path()
+                .join(format!("agent-{}.log", fastrand::u32(..))),
+        )
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running agent, killed on drop.
+pub struct AgentProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    pub fn spawn(cmd: &mut Command, log: &Path) -> AgentProc {
+        let err = fs::File::create(log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        AgentProc {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// Waits for the exit, at most `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The agent's log so far (JSON lines on stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asserts that none of `values` appears in the log. (Tests never read values *from* logs;
+    /// they check that values are *not* there.)
+    pub fn assert_log_free_of(&self, values: &[&str]) {
+        let log = self.log();
+        for v in values {
+            assert!(
+                !log.contains(v),
+                "a secret value leaked into the log:\n{log}"
+            );
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// moto's `UpdateSecretVersionStage` moves the `AWSCURRENT` label but not what an unversioned
+/// read returns (its `default_version_id` only follows `PutSecretValue`), while AWS always
+/// returns the version labelled `AWSCURRENT`. This keeps moto's own code and adds that one step,
+/// so that moving `AWSCURRENT` back (a rollback) can be tested against it.
+const MOTO_WITH_STAGE_FIX: &str = r#"
+import sys
+from moto.secretsmanager.models import SecretsManagerBackend
+_update = SecretsManagerBackend.update_secret_version_stage
+def update_secret_version_stage(self, secret_id, version_stage, remove_from_version_id, move_to_version_id):
+    out = _update(self, secret_id, version_stage, remove_from_version_id, move_to_version_id)
+    if version_stage == "AWSCURRENT" and move_to_version_id:
+        self.secrets[secret_id].set_default_version_id(move_to_version_id)
+    return out
+SecretsManagerBackend.update_secret_version_stage = update_secret_version_stage
+from moto.server import main
+main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+"#;
+
+/// A moto server on a given port (to bring "the same endpoint" back after stopping one), with
+/// the rollback fix above.
+pub struct MotoOn {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl MotoOn {
+    pub fn start(port: u16) -> MotoOn {
+        let child = Command::new(moto::venv().join("bin/python"))
+            .args(["-c", MOTO_WITH_STAGE_FIX, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        MotoOn {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    pub fn client(&self) -> aws_sdk_secretsmanager::Client {
+        client_for(&self.endpoint)
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        aws_env(&self.endpoint)
+    }
+}
+
+impl Drop for MotoOn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port of a `http://127.0.0.1:PORT` endpoint.
+pub fn port_of(endpoint: &str) -> u16 {
+    endpoint.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The `/metrics` text of an agent, or `None` while it does not answer.
+pub fn scrape(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// One sample of a scrape, e.g. `sample(&text, "kura_agent_errors_total{kind=\"write\"}")`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A sample of a live agent, `0` while it does not answer.
+pub fn metric(port: u16, series: &str) -> f64 {
+    scrape(port).and_then(|t| sample(&t, series)).unwrap_or(0.0)
+}
+
+/// A unique secret name for this test run.
+pub fn name(prefix: &str) -> String {
+    format!("/kura-test/{prefix}-{}", fastrand::u32(..))
+}
+
+/// A Secrets Manager client for any endpoint (such as a [`MotoOn`]).
+pub fn client_for(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    let creds =
+        aws_sdk_secretsmanager::config::Credentials::new("testing", "testing", None, None, "test");
+    let conf = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(conf)
+}
+
+/// The environment that points an agent at `endpoint`, as [`Moto::env`] does.
+pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL".into(), endpoint.to_string()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
