@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# kura-agent benchmark against moto (run on demand; not part of the tests).
+#
+# Prints, for the release build of the agent:
+#   - the stripped binary size;
+#   - the time from start to files written by `kura-agent init`, for 1 and 20 secrets;
+#   - the steady-state RSS of `kura-agent run` with 20 secrets and a 2 s refresh interval;
+#   - the AWS calls per refresh (from the agent's own metrics endpoint);
+#   - the rotation latency from PutSecretValue to the new file content.
+# and checks them against the agent's budgets (RSS <= 8 MiB, calls = ceil(n/20),
+# rotation <= interval + 1 s).
+#
+# Needs the test venv with moto (scripts/test prepares it: .venv, or $KURA_VENV), curl, and a
+# Rust toolchain. The release build (opt-level "s", LTO, one codegen unit) takes minutes on a
+# small machine; KURA_BENCH_NO_BUILD=1 reuses target/release/kura-agent.
+#
+# Knobs: KURA_BENCH_INTERVAL (s, default 2), KURA_BENCH_SETTLE (s before reading RSS, default 30),
+# KURA_BENCH_ROTATIONS (default 10), KURA_BENCH_RUNS (init timings per size, default 7).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${KURA_VENV:-$PWD/.venv}"
+if [ ! -x "$venv/bin/moto_server" ]; then
+    echo "no moto in $venv: run scripts/test once (it prepares the venv) or set KURA_VENV" >&2
+    exit 2
+fi
+py="$venv/bin/python"
+interval="${KURA_BENCH_INTERVAL:-2}"
+settle="${KURA_BENCH_SETTLE:-30}"
+rotations="${KURA_BENCH_ROTATIONS:-10}"
+runs="${KURA_BENCH_RUNS:-7}"
+
+if [ -z "${KURA_BENCH_NO_BUILD:-}" ]; then
+    echo "==> cargo build --release -p kura-agent" >&2
+    cargo build --release -p kura-agent >&2
+fi
+bin="$PWD/target/release/kura-agent"
+[ -x "$bin" ] || { echo "no $bin" >&2; exit 2; }
+
+work="$(mktemp -d)"
+moto_pid=""
+agent_pid=""
+cleanup() {
+    if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
+    if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+moto_port="$(free_port)"
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+moto_pid=$!
+for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$moto_port") 2>/dev/null && break
+    sleep 0.1
+done
+
+export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
+export KURA_LOG_FORMAT=json KURA_TERMINATION_LOG="$work/termination-log"
+
+# Secrets and specs. Values look like real database credentials (~100 bytes of JSON).
+cat >"$work/bench.py" <<'PY'
+import json, os, random, statistics, string, sys, time
+import boto3
+
+sm = boto3.client(
+    "secretsmanager", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"]
+)
+
+def value(tag):
+    pw = "".join(random.choice(string.ascii_letters + string.digits) for _ in range(32))
+    return json.dumps({"username": "app", "password": pw, "host": "db.internal", "rev": tag})
+
+def name(i):
+    return f"/bench/app/secret-{i:02d}"
+
+cmd = sys.argv[1]
+if cmd == "create":
+    for i in range(int(sys.argv[2])):
+        sm.create_secret(Name=name(i), SecretString=value("v0"))
+elif cmd == "spec":
+    n, interval = int(sys.argv[2]), int(sys.argv[3])
+    files = [{"file": f"secret-{i:02d}.json", "secret": name(i), "mode": "0400"} for i in range(n)]
+    print(json.dumps({"version": "kura.dev/v1", "refreshInterval": interval, "files": files}))
+elif cmd == "rotate":
+    # Rotations at random points of the refresh cycle; latency = from just before
+    # PutSecretValue until the file the app reads holds the new value.
+    path, count, interval = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    lat = []
+    for k in range(count):
+        time.sleep(random.uniform(0.2, interval))
+        new = value(f"r{k}")
+        t0 = time.monotonic()
+        sm.put_secret_value(SecretId=name(0), SecretString=new)
+        while True:
+            try:
+                with open(path) as f:
+                    if f.read() == new:
+                        break
+            except FileNotFoundError:
+                pass
+            if time.monotonic() - t0 > interval + 30:
+                sys.exit(f"rotation {k} not seen after {interval + 30}s")
+            time.sleep(0.002)
+        lat.append(time.monotonic() - t0)
+    lat.sort()
+    print(f"{statistics.median(lat):.3f} {lat[max(0, int(len(lat) * 0.9) - 1)]:.3f} {lat[-1]:.3f}")
+PY
+bench() { "$py" "$work/bench.py" "$@"; }
+
+bench create 20
+spec1="$(bench spec 1 "$interval")"
+spec20="$(bench spec 20 "$interval")"
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+now_ns() { date +%s%N; }
+
+# Start to files written, `init`, fresh directory each time.
+init_ms() {
+    local spec="$1" i dir t0 t1
+    for i in $(seq 1 "$runs"); do
+        dir="$work/init-$RANDOM$RANDOM"
+        mkdir "$dir"
+        t0="$(now_ns)"
+        KURA_SPEC="$spec" KURA_DIR="$dir" "$bin" init 2>>"$work/init.log"
+        t1="$(now_ns)"
+        echo $(( (t1 - t0) / 1000000 ))
+    done | median
+}
+bench_init_1="$(init_ms "$spec1")"
+bench_init_20="$(init_ms "$spec20")"
+
+# Steady state of `run` with 20 secrets.
+dir="$work/run"
+mkdir "$dir"
+metrics_port="$(free_port)"
+KURA_SPEC="$spec20" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$metrics_port" \
+    "$bin" run 2>"$work/run.log" &
+agent_pid=$!
+for _ in $(seq 1 300); do if [ -e "$dir/secret-19.json" ]; then break; fi; sleep 0.05; done
+rss_max=0
+for _ in $(seq 1 "$settle"); do
+    sleep 1
+    rss="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+    if [ "$rss" -gt "$rss_max" ]; then rss_max="$rss"; fi
+done
+rss_now="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$agent_pid/status")"
+metrics="$(curl -sf "http://127.0.0.1:$metrics_port/metrics")"
+sample() { awk -v k="$1" '$1 == k { print $2 }' <<<"$metrics"; }
+calls_last="$(sample kura_agent_last_refresh_aws_calls)"
+calls_total="$(sample kura_agent_aws_calls_total)"
+refreshes="$(sample kura_agent_refreshes_total)"
+
+read -r rot_median rot_p90 rot_max < <(bench rotate "$dir/secret-00.json" "$rotations" "$interval")
+rss_after="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+
+size="$(stat -c %s "$bin")"
+symtab="stripped"
+if command -v readelf >/dev/null && readelf -S "$bin" | grep -q '\.symtab'; then
+    symtab="NOT stripped"
+fi
+
+verdict() { if awk "BEGIN { exit !($1) }"; then echo ok; else echo OVER; fi; }
+budget_calls=$(( (20 + 19) / 20 ))
+mib() { awk -v k="$1" 'BEGIN { printf "%.2f MiB", k / 1024 }'; }
+
+line() { printf '  %-44s %s\n' "$1" "$2"; }
+echo
+echo "kura-agent benchmark ($(uname -sr), $(nproc) CPU, $(rustc --version 2>/dev/null || echo rustc ?), moto $("$py" -c 'import moto; print(moto.__version__)'))"
+line "binary size (release, $symtab)" \
+    "$(awk -v b="$size" 'BEGIN { printf "%.2f MB (%d bytes)", b / 1e6, b }')"
+line "init: start to files written, 1 secret" "${bench_init_1} ms (median of $runs)"
+line "init: start to files written, 20 secrets" "${bench_init_20} ms (median of $runs)"
+line "run: RSS, 20 secrets, ${interval} s interval" \
+    "$(mib "$rss_now") after ${settle} s; max $(mib "$rss_max"), VmHWM $(mib "$hwm"), $(mib "$rss_after") after the rotations   [budget 8 MiB: $(verdict "$rss_max <= 8192")]"
+line "AWS calls per refresh, 20 secrets" \
+    "${calls_last} (${calls_total} calls over ${refreshes} refreshes)   [budget ${budget_calls}: $(verdict "$calls_last <= $budget_calls")]"
+line "rotation: PutSecretValue to new file" \
+    "median ${rot_median} s, p90 ${rot_p90} s, max ${rot_max} s over ${rotations}   [budget $((interval + 1)) s: $(verdict "$rot_max <= $interval + 1")]"
