@@ -26,7 +26,9 @@ pub async fn run(hook: &Reload) -> bool {
             }
             Err(e) => {
                 warn!(hook = %hook, attempt, error = %e, "reload hook failed");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
             }
         }
     }
