@@ -488,7 +488,13 @@ fn an_unwritable_directory_keeps_the_previous_set_and_files_belong_to_the_agent_
         c
     };
 
-    assert!(agent("init").status().unwrap().success());
+    assert!(
+        agent("init")
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
     // Ownership: the agent's uid (and gid); mode from the spec; a 0750 version directory.
     let m = fs::metadata(dir.join("db")).unwrap();
     assert_eq!((m.uid(), m.permissions().mode() & 0o7777), (uid, 0o440));

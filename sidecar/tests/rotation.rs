@@ -405,3 +405,62 @@ impl Drop for KillOnDrop {
 fn libc_sighup() -> i32 {
     nix::sys::signal::Signal::SIGHUP as i32
 }
+
+#[tokio::test]
+async fn a_failing_reload_hook_is_counted_and_leaves_the_files() {
+    let moto = Moto::start();
+    let db = name("db");
+    moto.secret(&db, "fail-1", None, &[]).await;
+    let s = Scratch::new();
+    // Nothing listens there.
+    let dead = moto::free_port();
+    let port = moto::free_port();
+    let m = metrics_args(port);
+    let mut agent = s.run(
+        &spec(
+            vec![file("db", &db)],
+            1,
+            Some(&format!("http://127.0.0.1:{dead}/-/reload")),
+        ),
+        &moto.env(),
+        &args(&m),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || s.read("db").is_some()).await,
+        "{}",
+        agent.log()
+    );
+    moto.client()
+        .await
+        .put_secret_value()
+        .secret_id(&db)
+        .secret_string("fail-2")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            port,
+            "kura_agent_errors_total{kind=\"reload\"}"
+        ) == 1.0)
+        .await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(s.read("db").as_deref(), Some("fail-2"));
+    assert_eq!(metric(port, "kura_agent_reloads_total"), 0.0);
+    // The agent goes on refreshing; an unchanged set does not run the hook again.
+    let refreshes = metric(port, "kura_agent_refreshes_total");
+    assert!(
+        eventually(Duration::from_secs(5), || metric(
+            port,
+            "kura_agent_refreshes_total"
+        ) >= refreshes + 2.0)
+        .await
+    );
+    assert_eq!(
+        metric(port, "kura_agent_errors_total{kind=\"reload\"}"),
+        1.0
+    );
+    assert!(agent.is_running());
+}
