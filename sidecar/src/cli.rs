@@ -83,9 +83,23 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 pub fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
     });
+    // The HTTP layers below the SDK trace raw responses, which carry secret values: whatever
+    // KURA_LOG asks for, they never log below info.
+    for target in [
+        "aws_smithy_runtime",
+        "aws_smithy_http",
+        "aws_smithy_http_client",
+        "hyper",
+        "hyper_util",
+        "h2",
+    ] {
+        if let Ok(d) = format!("{target}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
