@@ -74,16 +74,8 @@ pub struct State {
 
 impl Agent {
     fn requests(&self) -> Vec<FetchRequest> {
-        let mut reqs: Vec<FetchRequest> = self
-            .spec
-            .files
-            .iter()
-            .map(|f| FetchRequest {
-                secret: f.secret.clone(),
-                version_id: f.version_id.clone(),
-                version_stage: f.version_stage.clone(),
-            })
-            .collect();
+        let mut reqs: Vec<FetchRequest> =
+            self.spec.files.iter().map(FetchRequest::for_file).collect();
         reqs.sort();
         reqs.dedup();
         reqs
@@ -138,11 +130,7 @@ impl Agent {
         let mut files = BTreeMap::new();
         let mut render_errors = Vec::new();
         for f in &self.spec.files {
-            let req = FetchRequest {
-                secret: f.secret.clone(),
-                version_id: f.version_id.clone(),
-                version_stage: f.version_stage.clone(),
-            };
+            let req = FetchRequest::for_file(f);
             let rendered = match fetched.get(&req) {
                 Some(v) => render(f, &v.value)
                     .map_err(|e| {

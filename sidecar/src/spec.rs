@@ -277,17 +277,6 @@ pub struct SecretFile {
     pub mode: FileMode,
 }
 
-impl SecretFile {
-    /// Whether this entry must be fetched on its own (batch reads return `AWSCURRENT` only).
-    pub fn is_pinned(&self) -> bool {
-        self.version_id.is_some()
-            || self
-                .version_stage
-                .as_deref()
-                .is_some_and(|s| s != "AWSCURRENT")
-    }
-}
-
 /// What the agent needs to know, as the webhook wrote it in `KURA_SPEC`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -114,6 +114,15 @@ pub struct FetchRequest {
 }
 
 impl FetchRequest {
+    /// What a declared file reads.
+    pub fn for_file(f: &crate::spec::SecretFile) -> Self {
+        FetchRequest {
+            secret: f.secret.clone(),
+            version_id: f.version_id.clone(),
+            version_stage: f.version_stage.clone(),
+        }
+    }
+
     pub fn current(secret: impl Into<String>) -> Self {
         FetchRequest {
             secret: secret.into(),
