@@ -1,8 +1,9 @@
 //! The baseline `bench/webhook-load.sh` measures kura against: the least a webhook on the same
 //! stack can do. axum 0.8 + axum-server 0.7 over rustls (aws-lc-rs, h2 and http/1.1), on the
 //! same tokio runtime kura uses; it parses each AdmissionReview (a webhook must echo the
-//! request's uid) and answers with a fixed response (the same patch kura produced for the same
-//! review), so both servers move the same bytes.
+//! request's uid) and answers with a fixed response: the answer kura gave for the same review,
+//! patch included, encoded with kura's own `encode_review`. Both servers move the same bytes
+//! the same way; the difference is kura's decision.
 //!
 //! `baseline_server --serve 127.0.0.1:PORT --response FILE --cert-out FILE` serves until killed.
 //! `cargo bench` runs every bench target without arguments: then it says so and exits.
@@ -14,10 +15,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum_server::tls_rustls::RustlsConfig;
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionReview;
 use serde_json::Value;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -26,14 +29,24 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-async fn mutate(State(template): State<Arc<Value>>, body: Bytes) -> Response {
+type Answer = AdmissionReview<DynamicObject>;
+
+async fn mutate(State(template): State<Arc<Answer>>, body: Bytes) -> Response {
     let review: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let mut answer = (*template).clone();
-    answer["response"]["uid"] = review["request"]["uid"].clone();
-    axum::Json(answer).into_response()
+    if let Some(r) = answer.response.as_mut() {
+        r.uid = review["request"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    }
+    match kura::server::encode_review(answer) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 fn main() {
@@ -45,9 +58,9 @@ fn main() {
         return;
     };
     let listen: SocketAddr = listen.parse().expect("--serve ADDR");
-    let template: Value =
+    let template: Answer =
         serde_json::from_slice(&std::fs::read(&response).expect("--response FILE"))
-            .expect("the response is JSON");
+            .expect("the response is an AdmissionReview");
 
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])

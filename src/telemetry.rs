@@ -22,10 +22,13 @@ pub fn init(format: &str, server: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match (format == "json", server) {
+        // kura opens one span, the admission's: `span` carries its fields, and the default
+        // `spans` list would repeat them on every line.
         (true, true) => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .with_writer(std::io::stdout)
             .try_init(),
         (true, false) => builder

@@ -1,0 +1,89 @@
+//! Where one admission's CPU goes, without TLS and HTTP: the whole `/mutate` decision for the
+//! load benchmark's review (bench/webhook-review.json: a Deployment's pod declaring 3 secrets,
+//! warm metadata cache over bench/webhook-store.yaml), and its parts: decoding the review,
+//! deciding (policy + plan), encoding the answer (kura's encoder, and plain serde for comparison). The same decision with
+//! bench/webhook-policy-relaxed.yaml shows what the plaintext and KMS rules cost.
+//!
+//! `cargo bench --bench admission`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionReview;
+use kura::admission::{Admission, Endpoint};
+use kura::config::InjectConfig;
+use kura::policy::{Policy, PolicyEngine};
+use kura_agent::store::{Store, StoreSetting};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn admission(rt: &tokio::runtime::Runtime, policy: Policy) -> Admission {
+    let setting: StoreSetting =
+        format!("file:{}", root().join("bench/webhook-store.yaml").display())
+            .parse()
+            .unwrap();
+    let store = rt
+        .block_on(Store::open(&setting, Duration::from_secs(2)))
+        .unwrap();
+    Admission {
+        inject: InjectConfig::default(),
+        policy: PolicyEngine::new(policy, Some(store)),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = std::fs::read(root().join("bench/webhook-review.json")).unwrap();
+    let default = admission(&rt, Policy::default());
+    let relaxed = admission(
+        &rt,
+        Policy::load(&root().join("bench/webhook-policy-relaxed.yaml")).unwrap(),
+    );
+    for a in [&default, &relaxed] {
+        // Warms the metadata cache, and checks this is the injection path.
+        let out = rt.block_on(a.review(Endpoint::Mutate, &body)).unwrap();
+        assert_eq!(out.decision, "injected");
+    }
+
+    let mut g = c.benchmark_group("admission");
+    g.bench_function("decode review", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<AdmissionReview<DynamicObject>>(black_box(&body)).unwrap()
+        })
+    });
+    g.bench_function("review (decode + decide), built-in policy", |b| {
+        b.iter(|| {
+            rt.block_on(default.review(Endpoint::Mutate, black_box(&body)))
+                .unwrap()
+        })
+    });
+    g.bench_function("review (decode + decide), relaxed policy", |b| {
+        b.iter(|| {
+            rt.block_on(relaxed.review(Endpoint::Mutate, black_box(&body)))
+                .unwrap()
+        })
+    });
+    let answer = rt
+        .block_on(default.review(Endpoint::Mutate, &body))
+        .unwrap()
+        .review;
+    g.bench_function("encode answer (kura::server::encode_review)", |b| {
+        b.iter(|| kura::server::encode_review(black_box(answer.clone())).unwrap())
+    });
+    g.bench_function("encode answer (serde_json::to_vec)", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&answer)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
