@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kura_agent::annotations::{self, PodSecrets};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::config::InjectConfig;
 use crate::inject;
@@ -89,14 +89,25 @@ impl Admission {
                 });
             }
         };
-        Ok(self.answer(endpoint, &req).await)
+        let name = pod_label(&req);
+        let namespace = req.namespace.clone().unwrap_or_default();
+        // The span goes with the future, not the thread: lookups suspend this admission.
+        let span = tracing::info_span!("admission", uid = %req.uid, %namespace, pod = %name, kind = %req.kind.kind, ?endpoint);
+        Ok(self
+            .answer(endpoint, req, namespace, name)
+            .instrument(span)
+            .await)
     }
 
-    async fn answer(&self, endpoint: Endpoint, req: &AdmissionRequest<DynamicObject>) -> Outcome {
-        let namespace = req.namespace.clone().unwrap_or_default();
-        let name = pod_label(req);
-        let span = tracing::info_span!("admission", uid = %req.uid, %namespace, pod = %name, kind = %req.kind.kind, ?endpoint);
-        let _guard = span.enter();
+    async fn answer(
+        &self,
+        endpoint: Endpoint,
+        mut req: AdmissionRequest<DynamicObject>,
+        namespace: String,
+        name: String,
+    ) -> Outcome {
+        let object = req.object.take();
+        let req = &req;
         let invalid = |msg: String| {
             let mut r = AdmissionResponse::invalid(msg);
             r.uid = req.uid.clone();
@@ -114,12 +125,8 @@ impl Admission {
         if matches!(req.operation, Operation::Delete | Operation::Connect) {
             return self.finish(req, Decision::allow(), None, &namespace, &name);
         }
-        let Some(object) = &req.object else {
+        let Some(object) = object else {
             return invalid("the request has no object".into());
-        };
-        let value = match serde_json::to_value(object) {
-            Ok(v) => v,
-            Err(e) => return invalid(format!("the object cannot be read: {e}")),
         };
 
         // An update that leaves the pod spec alone (labels, annotations such as
@@ -132,21 +139,16 @@ impl Admission {
             return self.finish(req, Decision::allow(), None, &namespace, &name);
         }
         let kind = req.kind.kind.as_str();
-        let template = match crate::workload::pod_template(kind, &value) {
-            Ok(t) => t,
-            Err(e) => return invalid(e),
-        };
-        let Some(pod_value) = template else {
+        let pod: Pod = match crate::workload::pod_from(kind, object) {
+            Ok(Some(p)) => p,
             // Not a kind kura looks at: allow unchanged.
-            return self.finish(req, Decision::allow(), None, &namespace, &name);
-        };
-        let pod: Pod = match serde_json::from_value(pod_value) {
-            Ok(p) => p,
-            Err(e) => return invalid(format!("the {kind} does not hold a valid pod spec: {e}")),
+            Ok(None) => return self.finish(req, Decision::allow(), None, &namespace, &name),
+            Err(e) => return invalid(e),
         };
 
         let mode = self.policy.mode_for(&namespace);
-        let parsed = annotations::parse(&pod.metadata.annotations.clone().unwrap_or_default());
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        let parsed = annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&NONE));
         let mut decision = Decision::new(mode);
         let secrets: Option<PodSecrets> = match parsed {
             Ok(s) => s,

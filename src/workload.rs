@@ -1,7 +1,8 @@
 //! Pod templates inside workloads, so policy runs at `kubectl apply` of a Deployment instead of
 //! surfacing later as a ReplicaSet event.
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
+use kube::core::DynamicObject;
 
 /// Kinds whose pod template kura checks, with the path to the template.
 pub const WORKLOAD_KINDS: [(&str, &[&str]); 6] = [
@@ -13,53 +14,76 @@ pub const WORKLOAD_KINDS: [(&str, &[&str]); 6] = [
     ("CronJob", &["spec", "jobTemplate", "spec", "template"]),
 ];
 
-/// The pod (as a Pod-shaped JSON value) that an object of `kind` describes; `None` for kinds
-/// kura does not look at.
-pub fn pod_template(kind: &str, object: &Value) -> Result<Option<Value>, String> {
+/// The pod an object of `kind` describes: the Pod itself, or a workload's template (named after
+/// the workload, so messages point at something the user wrote). `None` for kinds kura does not
+/// look at. The object's data is moved, not copied: this runs on every admission.
+pub fn pod_from(kind: &str, object: DynamicObject) -> Result<Option<Pod>, String> {
+    let DynamicObject {
+        metadata, mut data, ..
+    } = object;
+    let invalid = |e: serde_json::Error| format!("the {kind} does not hold a valid pod spec: {e}");
     if kind == "Pod" {
-        return Ok(Some(object.clone()));
+        let spec = match data.get_mut("spec") {
+            Some(v) => Some(serde_json::from_value::<PodSpec>(v.take()).map_err(invalid)?),
+            None => None,
+        };
+        return Ok(Some(Pod {
+            metadata,
+            spec,
+            status: None,
+        }));
     }
     let Some((_, path)) = WORKLOAD_KINDS.iter().find(|(k, _)| *k == kind) else {
         return Ok(None);
     };
-    let mut cur = object;
+    let mut cur = &mut data;
     for seg in path.iter() {
         cur = cur
-            .get(seg)
+            .get_mut(*seg)
             .ok_or_else(|| format!("the {kind} has no {}", path.join(".")))?;
     }
-    let mut metadata = cur.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    if metadata.get("name").is_none()
-        && let Some(n) = object.pointer("/metadata/name")
+    let template: PodTemplateSpec = serde_json::from_value(cur.take()).map_err(invalid)?;
+    let mut pod_meta = template.metadata.unwrap_or_default();
+    if pod_meta.name.is_none()
+        && pod_meta.generate_name.is_none()
+        && let Some(n) = metadata.name
     {
-        // Name the template after its workload so messages point at something the user wrote.
-        metadata["generateName"] = json!(format!("{}-", n.as_str().unwrap_or_default()));
+        pod_meta.generate_name = Some(format!("{n}-"));
     }
-    Ok(Some(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": cur.get("spec").cloned().unwrap_or_else(|| json!({})),
-    })))
+    Ok(Some(Pod {
+        metadata: pod_meta,
+        spec: template.spec,
+        status: None,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn obj(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).expect("object")
+    }
 
     #[test]
     fn templates_are_found() {
-        let d = json!({"kind":"Deployment","metadata":{"name":"web"},"spec":{"template":{"metadata":{"labels":{"a":"b"}},"spec":{"containers":[{"name":"c"}]}}}});
-        let p = pod_template("Deployment", &d).expect("ok").expect("pod");
-        assert_eq!(p["spec"]["containers"][0]["name"], "c");
-        assert_eq!(p["metadata"]["generateName"], "web-");
-        let cj = json!({"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[]}}}}}});
-        assert!(pod_template("CronJob", &cj).expect("ok").is_some());
-        assert!(pod_template("Service", &json!({})).expect("ok").is_none());
-        assert!(
-            pod_template("Job", &json!({"spec":{}}))
-                .unwrap_err()
-                .contains("spec.template")
+        let d = obj(
+            json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},"spec":{"template":{"metadata":{"labels":{"a":"b"}},"spec":{"containers":[{"name":"c"}]}}}}),
         );
+        let p = pod_from("Deployment", d).expect("ok").expect("pod");
+        assert_eq!(p.spec.expect("spec").containers[0].name, "c");
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("web-"));
+        let cj = obj(
+            json!({"apiVersion":"batch/v1","kind":"CronJob","metadata":{},"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[]}}}}}}),
+        );
+        assert!(pod_from("CronJob", cj).expect("ok").is_some());
+        let svc = obj(json!({"apiVersion":"v1","kind":"Service","metadata":{}}));
+        assert!(pod_from("Service", svc).expect("ok").is_none());
+        let job = obj(json!({"apiVersion":"batch/v1","kind":"Job","metadata":{},"spec":{}}));
+        assert!(pod_from("Job", job).unwrap_err().contains("spec.template"));
+        let bad =
+            obj(json!({"apiVersion":"v1","kind":"Pod","metadata":{},"spec":{"containers":"nope"}}));
+        assert!(pod_from("Pod", bad).unwrap_err().contains("valid pod spec"));
     }
 }

@@ -3,29 +3,34 @@
 //! fields (Secrets Manager names cannot contain `:`).
 
 /// Whether `text` matches `pattern` in full. Case-sensitive, like Secrets Manager names.
+///
+/// Greedy with backtracking to the last `*` only, without allocating: that is complete here
+/// because no wildcard crosses `:`, so every `:` of the text is matched by a literal `:` after
+/// the last star, and later alignments of the rest of the pattern were all tried already.
 pub fn matches(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    // reach[j]: the first i pattern characters can match the first j text characters.
-    let mut reach = vec![false; t.len() + 1];
-    reach[0] = true;
-    for &pc in &p {
-        let mut next = vec![false; t.len() + 1];
-        for j in 0..=t.len() {
-            if pc == '*' {
-                // Stay, or extend the previous reach by one non-':' character.
-                next[j] = reach[j] || (j > 0 && next[j - 1] && t[j - 1] != ':');
-            } else if j > 0 && reach[j - 1] {
-                next[j] = if pc == '?' {
-                    t[j - 1] != ':'
-                } else {
-                    t[j - 1] == pc
-                };
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && (p[pi] == t[ti] || (p[pi] == b'?' && t[ti] != b':')) {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the last star take one more character, unless that character is ':'.
+            if t[st] == b':' {
+                return false;
             }
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
         }
-        reach = next;
     }
-    reach[t.len()]
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]
@@ -55,5 +60,9 @@ mod tests {
         assert!(matches("a?c", "abc"));
         assert!(!matches("a?c", "a:c"));
         assert!(matches("*", ""));
+        assert!(matches("a*b*c", "axxbyyc"));
+        assert!(matches("*:x", "ab:x"));
+        assert!(!matches("*:x", "a:b:x"));
+        assert!(matches("arn:*:s:*", "arn:aws:s:r"));
     }
 }
