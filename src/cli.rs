@@ -315,11 +315,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    wait_for_shutdown().await;
+    // Registered once, so a second signal that arrives right after the first is not lost.
+    let mut signals = Signals::new();
+    signals.recv().await;
     info!(delay = ?args.shutdown_delay, "shutting down: /readyz now fails");
     state.ready.store(false, Ordering::Relaxed);
-    tokio::spawn(async {
-        wait_for_shutdown().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         warn!("second signal: exiting now");
         std::process::exit(130);
     });
@@ -329,19 +331,38 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can only be killed; keep serving.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Waits for either; without handlers the process can only be killed, so it keeps serving.
+    async fn recv(&mut self) {
+        match (&mut self.term, &mut self.int) {
+            (Some(t), Some(i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            (Some(t), None) => {
+                t.recv().await;
+            }
+            (None, Some(i)) => {
+                i.recv().await;
+            }
+            (None, None) => std::future::pending::<()>().await,
+        }
     }
 }
 
