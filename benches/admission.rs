@@ -48,7 +48,28 @@ fn bench(c: &mut Criterion) {
         &rt,
         Policy::load(&root().join("bench/webhook-policy-relaxed.yaml")).unwrap(),
     );
-    for a in [&default, &relaxed] {
+    // The floor the policy is measured against: no store lookups, no spec rules; only the
+    // annotation parsing, the string scope check and the injection that admission always does.
+    let minimal = Admission {
+        inject: InjectConfig::default(),
+        policy: PolicyEngine::new(
+            Policy {
+                plaintext: kura::policy::PlaintextPolicy {
+                    enabled: false,
+                    ..Default::default()
+                },
+                kms: kura::policy::KmsPolicy {
+                    require_customer_managed: false,
+                    allowed_keys: Vec::new(),
+                },
+                native_secrets: kura::policy::Action::Ignore,
+                config_map_secret_like: kura::policy::Action::Ignore,
+                ..Policy::default()
+            },
+            None,
+        ),
+    };
+    for a in [&default, &relaxed, &minimal] {
         // Warms the metadata cache, and checks this is the injection path.
         let out = rt.block_on(a.review(Endpoint::Mutate, &body)).unwrap();
         assert_eq!(out.decision, "injected");
@@ -66,6 +87,15 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    g.bench_function(
+        "review (decode + decide), no store lookups and no spec rules",
+        |b| {
+            b.iter(|| {
+                rt.block_on(minimal.review(Endpoint::Mutate, black_box(&body)))
+                    .unwrap()
+            })
+        },
+    );
     g.bench_function("review (decode + decide), relaxed policy", |b| {
         b.iter(|| {
             rt.block_on(relaxed.review(Endpoint::Mutate, black_box(&body)))
