@@ -303,11 +303,26 @@ impl PolicyEngine {
         }
         let Some(cache) = &self.cache else { return };
         let deadline = policy.store_timeout;
-        let lookups = futures_util::future::join_all(in_scope.iter().map(|id| async move {
-            let r = tokio::time::timeout(deadline, cache.describe(id)).await;
-            (*id, r)
-        }))
-        .await;
+        // Warm answers are taken as they are; only misses are asked, concurrently and bounded.
+        let mut lookups = Vec::with_capacity(in_scope.len());
+        let mut misses = Vec::new();
+        for id in &in_scope {
+            match cache.cached(id) {
+                Some(r) => lookups.push((*id, Ok(r))),
+                None => misses.push(*id),
+            }
+        }
+        if !misses.is_empty() {
+            lookups.extend(
+                futures_util::future::join_all(misses.iter().map(|id| async move {
+                    let r = tokio::time::timeout(deadline, cache.describe(id)).await;
+                    (*id, r)
+                }))
+                .await,
+            );
+            // Findings in declaration order, whichever answers were cached.
+            lookups.sort_by_key(|(id, _)| in_scope.iter().position(|x| x == id));
+        }
         for (id, result) in lookups {
             let meta = match result {
                 Err(_) => {
