@@ -63,8 +63,8 @@ fn pod_label(req: &AdmissionRequest<DynamicObject>) -> String {
 impl Admission {
     /// Decodes a body and answers it.
     pub async fn review(&self, endpoint: Endpoint, body: &[u8]) -> Result<Outcome, Error> {
-        let review: AdmissionReview<DynamicObject> =
-            serde_json::from_slice(body).map_err(|e| Error::Body(e.to_string()))?;
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
+            .map_err(|e| Error::Body(kura_agent::redact::scalars(&e.to_string())))?;
         self.review_parsed(endpoint, review).await
     }
 

@@ -21,7 +21,12 @@ pub fn pod_from(kind: &str, object: DynamicObject) -> Result<Option<Pod>, String
     let DynamicObject {
         metadata, mut data, ..
     } = object;
-    let invalid = |e: serde_json::Error| format!("the {kind} does not hold a valid pod spec: {e}");
+    let invalid = |e: serde_json::Error| {
+        format!(
+            "the {kind} does not hold a valid pod spec: {}",
+            kura_agent::redact::scalars(&e.to_string())
+        )
+    };
     if kind == "Pod" {
         let spec = match data.get_mut("spec") {
             Some(v) => Some(serde_json::from_value::<PodSpec>(v.take()).map_err(invalid)?),
@@ -85,5 +90,14 @@ mod tests {
         let bad =
             obj(json!({"apiVersion":"v1","kind":"Pod","metadata":{},"spec":{"containers":"nope"}}));
         assert!(pod_from("Pod", bad).unwrap_err().contains("valid pod spec"));
+        // A literal credential typed as a number is not echoed into the denial or the logs.
+        let num = obj(
+            json!({"apiVersion":"v1","kind":"Pod","metadata":{},"spec":{"containers":[{"name":"c","env":[{"name":"DB_PASSWORD","value":918273645}]}]}}),
+        );
+        let e = pod_from("Pod", num).unwrap_err();
+        assert!(
+            e.contains("invalid type") && !e.contains("918273645"),
+            "{e}"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod annotations;
 pub mod cli;
 pub mod metrics;
+pub mod redact;
 pub mod reload;
 pub mod render;
 pub mod spec;

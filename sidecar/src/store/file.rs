@@ -127,9 +127,8 @@ impl FileStore {
             return Ok(l.doc.clone());
         }
         let text = std::fs::read_to_string(&self.path).map_err(|e| err(e.to_string()))?;
-        // serde_yaml_ng errors quote positions, not scalar contents, so values stay out of them.
         let doc: Doc = serde_yaml_ng::from_str(&text)
-            .map_err(|e| err(format!("not a kura local store: {e}")))?;
+            .map_err(|e| err(format!("not a kura local store: {}", redacted(&e))))?;
         for s in &doc.secrets {
             check_secret(s).map_err(|m| err(format!("secret {:?}: {m}", s.name)))?;
         }
@@ -260,6 +259,10 @@ impl FileStore {
             &hex[20..32]
         )
     }
+}
+
+fn redacted(e: &serde_yaml_ng::Error) -> String {
+    crate::redact::scalars(&e.to_string())
 }
 
 fn check_secret(s: &FileSecret) -> Result<(), String> {
@@ -399,6 +402,10 @@ secrets:
             ),
             ("secrets: [{name: 'a b', value: supersecret}]", "contains"),
             ("- not a map", "not a kura local store"),
+            (
+                "secrets: [{name: /a, value: supersecret, scheduledForDeletion: supersecret}]",
+                "invalid type",
+            ),
         ] {
             let (_f, s) = store(doc);
             let e = s.expect_err(doc).to_string();
