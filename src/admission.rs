@@ -5,10 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
 use kura_agent::annotations::{self, PodSecrets};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tracing::{Instrument, info, warn};
 
 use crate::config::InjectConfig;
@@ -49,23 +53,172 @@ pub struct Outcome {
     pub findings: Vec<Finding>,
 }
 
-fn pod_label(req: &AdmissionRequest<DynamicObject>) -> String {
+/// The review as kube-apiserver sends it, its objects decoded as `O`: a [`Pod`] when the
+/// request is for one, else raw JSON until the kind is known.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct WireReview<O> {
+    api_version: String,
+    kind: String,
+    #[serde(default = "none")]
+    request: Option<WireRequest<O>>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// `AdmissionRequest`'s fields, as kube-apiserver names them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct WireRequest<O> {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    request_kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    request_resource: Option<GroupVersionResource>,
+    #[serde(default)]
+    request_sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    user_info: UserInfo,
+    #[serde(default = "none")]
+    object: Option<O>,
+    #[serde(default = "none")]
+    old_object: Option<O>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    options: Option<RawExtension>,
+}
+
+impl<O> WireRequest<O> {
+    /// The request without its objects, and the objects.
+    fn into_parts(
+        self,
+        types: TypeMeta,
+    ) -> (AdmissionRequest<DynamicObject>, Option<O>, Option<O>) {
+        let req = AdmissionRequest {
+            types,
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            request_kind: self.request_kind,
+            request_resource: self.request_resource,
+            request_sub_resource: self.request_sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: self.user_info,
+            object: None,
+            old_object: None,
+            dry_run: self.dry_run,
+            options: self.options,
+        };
+        (req, self.object, self.old_object)
+    }
+}
+
+/// A request's object: a pod decoded from the wire, raw JSON from the wire, or an object
+/// decoded by the caller (`kura lint`, `kura review`).
+// Built once per admission and moved, never stored: boxing the pod would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Object {
+    Typed(Pod),
+    Raw(Box<RawValue>),
+    Dynamic(DynamicObject),
+}
+
+impl Object {
+    fn into_pod(self, kind: &str) -> Result<Option<Pod>, String> {
+        match self {
+            Object::Typed(mut pod) => {
+                pod.status = None;
+                Ok(Some(pod))
+            }
+            Object::Dynamic(o) => crate::workload::pod_from(kind, o),
+            Object::Raw(raw) => crate::workload::pod_from_json(kind, raw.get()),
+        }
+    }
+}
+
+fn no_request() -> Outcome {
+    Outcome {
+        review: AdmissionResponse::invalid("the AdmissionReview has no request").into_review(),
+        decision: "invalid",
+        rules: Vec::new(),
+        namespace: String::new(),
+        injected: false,
+        denied: true,
+        findings: Vec::new(),
+    }
+}
+
+/// What the request asks kura to judge.
+// Built once per admission and moved, never stored: boxing the pod would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    /// DELETE and CONNECT: nothing to judge.
+    Skip,
+    /// No object where one belongs.
+    Missing,
+    /// The pod (or workload's pod template); `None` for kinds kura does not look at.
+    Decoded(Result<Option<Pod>, String>),
+}
+
+fn pod_label(req: &AdmissionRequest<DynamicObject>, target: &Target) -> String {
     if !req.name.is_empty() {
         return req.name.clone();
     }
-    req.object
-        .as_ref()
-        .and_then(|o| o.metadata.generate_name.clone())
-        .map(|g| format!("{g}*"))
-        .unwrap_or_else(|| "<unnamed>".into())
+    match target {
+        Target::Decoded(Ok(Some(pod))) => pod.metadata.generate_name.as_ref(),
+        _ => None,
+    }
+    .map(|g| format!("{g}*"))
+    .unwrap_or_else(|| "<unnamed>".into())
 }
 
 impl Admission {
-    /// Decodes a body and answers it.
+    /// Decodes a body and answers it. The object stays raw JSON until its kind is known, then
+    /// a pod is decoded straight into its typed form, once: through `DynamicObject` it was
+    /// buffered, built as a JSON tree and converted, the largest cost of an admission.
     pub async fn review(&self, endpoint: Endpoint, body: &[u8]) -> Result<Outcome, Error> {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
+        // Most reviews are for pods: one pass decodes the pod in place. Anything else (another
+        // kind, or a pod that does not decode) takes the general path, which keeps the object
+        // raw until its kind is known and reports a bad pod with the request's uid.
+        if let Ok(review) = serde_json::from_slice::<WireReview<Pod>>(body)
+            && let Some(wire) = review.request
+            && wire.kind.kind == "Pod"
+            && wire.kind.group.is_empty()
+        {
+            let types = TypeMeta {
+                api_version: review.api_version,
+                kind: review.kind,
+            };
+            let (req, object, old) = wire.into_parts(types);
+            let (object, old) = (object.map(Object::Typed), old.map(Object::Typed));
+            return self.review_request(endpoint, req, object, old).await;
+        }
+        let review: WireReview<Box<RawValue>> = serde_json::from_slice(body)
             .map_err(|e| Error::Body(kura_agent::redact::scalars(&e.to_string())))?;
-        self.review_parsed(endpoint, review).await
+        let Some(wire) = review.request else {
+            return Ok(no_request());
+        };
+        let types = TypeMeta {
+            api_version: review.api_version,
+            kind: review.kind,
+        };
+        let (req, object, old) = wire.into_parts(types);
+        let (object, old) = (object.map(Object::Raw), old.map(Object::Raw));
+        self.review_request(endpoint, req, object, old).await
     }
 
     /// Answers an already decoded review.
@@ -74,27 +227,38 @@ impl Admission {
         endpoint: Endpoint,
         review: AdmissionReview<DynamicObject>,
     ) -> Result<Outcome, Error> {
-        let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        let mut req: AdmissionRequest<DynamicObject> = match review.try_into() {
             Ok(r) => r,
-            Err(_) => {
-                return Ok(Outcome {
-                    review: AdmissionResponse::invalid("the AdmissionReview has no request")
-                        .into_review(),
-                    decision: "invalid",
-                    rules: Vec::new(),
-                    namespace: String::new(),
-                    injected: false,
-                    denied: true,
-                    findings: Vec::new(),
-                });
+            Err(_) => return Ok(no_request()),
+        };
+        let object = req.object.take().map(Object::Dynamic);
+        let old = req.old_object.take().map(Object::Dynamic);
+        self.review_request(endpoint, req, object, old).await
+    }
+
+    async fn review_request(
+        &self,
+        endpoint: Endpoint,
+        req: AdmissionRequest<DynamicObject>,
+        object: Option<Object>,
+        old: Option<Object>,
+    ) -> Result<Outcome, Error> {
+        // Decoded before the span opens, so that the span can name a pod that has only a
+        // generateName.
+        let target = if matches!(req.operation, Operation::Delete | Operation::Connect) {
+            Target::Skip
+        } else {
+            match object {
+                None => Target::Missing,
+                Some(o) => Target::Decoded(o.into_pod(&req.kind.kind)),
             }
         };
-        let name = pod_label(&req);
+        let name = pod_label(&req, &target);
         let namespace = req.namespace.clone().unwrap_or_default();
         // The span goes with the future, not the thread: lookups suspend this admission.
         let span = tracing::info_span!("admission", uid = %req.uid, %namespace, pod = %name, kind = %req.kind.kind, ?endpoint);
         Ok(self
-            .answer(endpoint, req, namespace, name)
+            .answer(endpoint, &req, target, old, namespace, name)
             .instrument(span)
             .await)
     }
@@ -102,12 +266,12 @@ impl Admission {
     async fn answer(
         &self,
         endpoint: Endpoint,
-        mut req: AdmissionRequest<DynamicObject>,
+        req: &AdmissionRequest<DynamicObject>,
+        target: Target,
+        old: Option<Object>,
         namespace: String,
         name: String,
     ) -> Outcome {
-        let object = req.object.take();
-        let req = &req;
         let invalid = |msg: String| {
             let mut r = AdmissionResponse::invalid(msg);
             r.uid = req.uid.clone();
@@ -122,29 +286,27 @@ impl Admission {
             }
         };
 
-        if matches!(req.operation, Operation::Delete | Operation::Connect) {
-            return self.finish(req, Decision::allow(), None, &namespace, &name);
-        }
-        let Some(object) = object else {
-            return invalid("the request has no object".into());
+        let kind = req.kind.kind.as_str();
+        let pod: Pod = match target {
+            Target::Skip => return self.finish(req, Decision::allow(), None, &namespace, &name),
+            Target::Missing => return invalid("the request has no object".into()),
+            Target::Decoded(Ok(Some(p))) => p,
+            // Not a kind kura looks at: allow unchanged.
+            Target::Decoded(Ok(None)) => {
+                return self.finish(req, Decision::allow(), None, &namespace, &name);
+            }
+            Target::Decoded(Err(e)) => return invalid(e),
         };
-
         // An update that leaves the pod spec alone (labels, annotations such as
         // kura.dev/refresh-now) is not re-judged: the pod was admitted on create.
         if req.operation == Operation::Update
-            && req.kind.kind == "Pod"
-            && let Some(old) = &req.old_object
-            && old.data.get("spec") == object.data.get("spec")
+            && kind == "Pod"
+            && let Some(old) = old
+            && let Ok(Some(old)) = old.into_pod(kind)
+            && old.spec == pod.spec
         {
             return self.finish(req, Decision::allow(), None, &namespace, &name);
         }
-        let kind = req.kind.kind.as_str();
-        let pod: Pod = match crate::workload::pod_from(kind, object) {
-            Ok(Some(p)) => p,
-            // Not a kind kura looks at: allow unchanged.
-            Ok(None) => return self.finish(req, Decision::allow(), None, &namespace, &name),
-            Err(e) => return invalid(e),
-        };
 
         let mode = self.policy.mode_for(&namespace);
         static NONE: BTreeMap<String, String> = BTreeMap::new();

@@ -3,6 +3,11 @@
 
 use clap::Parser;
 
+// The admission path allocates many small, short-lived objects (decoded pods, patch values);
+// mimalloc serves them with markedly less CPU than glibc's malloc (see README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = kura::cli::Cli::parse();
     let server = matches!(cli.command, kura::cli::Command::Serve(_));

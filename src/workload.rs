@@ -14,6 +14,35 @@ pub const WORKLOAD_KINDS: [(&str, &[&str]); 6] = [
     ("CronJob", &["spec", "jobTemplate", "spec", "template"]),
 ];
 
+fn invalid(kind: &str, e: &serde_json::Error) -> String {
+    // A position in the object's JSON text means nothing to whoever wrote the manifest.
+    let text = e.to_string();
+    let text = match text.rsplit_once(" at line ") {
+        Some((head, _)) if e.line() != 0 => head,
+        _ => &text,
+    };
+    format!(
+        "the {kind} does not hold a valid pod spec: {}",
+        kura_agent::redact::scalars(text)
+    )
+}
+
+/// [`pod_from`] for an object still in its JSON text: a Pod is decoded straight into its typed
+/// form (its status, which kura never reads, is dropped); the kinds kura does not look at are
+/// not decoded at all.
+pub fn pod_from_json(kind: &str, json: &str) -> Result<Option<Pod>, String> {
+    if kind == "Pod" {
+        let mut pod: Pod = serde_json::from_str(json).map_err(|e| invalid(kind, &e))?;
+        pod.status = None;
+        return Ok(Some(pod));
+    }
+    if !WORKLOAD_KINDS.iter().any(|(k, _)| *k == kind) {
+        return Ok(None);
+    }
+    let object: DynamicObject = serde_json::from_str(json).map_err(|e| invalid(kind, &e))?;
+    pod_from(kind, object)
+}
+
 /// The pod an object of `kind` describes: the Pod itself, or a workload's template (named after
 /// the workload, so messages point at something the user wrote). `None` for kinds kura does not
 /// look at. The object's data is moved, not copied: this runs on every admission.
@@ -21,12 +50,7 @@ pub fn pod_from(kind: &str, object: DynamicObject) -> Result<Option<Pod>, String
     let DynamicObject {
         metadata, mut data, ..
     } = object;
-    let invalid = |e: serde_json::Error| {
-        format!(
-            "the {kind} does not hold a valid pod spec: {}",
-            kura_agent::redact::scalars(&e.to_string())
-        )
-    };
+    let invalid = |e: serde_json::Error| invalid(kind, &e);
     if kind == "Pod" {
         let spec = match data.get_mut("spec") {
             Some(v) => Some(serde_json::from_value::<PodSpec>(v.take()).map_err(invalid)?),
@@ -49,11 +73,11 @@ pub fn pod_from(kind: &str, object: DynamicObject) -> Result<Option<Pod>, String
     }
     let template: PodTemplateSpec = serde_json::from_value(cur.take()).map_err(invalid)?;
     let mut pod_meta = template.metadata.unwrap_or_default();
-    if pod_meta.name.is_none()
-        && pod_meta.generate_name.is_none()
-        && let Some(n) = metadata.name
-    {
-        pod_meta.generate_name = Some(format!("{n}-"));
+    if pod_meta.name.is_none() && pod_meta.generate_name.is_none() {
+        pod_meta.generate_name = match metadata.name {
+            Some(n) => Some(format!("{n}-")),
+            None => metadata.generate_name,
+        };
     }
     Ok(Some(Pod {
         metadata: pod_meta,

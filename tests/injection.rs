@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{apply_patch, review, validate_k8s};
+use common::{apply_patch, patch_bytes, review, validate_k8s};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kura::admission::{Admission, Endpoint};
@@ -39,7 +39,7 @@ async fn mutate(a: &Admission, rv: &Value) -> Value {
 }
 
 fn patched(rv: &Value, resp: &Value) -> Option<Value> {
-    let patch: Vec<u8> = serde_json::from_value(resp.get("patch")?.clone()).ok()?;
+    let patch = patch_bytes(resp.get("patch")?)?;
     Some(apply_patch(&rv["request"]["object"], &patch))
 }
 
@@ -264,4 +264,87 @@ async fn reinvocation_gives_later_identity_to_the_agent() {
     third["request"]["object"] = after.clone();
     assert!(mutate(&a, &third).await.get("patch").is_none());
     validate_k8s(&[after]).unwrap();
+}
+
+/// The server decodes reviews from bytes (a pod in one pass; other kinds and undecodable pods
+/// through raw JSON); `kura review` and `kura lint` hand over decoded reviews. Every kind of
+/// request gets the same answer either way.
+#[tokio::test]
+async fn bytes_and_decoded_reviews_get_the_same_answer() {
+    let a = admission(SidecarMode::Native).await;
+    let pod = review("demo", &SECRETS);
+    let mut cases = vec![("pod", pod.clone())];
+
+    let mut bad = pod.clone();
+    bad["request"]["object"]["spec"]["containers"] = json!("not a list");
+    cases.push(("undecodable pod", bad));
+
+    let mut update = pod.clone();
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = pod["request"]["object"].clone();
+    update["request"]["object"]["metadata"]["annotations"]["kura.dev/refresh-now"] = json!("1");
+    cases.push(("update of annotations only", update));
+
+    let mut changed = pod.clone();
+    changed["request"]["operation"] = json!("UPDATE");
+    changed["request"]["oldObject"] = pod["request"]["object"].clone();
+    changed["request"]["object"]["spec"]["containers"][0]["image"] = json!("app:2");
+    cases.push(("update of the spec", changed));
+
+    let mut delete = pod.clone();
+    delete["request"]["operation"] = json!("DELETE");
+    delete["request"]["oldObject"] = delete["request"]["object"].take();
+    cases.push(("delete", delete));
+
+    let mut deployment = pod.clone();
+    let template = pod["request"]["object"].clone();
+    deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    deployment["request"]["name"] = json!("web");
+    deployment["request"]["object"] = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {}, "template": {"metadata": template["metadata"], "spec": template["spec"]}},
+    });
+    cases.push(("deployment", deployment));
+
+    let mut service = pod.clone();
+    service["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Service"});
+    service["request"]["object"] =
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}});
+    cases.push(("a kind kura does not judge", service));
+
+    let mut no_object = pod.clone();
+    no_object["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("object");
+    cases.push(("no object", no_object));
+
+    for (what, rv) in cases {
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            let from_bytes = a
+                .review(endpoint, &serde_json::to_vec(&rv).unwrap())
+                .await
+                .unwrap();
+            let parsed: AdmissionReview<DynamicObject> =
+                serde_json::from_value(rv.clone()).unwrap();
+            let decoded = a.review_parsed(endpoint, parsed).await.unwrap();
+            assert_eq!(from_bytes.decision, decoded.decision, "{what} {endpoint:?}");
+            let expected = match (what, endpoint) {
+                ("pod", Endpoint::Mutate) => Some("injected"),
+                ("undecodable pod" | "no object", _) => Some("invalid"),
+                ("update of annotations only" | "delete" | "a kind kura does not judge", _) => {
+                    Some("allowed")
+                }
+                _ => None,
+            };
+            if let Some(expected) = expected {
+                assert_eq!(from_bytes.decision, expected, "{what} {endpoint:?}");
+            }
+            assert_eq!(
+                serde_json::to_value(&from_bytes.review).unwrap(),
+                serde_json::to_value(&decoded.review).unwrap(),
+                "{what} {endpoint:?}"
+            );
+        }
+    }
 }
