@@ -14,7 +14,7 @@
 #
 # Budget: kura's throughput >= 60% of the baseline's, p99 <= 5 ms, RSS <= 40 MiB.
 #
-#   bench/webhook-load.sh            # ROUNDS=3 DURATION=10s WARMUP=2s CONNECTIONS=16
+#   bench/webhook-load.sh            # ROUNDS=3 DURATION=10s WARMUP=2s CONNECTIONS=16 PROFILE=release
 #
 # Needs wrk (apt-get install wrk), curl, python3, taskset, 2 CPUs. As root, the servers and wrk
 # run at nice -10 so that background work (a build) disturbs the numbers less.
@@ -25,6 +25,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-16}
+# `release` is what ships; `profiling` (no LTO, symbols) rebuilds quickly while comparing changes.
+PROFILE=${PROFILE:-release}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 REVIEW=$PWD/bench/webhook-review.json
@@ -38,15 +40,15 @@ for tool in wrk curl python3 taskset; do
     }
 done
 
-echo "== building (release profile, as shipped)" >&2
-cargo build --release --bin kura >&2
-baseline=$(cargo bench --no-run --bench baseline_server --message-format=json 2>/dev/null |
+echo "== building ($PROFILE profile)" >&2
+cargo build --profile "$PROFILE" --bin kura >&2
+baseline=$(cargo build --profile "$PROFILE" --bench baseline_server --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "baseline_server" and m.get("executable"):
         print(m["executable"])')
-kura=$PWD/target/release/kura
+kura=$PWD/target/$PROFILE/kura
 [ -x "$baseline" ] || { echo "webhook-load: baseline_server was not built" >&2; exit 2; }
 
 work=$(mktemp -d)
@@ -54,7 +56,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 

@@ -58,9 +58,21 @@ fn main() {
         return;
     };
     let listen: SocketAddr = listen.parse().expect("--serve ADDR");
-    let template: Answer =
+    let mut answer: Value =
         serde_json::from_slice(&std::fs::read(&response).expect("--response FILE"))
-            .expect("the response is an AdmissionReview");
+            .expect("the response is JSON");
+    // kura writes the patch base64, as Go writes []byte; kube's types read it as bytes.
+    if let Some(p) = answer.pointer_mut("/response/patch")
+        && let Some(b64) = p.as_str()
+    {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("the patch is base64");
+        *p = bytes.into();
+    }
+    let template: Answer =
+        serde_json::from_value(answer).expect("the response is an AdmissionReview");
 
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])

@@ -78,7 +78,11 @@ async fn deployment_pod_end_to_end() {
     assert_eq!(r["uid"], review["request"]["uid"]);
     assert_eq!(r["allowed"], true, "{resp}");
     assert_eq!(r["patchType"], "JSONPatch");
-    let patch: Vec<u8> = serde_json::from_value(r["patch"].clone()).unwrap();
+    let patch = patch_bytes(&r["patch"]).expect("a base64 patch");
+    assert!(
+        r["patch"].is_string(),
+        "the patch is base64, as Go writes []byte"
+    );
     let pod = apply_patch(&object, &patch);
     validate_k8s(std::slice::from_ref(&pod)).unwrap();
 

@@ -54,6 +54,16 @@ pub fn apply_patch(object: &serde_json::Value, patch: &[u8]) -> serde_json::Valu
     doc
 }
 
+/// The patch bytes of an answer's response: base64, as kura's server writes them (Go's encoding
+/// of `[]byte`), or an array of numbers, as kube's `Serialize` writes them in-process.
+pub fn patch_bytes(patch: &serde_json::Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match patch {
+        serde_json::Value::String(s) => base64::engine::general_purpose::STANDARD.decode(s).ok(),
+        other => serde_json::from_value(other.clone()).ok(),
+    }
+}
+
 /// A CA-signed serving certificate for 127.0.0.1/localhost, written to a temp dir.
 pub struct TestCerts {
     pub dir: tempfile::TempDir,
