@@ -9,6 +9,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the global subscriber. `format`: `json` or `text`. The server logs to stdout at
 /// `info`; the CLI commands keep stdout for their output and log warnings to stderr.
@@ -25,10 +31,8 @@ pub fn init(format: &str, server: bool) {
         // kura opens one span, the admission's: `span` carries its fields, and the default
         // `spans` list would repeat them on every line.
         (true, true) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
             .with_writer(std::io::stdout)
             .try_init(),
         (true, false) => builder
@@ -39,6 +43,129 @@ pub fn init(format: &str, server: bool) {
         (false, true) => builder.with_writer(std::io::stdout).try_init(),
         (false, false) => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+/// The server's JSON lines: what tracing-subscriber's `json()` writes with `flatten_event` and
+/// the current span (`timestamp`, `level`, the event's fields, `target`, and `span` with its
+/// `name` and fields), in one pass. The span's fields are stored as JSON text when it opens
+/// (`JsonFields`) and copied into each line as they are; `json()` parses them back into a map
+/// for every line, a cost paid on every admission.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        w.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut w)?;
+        write!(w, "\",\"level\":\"{}\"", meta.level())?;
+        let mut fields = JsonEventFields {
+            w: &mut w,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        w.write_str(",\"target\":")?;
+        json_str(&mut w, meta.target())?;
+        if let Some(span) = ctx.lookup_current() {
+            w.write_str(",\"span\":{\"name\":")?;
+            json_str(&mut w, span.name())?;
+            let ext = span.extensions();
+            if let Some(stored) = ext.get::<FormattedFields<N>>()
+                && let Some(body) = stored
+                    .fields
+                    .trim()
+                    .strip_prefix('{')
+                    .and_then(|b| b.strip_suffix('}'))
+                && !body.is_empty()
+            {
+                w.write_char(',')?;
+                w.write_str(body)?;
+            }
+            w.write_char('}')?;
+        }
+        w.write_str("}\n")
+    }
+}
+
+/// An event's fields as `,"name":value` members.
+struct JsonEventFields<'w, 'a> {
+    w: &'w mut Writer<'a>,
+    result: std::fmt::Result,
+}
+
+impl JsonEventFields<'_, '_> {
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> std::fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            self.w.write_char(',')?;
+            json_str(self.w, field.name())?;
+            self.w.write_char(':')?;
+            value(self.w)
+        })();
+    }
+}
+
+impl Visit for JsonEventFields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.member(field, |w| json_str(w, value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.member(field, |w| json_str(w, &format!("{value:?}")));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if value.is_finite() {
+            self.member(field, |w| write!(w, "{value}"));
+        } else {
+            self.member(field, |w| json_str(w, &value.to_string()));
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_str(w: &mut Writer<'_>, s: &str) -> std::fmt::Result {
+    w.write_char('"')?;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        w.write_str(&s[start..i])?;
+        if escaped.is_empty() {
+            write!(w, "\\u{:04x}", c as u32)?;
+        } else {
+            w.write_str(escaped)?;
+        }
+        start = i + c.len_utf8();
+    }
+    w.write_str(&s[start..])?;
+    w.write_char('"')
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,5 +262,74 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_event_and_its_span_and_escape_text() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("admission", uid = "u\"1", pod = %"web-*", n = 7u64);
+            span.in_scope(|| {
+                tracing::info!(
+                    decision = "injected",
+                    count = -3i64,
+                    ok = true,
+                    ratio = 0.5,
+                    rules = ?["KURA005"],
+                    "admitted \"it\"\n\t\u{1}"
+                );
+            });
+            tracing::warn!("outside");
+        });
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let l = &lines[0];
+        assert_eq!(l["level"], "INFO");
+        assert_eq!(l["message"], "admitted \"it\"\n\t\u{1}");
+        assert_eq!(l["decision"], "injected");
+        assert_eq!(l["count"], -3);
+        assert_eq!(l["ok"], true);
+        assert_eq!(l["ratio"], 0.5);
+        assert_eq!(l["rules"], "[\"KURA005\"]");
+        assert_eq!(l["target"], "kura::telemetry::tests");
+        assert_eq!(l["span"]["name"], "admission");
+        assert_eq!(l["span"]["uid"], "u\"1");
+        assert_eq!(l["span"]["pod"], "web-*");
+        assert_eq!(l["span"]["n"], 7);
+        assert!(
+            l["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{l}"
+        );
+        assert_eq!(lines[1]["message"], "outside");
+        assert!(lines[1].get("span").is_none(), "{}", lines[1]);
     }
 }
