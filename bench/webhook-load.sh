@@ -15,6 +15,7 @@
 # Budget: kura's throughput >= 60% of the baseline's, p99 <= 5 ms, RSS <= 40 MiB.
 #
 #   bench/webhook-load.sh            # ROUNDS=3 DURATION=10s WARMUP=2s CONNECTIONS=16 PROFILE=release
+#   KEEP=1 bench/webhook-load.sh     # keeps the work dir (server logs, answers) and prints its path
 #
 # Needs wrk (apt-get install wrk), curl, python3, taskset, 2 CPUs. As root, the servers and wrk
 # run at nice -10 so that background work (a build) disturbs the numbers less.
