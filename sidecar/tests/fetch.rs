@@ -47,13 +47,7 @@ async fn pinned_version_ids_and_stages() {
         .unwrap()
         .version_id
         .unwrap();
-    client
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string("pin-v2")
-        .send()
-        .await
-        .unwrap();
+    put_value(&client, &db, "pin-v2").await;
     // A custom label on the first version, as blue/green rotations use.
     client
         .update_secret_version_stage()
@@ -102,20 +96,9 @@ async fn pinned_version_ids_and_stages() {
     );
 
     // A rotation moves the stages; the version id pin does not move.
-    client
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string("pin-v3")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || s.read("current").as_deref()
-            == Some("pin-v3"))
-        .await,
-        "{}",
-        agent.log()
-    );
+    put_value(&client, &db, "pin-v3").await;
+    s.expect_file(&agent, "current", "pin-v3", Duration::from_secs(5))
+        .await;
     assert_eq!(s.read("current-stage").as_deref(), Some("pin-v3"));
     assert_eq!(s.read("previous").as_deref(), Some("pin-v2"));
     assert_eq!(s.read("first").as_deref(), Some("pin-v1"));
@@ -302,14 +285,7 @@ async fn batches_take_twenty_secrets_per_call() {
 
     // Through a whole refresh: two files per secret and an explicit AWSCURRENT still cost
     // ⌈45/20⌉ batch calls, plus one call for the entry pinned to AWSPREVIOUS.
-    moto.client()
-        .await
-        .put_secret_value()
-        .secret_id(&names[0])
-        .secret_string("value-0b")
-        .send()
-        .await
-        .unwrap();
+    put_value(&moto.client().await, &names[0], "value-0b").await;
     let mut files = Vec::new();
     for (i, n) in names.iter().enumerate() {
         files.push(file(&format!("f{i}"), n));

@@ -82,13 +82,7 @@ async fn metrics_report_refreshes_changes_errors_calls_and_last_success() {
 
     // A rotation is a change.
     let client = moto.client().await;
-    client
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string(r#"{"password":"m-2"}"#)
-        .send()
-        .await
-        .unwrap();
+    put_value(&client, &db, r#"{"password":"m-2"}"#).await;
     assert!(
         eventually(Duration::from_secs(3), || metric(
             port,
@@ -100,13 +94,7 @@ async fn metrics_report_refreshes_changes_errors_calls_and_last_success() {
 
     // A value that no longer renders (the key is gone) is a render error; the file keeps its
     // last good content and the last success time stops moving.
-    client
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string(r#"{"user":"m-3"}"#)
-        .send()
-        .await
-        .unwrap();
+    put_value(&client, &db, r#"{"user":"m-3"}"#).await;
     assert!(
         eventually(Duration::from_secs(3), || metric(
             port,

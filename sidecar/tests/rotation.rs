@@ -124,20 +124,9 @@ async fn new_version_stage_moved_back_and_deleted_secret() {
         "{}",
         agent.log()
     );
-    client
-        .put_secret_value()
-        .secret_id(&api)
-        .secret_string("rot-api-2")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || s.read("api-key").as_deref()
-            == Some("rot-api-2"))
-        .await,
-        "{}",
-        agent.log()
-    );
+    put_value(&client, &api, "rot-api-2").await;
+    s.expect_file(&agent, "api-key", "rot-api-2", Duration::from_secs(5))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(agent.is_running());
     assert_eq!(s.read("db-password").as_deref(), Some("rot-pw-1"));
@@ -207,13 +196,8 @@ async fn endpoint_down_then_recovery() {
         .await
         .unwrap();
     let back = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(15), || s.read("db").as_deref()
-            == Some("down-2"))
-        .await,
-        "{}",
-        agent.log()
-    );
+    s.expect_file(&agent, "db", "down-2", Duration::from_secs(15))
+        .await;
     println!(
         "recovered {:?} after the endpoint came back",
         back.elapsed()
@@ -235,14 +219,7 @@ async fn refresh_now_annotation_triggers_an_immediate_refresh() {
         "{}",
         agent.log()
     );
-    moto.client()
-        .await
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string("now-2")
-        .send()
-        .await
-        .unwrap();
+    put_value(&moto.client().await, &db, "now-2").await;
     // The interval is an hour: nothing happens by itself.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(s.read("db").as_deref(), Some("now-1"));
@@ -250,13 +227,8 @@ async fn refresh_now_annotation_triggers_an_immediate_refresh() {
     // `kubectl annotate --overwrite pod/x kura.dev/refresh-now=2`, as the kubelet projects it.
     s.annotate("kura.dev/inject=\"true\"\nkura.dev/refresh-now=\"2\"\n");
     let annotated = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(2), || s.read("db").as_deref()
-            == Some("now-2"))
-        .await,
-        "{}",
-        agent.log()
-    );
+    s.expect_file(&agent, "db", "now-2", Duration::from_secs(2))
+        .await;
     println!("refresh-now took {:?}", annotated.elapsed());
     assert!(agent.is_running());
 }
@@ -305,14 +277,7 @@ async fn http_reload_hook_posts_after_a_rotation() {
     // The first write happens before the app starts: no reload for it.
     assert!(rx.recv_timeout(Duration::from_millis(2500)).is_err());
 
-    moto.client()
-        .await
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string("http-2")
-        .send()
-        .await
-        .unwrap();
+    put_value(&moto.client().await, &db, "http-2").await;
     let (request, content) = rx
         .recv_timeout(Duration::from_secs(5))
         .unwrap_or_else(|_| panic!("no reload POST: {}", agent.log()));
@@ -370,14 +335,7 @@ async fn signal_reload_hook_reaches_the_named_process() {
         "no signal for the first write"
     );
 
-    moto.client()
-        .await
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string("sig-2")
-        .send()
-        .await
-        .unwrap();
+    put_value(&moto.client().await, &db, "sig-2").await;
     let mut status = None;
     assert!(
         eventually(Duration::from_secs(5), || {
@@ -430,14 +388,7 @@ async fn a_failing_reload_hook_is_counted_and_leaves_the_files() {
         "{}",
         agent.log()
     );
-    moto.client()
-        .await
-        .put_secret_value()
-        .secret_id(&db)
-        .secret_string("fail-2")
-        .send()
-        .await
-        .unwrap();
+    put_value(&moto.client().await, &db, "fail-2").await;
     assert!(
         eventually(Duration::from_secs(10), || metric(
             port,

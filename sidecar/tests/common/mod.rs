@@ -240,6 +240,28 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
+/// Writes a new current value of `id`, as a rotation does.
+pub async fn put_value(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
+    client
+        .put_secret_value()
+        .secret_id(id)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap();
+}
+
+impl Scratch {
+    /// Waits up to `within` for `file` to hold `want`; fails with the agent's log.
+    pub async fn expect_file(&self, agent: &AgentProc, file: &str, want: &str, within: Duration) {
+        assert!(
+            eventually(within, || self.read(file).as_deref() == Some(want)).await,
+            "{file} did not get the expected content within {within:?}\n{}",
+            agent.log()
+        );
+    }
+}
+
 /// moto's `UpdateSecretVersionStage` moves the `AWSCURRENT` label but not what an unversioned
 /// read returns (its `default_version_id` only follows `PutSecretValue`), while AWS always
 /// returns the version labelled `AWSCURRENT`. This keeps moto's own code and adds that one step,
