@@ -55,17 +55,24 @@ pub struct Outcome {
 
 /// The review as kube-apiserver sends it, its objects decoded as `O`: a [`Pod`] when the
 /// request is for one, else raw JSON until the kind is known.
+/// (serde reads a missing `Option` field as `None`.)
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
 struct WireReview<O> {
     api_version: String,
     kind: String,
-    #[serde(default = "none")]
     request: Option<WireRequest<O>>,
 }
 
-fn none<T>() -> Option<T> {
-    None
+impl<O> WireReview<O> {
+    /// The request without its objects, and the objects; `None` without a request.
+    fn into_parts(self) -> Option<(AdmissionRequest<DynamicObject>, Option<O>, Option<O>)> {
+        let types = TypeMeta {
+            api_version: self.api_version,
+            kind: self.kind,
+        };
+        self.request.map(|r| r.into_parts(types))
+    }
 }
 
 /// `AdmissionRequest`'s fields, as kube-apiserver names them.
@@ -89,9 +96,7 @@ struct WireRequest<O> {
     namespace: Option<String>,
     operation: Operation,
     user_info: UserInfo,
-    #[serde(default = "none")]
     object: Option<O>,
-    #[serde(default = "none")]
     old_object: Option<O>,
     #[serde(default)]
     dry_run: bool,
@@ -195,28 +200,18 @@ impl Admission {
         // kind, or a pod that does not decode) takes the general path, which keeps the object
         // raw until its kind is known and reports a bad pod with the request's uid.
         if let Ok(review) = serde_json::from_slice::<WireReview<Pod>>(body)
-            && let Some(wire) = review.request
-            && wire.kind.kind == "Pod"
-            && wire.kind.group.is_empty()
+            && let Some((req, object, old)) = review.into_parts()
+            && req.kind.kind == "Pod"
+            && req.kind.group.is_empty()
         {
-            let types = TypeMeta {
-                api_version: review.api_version,
-                kind: review.kind,
-            };
-            let (req, object, old) = wire.into_parts(types);
             let (object, old) = (object.map(Object::Typed), old.map(Object::Typed));
             return self.review_request(endpoint, req, object, old).await;
         }
         let review: WireReview<Box<RawValue>> = serde_json::from_slice(body)
             .map_err(|e| Error::Body(kura_agent::redact::scalars(&e.to_string())))?;
-        let Some(wire) = review.request else {
+        let Some((req, object, old)) = review.into_parts() else {
             return Ok(no_request());
         };
-        let types = TypeMeta {
-            api_version: review.api_version,
-            kind: review.kind,
-        };
-        let (req, object, old) = wire.into_parts(types);
         let (object, old) = (object.map(Object::Raw), old.map(Object::Raw));
         self.review_request(endpoint, req, object, old).await
     }
