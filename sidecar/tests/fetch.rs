@@ -76,11 +76,7 @@ async fn pinned_version_ids_and_stages() {
         &moto.env(),
         &["--metrics-listen", &format!("127.0.0.1:{port}")],
     );
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("blue").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "blue").await;
     assert_eq!(s.read("current").as_deref(), Some("pin-v2"));
     assert_eq!(s.read("current-stage").as_deref(), Some("pin-v2"));
     assert_eq!(s.read("previous").as_deref(), Some("pin-v1"));

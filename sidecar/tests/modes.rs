@@ -133,11 +133,7 @@ async fn run_writes_keeps_running_and_exits_on_sigterm_within_a_second() {
     moto.secret(&db, "run-value-1", None, &[]).await;
     let s = Scratch::new();
     let mut agent = s.run(&spec(vec![file("db", &db)], 1, None), &moto.env(), &[]);
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("db").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "db").await;
     // A few refresh cycles later it is still there, with the same set.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(agent.is_running(), "{}", agent.log());

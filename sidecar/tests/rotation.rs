@@ -54,11 +54,7 @@ async fn new_version_stage_moved_back_and_deleted_secret() {
         None,
     );
     let mut agent = s.run(&spec, &moto.env(), &args(&m));
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("api-key").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "api-key").await;
     assert_eq!(s.read("db-password").as_deref(), Some("rot-pw-1"));
 
     // A new version: written within the interval (1 s) plus one second.
@@ -163,11 +159,7 @@ async fn endpoint_down_then_recovery() {
         &aws_env(&first.endpoint),
         &args(&m),
     );
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("db").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "db").await;
     let success = metric(mport, "kura_agent_last_success_timestamp_seconds");
     assert!(success > 0.0);
 
@@ -214,11 +206,7 @@ async fn refresh_now_annotation_triggers_an_immediate_refresh() {
     let s = Scratch::new();
     s.annotate("kura.dev/inject=\"true\"\nkura.dev/refresh-now=\"1\"\n");
     let mut agent = s.run(&spec(vec![file("db", &db)], 3600, None), &moto.env(), &[]);
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("db").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "db").await;
     put_value(&moto.client().await, &db, "now-2").await;
     // The interval is an hour: nothing happens by itself.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -269,11 +257,7 @@ async fn http_reload_hook_posts_after_a_rotation() {
         &moto.env(),
         &args(&m),
     );
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("db").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "db").await;
     // The first write happens before the app starts: no reload for it.
     assert!(rx.recv_timeout(Duration::from_millis(2500)).is_err());
 
@@ -324,11 +308,7 @@ async fn signal_reload_hook_reaches_the_named_process() {
         &moto.env(),
         &[],
     );
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("db").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "db").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         app.try_wait().unwrap().is_none(),
@@ -383,11 +363,7 @@ async fn a_failing_reload_hook_is_counted_and_leaves_the_files() {
         &moto.env(),
         &args(&m),
     );
-    assert!(
-        eventually(Duration::from_secs(10), || s.read("db").is_some()).await,
-        "{}",
-        agent.log()
-    );
+    s.expect_written(&agent, "db").await;
     put_value(&moto.client().await, &db, "fail-2").await;
     assert!(
         eventually(Duration::from_secs(10), || metric(

@@ -252,6 +252,15 @@ pub async fn put_value(client: &aws_sdk_secretsmanager::Client, id: &str, value:
 }
 
 impl Scratch {
+    /// Waits up to 10 s for the agent's first write of `file`; fails with the agent's log.
+    pub async fn expect_written(&self, agent: &AgentProc, file: &str) {
+        assert!(
+            eventually(Duration::from_secs(10), || self.read(file).is_some()).await,
+            "{file} was not written within 10 s\n{}",
+            agent.log()
+        );
+    }
+
     /// Waits up to `within` for `file` to hold `want`; fails with the agent's log.
     pub async fn expect_file(&self, agent: &AgentProc, file: &str, want: &str, within: Duration) {
         assert!(
