@@ -343,11 +343,11 @@ impl Admission {
             if inject::is_injected(&pod) {
                 let ops = inject::top_up_identity(&pod);
                 if !ops.is_empty() {
-                    patch = Some(json_patch::Patch(ops));
+                    patch = Some(ops);
                 }
             } else {
                 match inject::plan(&pod, secrets, &self.inject) {
-                    Ok(plan) => patch = Some(json_patch::Patch(plan.patch)),
+                    Ok(plan) => patch = Some(plan.patch),
                     Err(problems) => {
                         for p in problems {
                             decision.push_always_deny(Finding::new(
@@ -369,7 +369,7 @@ impl Admission {
         &self,
         req: &AdmissionRequest<DynamicObject>,
         decision: Decision,
-        patch: Option<json_patch::Patch>,
+        patch: Option<inject::PatchText>,
         namespace: &str,
         name: &str,
     ) -> Outcome {
@@ -418,8 +418,14 @@ impl Admission {
                 resp.warnings = Some(warnings);
             }
             if let Some(p) = patch {
-                match resp.clone().with_patch(p) {
-                    Ok(r) => resp = r,
+                // kube sets the patch type only through `with_patch`, which serializes a
+                // `json_patch::Patch`; the patch is already JSON text, so an empty one marks
+                // the type and the text replaces it.
+                match resp.clone().with_patch(json_patch::Patch(Vec::new())) {
+                    Ok(r) => {
+                        resp = r;
+                        resp.patch = Some(p.into_json());
+                    }
                     Err(e) => resp = resp.deny(format!("kura could not serialize its patch: {e}")),
                 }
             }

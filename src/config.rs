@@ -1,8 +1,6 @@
 //! Validated settings the webhook runs with, built from the command line before any socket is
 //! bound.
 
-use serde_json::{Value, json};
-
 /// Default agent image; manifests under `deploy/` use the same tag.
 pub const DEFAULT_AGENT_IMAGE: &str =
     concat!("ghcr.io/kura-dev/kura-agent:", env!("CARGO_PKG_VERSION"));
@@ -36,19 +34,6 @@ impl Default for Resources {
             memory_limit: "32Mi".into(),
             cpu_limit: None,
         }
-    }
-}
-
-impl Resources {
-    pub fn to_json(&self) -> Value {
-        let mut limits = json!({ "memory": self.memory_limit });
-        if let Some(cpu) = &self.cpu_limit {
-            limits["cpu"] = json!(cpu);
-        }
-        json!({
-            "requests": { "cpu": self.cpu_request, "memory": self.memory_request },
-            "limits": limits,
-        })
     }
 }
 

@@ -7,17 +7,17 @@
 //! a read-only mount in the selected containers. The pod is marked with `kura.dev/status`, so a
 //! second pass adds nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, SecurityContext, VolumeMount};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, VolumeMount};
 use kura_agent::annotations::{self, PodSecrets};
 use kura_agent::spec::AgentMode;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::{InjectConfig, SidecarMode};
+
+mod patch;
+pub use patch::PatchText;
 
 pub const VOLUME: &str = "kura-secrets";
 pub const PODINFO_VOLUME: &str = "kura-podinfo";
@@ -52,27 +52,22 @@ pub struct Problem {
 /// The planned mutation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    pub patch: Vec<PatchOperation>,
+    pub patch: PatchText,
     /// The `kura.dev/status` value written.
     pub status: String,
 }
 
-fn ptr(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: ptr(tokens),
-        value,
-    })
-}
-
 /// The status annotation value for a spec.
 pub fn status_for(spec_json: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(spec_json.as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("injected sha256:{hex}")
+    let mut status = String::with_capacity(32);
+    status.push_str("injected sha256:");
+    for b in digest.iter().take(8) {
+        status.push(char::from(HEX[usize::from(b >> 4)]));
+        status.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    status
 }
 
 /// Whether the pod already went through kura's mutation.
@@ -160,57 +155,73 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
     let status = status_for(&spec_json);
     let identity = Identity::from_containers(spec.containers.iter().chain(init));
 
-    let mut ops = Vec::new();
+    let mut ops = PatchText::default();
     match &pod.metadata.annotations {
-        Some(_) => ops.push(add(
-            &["metadata", "annotations", annotations::STATUS],
-            json!(status),
-        )),
-        None => ops.push(add(
+        Some(_) => ops.add(&["metadata", "annotations", annotations::STATUS], &status),
+        None => ops.add(
             &["metadata", "annotations"],
-            json!({ annotations::STATUS: status }),
-        )),
+            &BTreeMap::from([(annotations::STATUS, status.as_str())]),
+        ),
     }
 
-    let mut volumes = vec![json!({
-        "name": VOLUME,
-        "emptyDir": { "medium": "Memory", "sizeLimit": cfg.volume_size_limit },
-    })];
+    let mut volumes = vec![patch::Volume::Memory {
+        name: VOLUME,
+        empty_dir: patch::EmptyDir {
+            medium: "Memory",
+            size_limit: &cfg.volume_size_limit,
+        },
+    }];
     if secrets.agent == AgentMode::Sidecar {
-        volumes.push(json!({
-            "name": PODINFO_VOLUME,
-            "downwardAPI": {
-                "defaultMode": 0o444,
-                "items": [{ "path": "annotations", "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.annotations" } }],
+        volumes.push(patch::Volume::Annotations {
+            name: PODINFO_VOLUME,
+            downward_api: patch::DownwardApi {
+                default_mode: 0o444,
+                items: [patch::DownwardItem {
+                    path: "annotations",
+                    field_ref: patch::FieldRef {
+                        api_version: "v1",
+                        field_path: "metadata.annotations",
+                    },
+                }],
             },
-        }));
+        });
     }
     if spec.volumes.is_some() {
-        for v in volumes {
-            ops.push(add(&["spec", "volumes", "-"], v));
+        for v in &volumes {
+            ops.add(&["spec", "volumes", "-"], v);
         }
     } else {
-        ops.push(add(&["spec", "volumes"], Value::Array(volumes)));
+        ops.add(&["spec", "volumes"], &volumes);
     }
 
     // Mounts go in before the agent is inserted at initContainers/0, so indices are the pod's own.
-    let mount = json!({ "name": VOLUME, "mountPath": secrets.mount_path, "readOnly": true });
+    let mount = patch::Mount::Ours {
+        name: VOLUME,
+        mount_path: &secrets.mount_path,
+        read_only: Some(true),
+    };
     for (c, list, index) in &targets {
         let idx = index.to_string();
         if c.volume_mounts.is_some() {
-            ops.push(add(
-                &["spec", list, &idx, "volumeMounts", "-"],
-                mount.clone(),
-            ));
+            ops.add(&["spec", list, &idx, "volumeMounts", "-"], &mount);
         } else {
-            ops.push(add(&["spec", list, &idx, "volumeMounts"], json!([mount])));
+            ops.add(&["spec", list, &idx, "volumeMounts"], &[&mount]);
         }
     }
 
-    let agent = |name: &str, mode: &str, sidecar: bool, native: bool| {
-        agent_container(
-            name, mode, sidecar, native, cfg, secrets, &spec_json, uid, gid, &identity,
-        )
+    let annotations_file = format!("{PODINFO_PATH}/annotations");
+    let agent = |name, mode, sidecar, native| AgentShape {
+        name,
+        mode,
+        sidecar,
+        native,
+        cfg,
+        mount_path: &secrets.mount_path,
+        spec_json: &spec_json,
+        annotations_file: &annotations_file,
+        uid,
+        gid,
+        identity: &identity,
     };
     let (first_init, regular) = match (secrets.agent, cfg.sidecar_mode) {
         (AgentMode::InitOnly, _) => (agent(AGENT, "init", false, false), None),
@@ -221,20 +232,21 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
         ),
     };
     if spec.init_containers.is_some() {
-        ops.push(add(&["spec", "initContainers", "0"], first_init));
+        ops.add(&["spec", "initContainers", "0"], &first_init.container());
     } else {
-        ops.push(add(&["spec", "initContainers"], json!([first_init])));
+        ops.add(&["spec", "initContainers"], &[first_init.container()]);
     }
     if let Some(sidecar) = regular {
-        ops.push(add(&["spec", "containers", "-"], sidecar));
+        ops.add(&["spec", "containers", "-"], &sidecar.container());
     }
     Ok(Plan { patch: ops, status })
 }
 
 /// On reinvocation: identity that another webhook added after kura ran is given to the agent.
-pub fn top_up_identity(pod: &Pod) -> Vec<PatchOperation> {
+pub fn top_up_identity(pod: &Pod) -> PatchText {
+    let mut ops = PatchText::default();
     let Some(spec) = &pod.spec else {
-        return Vec::new();
+        return ops;
     };
     let init = spec.init_containers.as_deref().unwrap_or_default();
     let apps = spec
@@ -243,7 +255,6 @@ pub fn top_up_identity(pod: &Pod) -> Vec<PatchOperation> {
         .chain(init)
         .filter(|c| c.name != AGENT && c.name != AGENT_INIT);
     let identity = Identity::from_containers(apps);
-    let mut ops = Vec::new();
     for (list, containers) in [
         ("initContainers", init),
         ("containers", spec.containers.as_slice()),
@@ -287,25 +298,18 @@ pub fn top_up_identity(pod: &Pod) -> Vec<PatchOperation> {
     ops
 }
 
-fn append_all<T: serde::Serialize>(
-    ops: &mut Vec<PatchOperation>,
-    path: &[&str],
-    exists: bool,
-    items: &[T],
-) {
+fn append_all<T: serde::Serialize>(ops: &mut PatchText, path: &[&str], exists: bool, items: &[T]) {
     if items.is_empty() {
         return;
     }
-    let values: Vec<Value> = items
-        .iter()
-        .map(|i| serde_json::to_value(i).expect("k8s types serialize"))
-        .collect();
     if exists {
         let mut p = path.to_vec();
         p.push("-");
-        ops.extend(values.into_iter().map(|v| add(&p, v)));
+        for item in items {
+            ops.add(&p, item);
+        }
     } else {
-        ops.push(add(path, Value::Array(values)));
+        ops.add(path, &items);
     }
 }
 
@@ -455,85 +459,107 @@ impl Identity {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn agent_container(
-    name: &str,
-    mode: &str,
+/// What one injected container is made of.
+struct AgentShape<'a> {
+    name: &'a str,
+    /// `init` or `run`.
+    mode: &'a str,
+    /// Keeps running and follows `kura.dev/refresh-now`.
     sidecar: bool,
+    /// A native sidecar (`restartPolicy: Always` with a startup probe).
     native: bool,
-    cfg: &InjectConfig,
-    secrets: &PodSecrets,
-    spec_json: &str,
+    cfg: &'a InjectConfig,
+    mount_path: &'a str,
+    spec_json: &'a str,
+    annotations_file: &'a str,
     uid: i64,
     gid: Option<i64>,
-    identity: &Identity,
-) -> Value {
-    let mut env = vec![
-        json!({ "name": "KURA_SPEC", "value": spec_json }),
-        json!({ "name": "KURA_DIR", "value": secrets.mount_path }),
-    ];
-    if let Some(store) = &cfg.agent_store {
-        env.push(json!({ "name": "KURA_STORE", "value": store }));
-    }
-    let mut mounts = vec![json!({ "name": VOLUME, "mountPath": secrets.mount_path })];
-    if sidecar {
-        env.push(json!({ "name": "KURA_ANNOTATIONS_FILE", "value": format!("{PODINFO_PATH}/annotations") }));
-        mounts.push(json!({ "name": PODINFO_VOLUME, "mountPath": PODINFO_PATH, "readOnly": true }));
-    }
-    env.extend(
-        identity
-            .env
-            .iter()
-            .map(|e| serde_json::to_value(e).expect("k8s types serialize")),
-    );
-    mounts.extend(
-        identity
-            .mounts
-            .iter()
-            .map(|m| serde_json::to_value(m).expect("k8s types serialize")),
-    );
+    identity: &'a Identity,
+}
 
-    let security = SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(uid),
-        run_as_group: gid,
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        privileged: Some(false),
-        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            localhost_profile: None,
-        }),
-        ..Default::default()
-    };
-    let mut c = json!({
-        "name": name,
-        "image": cfg.agent_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": [AGENT_BINARY],
-        "args": [mode],
-        "env": env,
-        "volumeMounts": mounts,
-        "resources": cfg.resources.to_json(),
-        "securityContext": serde_json::to_value(security).expect("k8s types serialize"),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    });
-    if native {
-        c["restartPolicy"] = json!("Always");
-        // App containers and later init containers start once this passes: after the first
-        // complete write.
-        c["startupProbe"] = json!({
-            "exec": { "command": [AGENT_BINARY, "ready", "--dir", secrets.mount_path] },
-            "periodSeconds": 1,
-            "failureThreshold": 300,
-            "timeoutSeconds": 1,
-        });
+impl<'a> AgentShape<'a> {
+    fn container(&self) -> patch::Container<'a> {
+        use patch::{Env, Mount};
+        let cfg = self.cfg;
+        let mut env = vec![
+            Env::Set {
+                name: "KURA_SPEC",
+                value: self.spec_json,
+            },
+            Env::Set {
+                name: "KURA_DIR",
+                value: self.mount_path,
+            },
+        ];
+        if let Some(store) = &cfg.agent_store {
+            env.push(Env::Set {
+                name: "KURA_STORE",
+                value: store,
+            });
+        }
+        let mut mounts = vec![Mount::Ours {
+            name: VOLUME,
+            mount_path: self.mount_path,
+            read_only: None,
+        }];
+        if self.sidecar {
+            env.push(Env::Set {
+                name: "KURA_ANNOTATIONS_FILE",
+                value: self.annotations_file,
+            });
+            mounts.push(Mount::Ours {
+                name: PODINFO_VOLUME,
+                mount_path: PODINFO_PATH,
+                read_only: Some(true),
+            });
+        }
+        env.extend(self.identity.env.iter().map(Env::Copied));
+        mounts.extend(self.identity.mounts.iter().map(Mount::Copied));
+        let r = &cfg.resources;
+        patch::Container {
+            name: self.name,
+            image: &cfg.agent_image,
+            image_pull_policy: "IfNotPresent",
+            command: [AGENT_BINARY],
+            args: [self.mode],
+            env,
+            volume_mounts: mounts,
+            resources: patch::Resources {
+                requests: patch::Quantities {
+                    cpu: Some(&r.cpu_request),
+                    memory: &r.memory_request,
+                },
+                limits: patch::Quantities {
+                    cpu: r.cpu_limit.as_deref(),
+                    memory: &r.memory_limit,
+                },
+            },
+            security_context: patch::SecurityContext {
+                run_as_non_root: true,
+                run_as_user: self.uid,
+                run_as_group: self.gid,
+                allow_privilege_escalation: false,
+                read_only_root_filesystem: true,
+                privileged: false,
+                capabilities: patch::Capabilities { drop: ["ALL"] },
+                seccomp_profile: patch::SeccompProfile {
+                    type_: "RuntimeDefault",
+                },
+            },
+            termination_message_policy: "FallbackToLogsOnError",
+            restart_policy: self.native.then_some("Always"),
+            // App containers and later init containers start once this passes: after the
+            // first complete write.
+            startup_probe: self.native.then_some(patch::Probe {
+                exec: patch::Exec {
+                    command: [AGENT_BINARY, "ready", "--dir", self.mount_path],
+                },
+                period_seconds: 1,
+                failure_threshold: 300,
+                timeout_seconds: 1,
+            }),
+        }
     }
-    c
 }
 
 #[cfg(test)]

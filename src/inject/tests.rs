@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::InjectConfig;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn pod(v: Value) -> Pod {
     serde_json::from_value(v).expect("test pod parses")
@@ -27,8 +27,9 @@ fn secrets_of(p: &Pod) -> PodSecrets {
         .expect("opted in")
 }
 
-fn pairs(ops: &[PatchOperation]) -> Vec<(String, String)> {
-    ops.iter()
+fn pairs(ops: &PatchText) -> Vec<(String, String)> {
+    ops.operations()
+        .iter()
         .map(|o| {
             let v = serde_json::to_value(o).expect("op serializes");
             (
@@ -40,9 +41,9 @@ fn pairs(ops: &[PatchOperation]) -> Vec<(String, String)> {
 }
 
 /// Applies the plan and returns the result parsed as a Pod, which also proves the patch applies.
-fn apply(v: &Value, ops: &[PatchOperation]) -> (Value, Pod) {
+fn apply(v: &Value, ops: &PatchText) -> (Value, Pod) {
     let mut doc = v.clone();
-    json_patch::patch(&mut doc, &json_patch::Patch(ops.to_vec())).expect("patch applies");
+    json_patch::patch(&mut doc, &ops.operations()).expect("patch applies");
     let p: Pod = serde_json::from_value(doc.clone()).expect("patched pod parses");
     (doc, p)
 }
@@ -392,12 +393,22 @@ fn reserved_names_and_mount_paths_are_refused() {
 }
 
 #[test]
-fn pointer_escaping_is_never_hand_written() {
-    let op = add(&["metadata", "annotations", "a~b/c"], json!(1));
-    assert_eq!(
-        pairs(&[op]),
-        vec![s("add", "/metadata/annotations/a~0b~1c")]
-    );
+fn annotation_keys_with_slash_and_tilde_are_escaped() {
+    let mut ops = PatchText::default();
+    ops.add(&["metadata", "annotations", "a~b/c"], &1);
+    assert_eq!(pairs(&ops), vec![s("add", "/metadata/annotations/a~0b~1c")]);
+}
+
+proptest::proptest! {
+    /// kura writes JSON Pointers itself (the hot path); they must be what jsonptr builds.
+    #[test]
+    fn pointers_match_jsonptr(tokens in proptest::collection::vec("[a-z~/.\\\"\u{e9}-]{0,6}", 1..5)) {
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let mut ops = PatchText::default();
+        ops.add(&tokens, &true);
+        let expected = json_patch::jsonptr::PointerBuf::from_tokens(tokens.iter().copied());
+        proptest::prop_assert_eq!(pairs(&ops), vec![s("add", expected.as_str())]);
+    }
 }
 
 #[test]
