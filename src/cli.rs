@@ -323,6 +323,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tokio::spawn(async move {
         signals.recv().await;
         warn!("second signal: exiting now");
+        crate::telemetry::flush_logs();
         std::process::exit(130);
     });
     tokio::time::sleep(args.shutdown_delay).await;

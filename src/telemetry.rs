@@ -2,7 +2,7 @@
 //! Prometheus text on their own listener. Neither ever carries a secret value: admission only
 //! sees metadata.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,9 +16,35 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+mod batch;
+pub use batch::{Batched, Batcher, FLUSH_INTERVAL, FLUSH_SIZE};
+
+/// The server's batched stdout, once [`init`] set it up.
+static SERVER_LOGS: OnceLock<Arc<Batcher>> = OnceLock::new();
+
+/// Writes the server's pending log lines now: before `std::process::exit`, which skips
+/// destructors (and so [`LogGuard`]).
+pub fn flush_logs() {
+    if let Some(b) = SERVER_LOGS.get() {
+        let _ = b.flush();
+    }
+}
+
+/// Flushes the server's batched log lines when dropped: hold it until the process ends.
+#[derive(Debug)]
+#[must_use = "dropping the guard flushes the logs; hold it until exit"]
+pub struct LogGuard(());
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush_logs();
+    }
+}
+
 /// Installs the global subscriber. `format`: `json` or `text`. The server logs to stdout at
-/// `info`; the CLI commands keep stdout for their output and log warnings to stderr.
-pub fn init(format: &str, server: bool) {
+/// `info`, in batches (see [`Batcher`]); the CLI commands keep stdout for their output and log
+/// warnings to stderr, unbuffered.
+pub fn init(format: &str, server: bool) -> LogGuard {
     let default = if server {
         "info,aws_config=warn,aws_smithy_runtime=warn,kube=warn"
     } else {
@@ -27,22 +53,31 @@ pub fn init(format: &str, server: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let batcher = Batcher::new(Box::new(std::io::stdout()));
+    let stdout = Batched(batcher.clone());
     let _ = match (format == "json", server) {
         // kura opens one span, the admission's: `span` carries its fields, and the default
         // `spans` list would repeat them on every line.
         (true, true) => builder
             .fmt_fields(JsonFields::new())
             .event_format(JsonLines)
-            .with_writer(std::io::stdout)
+            .with_writer(stdout)
             .try_init(),
         (true, false) => builder
             .json()
             .flatten_event(true)
             .with_writer(std::io::stderr)
             .try_init(),
-        (false, true) => builder.with_writer(std::io::stdout).try_init(),
+        (false, true) => builder.with_writer(stdout).try_init(),
         (false, false) => builder.with_writer(std::io::stderr).try_init(),
     };
+    if server {
+        if let Err(e) = batcher.start() {
+            eprintln!("kura: cannot start the logging thread, logging unbatched: {e}");
+        }
+        let _ = SERVER_LOGS.set(batcher);
+    }
+    LogGuard(())
 }
 
 /// The server's JSON lines: what tracing-subscriber's `json()` writes with `flatten_event` and
