@@ -18,6 +18,7 @@ use tracing::{Instrument, info, warn};
 use crate::config::InjectConfig;
 use crate::inject;
 use crate::policy::{Decision, Finding, PolicyEngine, Rule};
+use crate::workload::WirePod;
 
 /// Errors that make a review unreadable: answered with HTTP 400 and the message.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +138,7 @@ impl<O> WireRequest<O> {
 // Built once per admission and moved, never stored: boxing the pod would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Object {
-    Typed(Pod),
+    Typed(WirePod),
     Raw(Box<RawValue>),
     Dynamic(DynamicObject),
 }
@@ -145,10 +146,7 @@ enum Object {
 impl Object {
     fn into_pod(self, kind: &str) -> Result<Option<Pod>, String> {
         match self {
-            Object::Typed(mut pod) => {
-                pod.status = None;
-                Ok(Some(pod))
-            }
+            Object::Typed(pod) => Ok(Some(pod.into())),
             Object::Dynamic(o) => crate::workload::pod_from(kind, o),
             Object::Raw(raw) => crate::workload::pod_from_json(kind, raw.get()),
         }
@@ -192,14 +190,15 @@ fn pod_label(req: &AdmissionRequest<DynamicObject>, target: &Target) -> String {
 }
 
 impl Admission {
-    /// Decodes a body and answers it. The object stays raw JSON until its kind is known, then
-    /// a pod is decoded straight into its typed form, once: through `DynamicObject` it was
-    /// buffered, built as a JSON tree and converted, the largest cost of an admission.
+    /// Decodes a body and answers it. A pod is decoded straight into its typed form, once, and
+    /// only the parts kura reads ([`WirePod`]): through `DynamicObject` it was buffered, built
+    /// as a JSON tree and converted, the largest cost of an admission. Other objects stay raw
+    /// JSON until their kind is known.
     pub async fn review(&self, endpoint: Endpoint, body: &[u8]) -> Result<Outcome, Error> {
         // Most reviews are for pods: one pass decodes the pod in place. Anything else (another
         // kind, or a pod that does not decode) takes the general path, which keeps the object
         // raw until its kind is known and reports a bad pod with the request's uid.
-        if let Ok(review) = serde_json::from_slice::<WireReview<Pod>>(body)
+        if let Ok(review) = serde_json::from_slice::<WireReview<WirePod>>(body)
             && let Some((req, object, old)) = review.into_parts()
             && req.kind.kind == "Pod"
             && req.kind.group.is_empty()

@@ -1,8 +1,57 @@
 //! Pod templates inside workloads, so policy runs at `kubectl apply` of a Deployment instead of
 //! surfacing later as a ReplicaSet event.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::DynamicObject;
+use serde::Deserialize;
+
+/// A Pod as it comes off the wire, with only what kura reads decoded: the spec, and from the
+/// metadata the names, labels and annotations. `managedFields` (a JSON tree per field
+/// manager), `ownerReferences`, timestamps and `status` are skipped over, not built: this is
+/// decoded for every pod admission.
+#[derive(Debug, Deserialize)]
+pub struct WirePod {
+    #[serde(default)]
+    metadata: WireMeta,
+    spec: Option<PodSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    name: Option<String>,
+    generate_name: Option<String>,
+    namespace: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+impl From<WirePod> for Pod {
+    fn from(w: WirePod) -> Pod {
+        let WireMeta {
+            name,
+            generate_name,
+            namespace,
+            labels,
+            annotations,
+        } = w.metadata;
+        Pod {
+            metadata: ObjectMeta {
+                name,
+                generate_name,
+                namespace,
+                labels,
+                annotations,
+                ..ObjectMeta::default()
+            },
+            spec: w.spec,
+            status: None,
+        }
+    }
+}
 
 /// Kinds whose pod template kura checks, with the path to the template.
 pub const WORKLOAD_KINDS: [(&str, &[&str]); 6] = [
@@ -28,13 +77,11 @@ fn invalid(kind: &str, e: &serde_json::Error) -> String {
 }
 
 /// [`pod_from`] for an object still in its JSON text: a Pod is decoded straight into its typed
-/// form (its status, which kura never reads, is dropped); the kinds kura does not look at are
-/// not decoded at all.
+/// form (only what [`WirePod`] reads); the kinds kura does not look at are not decoded at all.
 pub fn pod_from_json(kind: &str, json: &str) -> Result<Option<Pod>, String> {
     if kind == "Pod" {
-        let mut pod: Pod = serde_json::from_str(json).map_err(|e| invalid(kind, &e))?;
-        pod.status = None;
-        return Ok(Some(pod));
+        let pod: WirePod = serde_json::from_str(json).map_err(|e| invalid(kind, &e))?;
+        return Ok(Some(pod.into()));
     }
     if !WORKLOAD_KINDS.iter().any(|(k, _)| *k == kind) {
         return Ok(None);
@@ -93,6 +140,50 @@ mod tests {
 
     fn obj(v: serde_json::Value) -> DynamicObject {
         serde_json::from_value(v).expect("object")
+    }
+
+    #[test]
+    fn a_wire_pod_is_the_pod_without_what_kura_never_reads() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/bench/webhook-review.json"
+        ))
+        .expect("the bench review");
+        let review: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let mut object = review["request"]["object"].clone();
+        object["metadata"]["name"] = json!("web-1");
+        object["metadata"]["namespace"] = json!("orders");
+        object["status"] =
+            json!({ "phase": "Pending", "conditions": [{ "type": "Ready", "status": "False" }] });
+        assert!(
+            object["metadata"]["managedFields"].is_array()
+                && object["metadata"]["ownerReferences"].is_array(),
+            "the review carries what a controller-made pod has"
+        );
+
+        let full: Pod = serde_json::from_value(object.clone()).expect("a Pod");
+        let wire: Pod = pod_from_json("Pod", &object.to_string())
+            .expect("decodes")
+            .expect("a pod");
+        let expected = Pod {
+            metadata: ObjectMeta {
+                name: full.metadata.name,
+                generate_name: full.metadata.generate_name,
+                namespace: full.metadata.namespace,
+                labels: full.metadata.labels,
+                annotations: full.metadata.annotations,
+                ..ObjectMeta::default()
+            },
+            spec: full.spec,
+            status: None,
+        };
+        assert!(expected.spec.is_some() && expected.metadata.annotations.is_some());
+        assert_eq!(wire, expected);
+
+        // A pod spec of the wrong shape is still an error, not skipped.
+        object["spec"]["containers"] = json!("nope");
+        let e = pod_from_json("Pod", &object.to_string()).unwrap_err();
+        assert!(e.contains("valid pod spec"), "{e}");
     }
 
     #[test]
