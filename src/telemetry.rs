@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -59,7 +59,7 @@ pub fn init(format: &str, server: bool) -> LogGuard {
         // kura opens one span, the admission's: `span` carries its fields, and the default
         // `spans` list would repeat them on every line.
         (true, true) => builder
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(JsonMembers)
             .event_format(JsonLines)
             .with_writer(stdout)
             .try_init(),
@@ -82,20 +82,49 @@ pub fn init(format: &str, server: bool) -> LogGuard {
 
 /// The server's JSON lines: what tracing-subscriber's `json()` writes with `flatten_event` and
 /// the current span (`timestamp`, `level`, the event's fields, `target`, and `span` with its
-/// `name` and fields), in one pass. The span's fields are stored as JSON text when it opens
-/// (`JsonFields`) and copied into each line as they are; `json()` parses them back into a map
-/// for every line, a cost paid on every admission.
+/// `name` and fields), in one pass. The span's fields are stored as JSON members when it opens
+/// ([`JsonMembers`]) and copied into each line as they are; `json()` parses them back into a
+/// map for every line, a cost paid on every admission.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonLines;
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+/// A span's fields as the JSON members `,"name":value,…`, ready to be copied into an object:
+/// written directly, where tracing-subscriber's `JsonFields` builds a map and serializes it for
+/// every span (one per admission).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonMembers;
+
+impl<'writer> FormatFields<'writer> for JsonMembers {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut members = JsonEventFields {
+            w: &mut writer,
+            result: Ok(()),
+        };
+        fields.record(&mut members);
+        members.result
+    }
+
+    /// Fields recorded later are appended as further members.
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        self.format_fields(current.as_writer(), fields)
+    }
+}
+
+impl<S> FormatEvent<S, JsonMembers> for JsonLines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, JsonMembers>,
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
@@ -115,16 +144,8 @@ where
             w.write_str(",\"span\":{\"name\":")?;
             json_str(&mut w, span.name())?;
             let ext = span.extensions();
-            if let Some(stored) = ext.get::<FormattedFields<N>>()
-                && let Some(body) = stored
-                    .fields
-                    .trim()
-                    .strip_prefix('{')
-                    .and_then(|b| b.strip_suffix('}'))
-                && !body.is_empty()
-            {
-                w.write_char(',')?;
-                w.write_str(body)?;
+            if let Some(stored) = ext.get::<FormattedFields<JsonMembers>>() {
+                w.write_str(&stored.fields)?;
             }
             w.write_char('}')?;
         }
@@ -323,12 +344,13 @@ mod tests {
         let buf = Buf::default();
         let out = buf.clone();
         let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(JsonMembers)
             .event_format(JsonLines)
             .with_writer(move || out.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("admission", uid = "u\"1", pod = %"web-*", n = 7u64);
+            let span = tracing::info_span!("admission", uid = "u\"1", pod = %"web-*", n = 7u64, late = tracing::field::Empty);
+            span.record("late", "recorded after the span opened");
             span.in_scope(|| {
                 tracing::info!(
                     decision = "injected",
@@ -360,6 +382,7 @@ mod tests {
         assert_eq!(l["span"]["uid"], "u\"1");
         assert_eq!(l["span"]["pod"], "web-*");
         assert_eq!(l["span"]["n"], 7);
+        assert_eq!(l["span"]["late"], "recorded after the span opened");
         assert!(
             l["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
             "{l}"
