@@ -135,21 +135,23 @@ impl<O> WireRequest<O> {
 
 /// A request's object: a pod decoded from the wire, raw JSON from the wire, or an object
 /// decoded by the caller (`kura lint`, `kura review`).
-// Built once per admission and moved, never stored: boxing the pod would only add an allocation.
-#[allow(clippy::large_enum_variant)]
+// Pods are boxed, here and in `Target`: they are held across the admission's awaits, and an
+// async function's state keeps a slot for every value it holds there, copied whole each time
+// the future moves. Unboxed, the admission future was 32 KiB.
 enum Object {
-    Typed(WirePod),
+    Typed(Box<WirePod>),
     Raw(Box<RawValue>),
-    Dynamic(DynamicObject),
+    Dynamic(Box<DynamicObject>),
 }
 
 impl Object {
-    fn into_pod(self, kind: &str) -> Result<Option<Pod>, String> {
-        match self {
-            Object::Typed(pod) => Ok(Some(pod.into())),
-            Object::Dynamic(o) => crate::workload::pod_from(kind, o),
-            Object::Raw(raw) => crate::workload::pod_from_json(kind, raw.get()),
-        }
+    fn into_pod(self, kind: &str) -> Result<Option<Box<Pod>>, String> {
+        let pod = match self {
+            Object::Typed(pod) => Some(Pod::from(*pod)),
+            Object::Dynamic(o) => crate::workload::pod_from(kind, *o)?,
+            Object::Raw(raw) => crate::workload::pod_from_json(kind, raw.get())?,
+        };
+        Ok(pod.map(Box::new))
     }
 }
 
@@ -166,15 +168,13 @@ fn no_request() -> Outcome {
 }
 
 /// What the request asks kura to judge.
-// Built once per admission and moved, never stored: boxing the pod would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 enum Target {
     /// DELETE and CONNECT: nothing to judge.
     Skip,
     /// No object where one belongs.
     Missing,
     /// The pod (or workload's pod template); `None` for kinds kura does not look at.
-    Decoded(Result<Option<Pod>, String>),
+    Decoded(Result<Option<Box<Pod>>, String>),
 }
 
 fn pod_label(req: &AdmissionRequest<DynamicObject>, target: &Target) -> String {
@@ -198,7 +198,7 @@ impl Admission {
         // Most reviews are for pods: one pass decodes the pod in place. Anything else (another
         // kind, or a pod that does not decode) takes the general path, which keeps the object
         // raw until its kind is known and reports a bad pod with the request's uid.
-        if let Ok(review) = serde_json::from_slice::<WireReview<WirePod>>(body)
+        if let Ok(review) = serde_json::from_slice::<WireReview<Box<WirePod>>>(body)
             && let Some((req, object, old)) = review.into_parts()
             && req.kind.kind == "Pod"
             && req.kind.group.is_empty()
@@ -225,8 +225,8 @@ impl Admission {
             Ok(r) => r,
             Err(_) => return Ok(no_request()),
         };
-        let object = req.object.take().map(Object::Dynamic);
-        let old = req.old_object.take().map(Object::Dynamic);
+        let object = req.object.take().map(|o| Object::Dynamic(Box::new(o)));
+        let old = req.old_object.take().map(|o| Object::Dynamic(Box::new(o)));
         self.review_request(endpoint, req, object, old).await
     }
 
@@ -281,7 +281,7 @@ impl Admission {
         };
 
         let kind = req.kind.kind.as_str();
-        let pod: Pod = match target {
+        let pod: Box<Pod> = match target {
             Target::Skip => return self.finish(req, Decision::allow(), None, &namespace, &name),
             Target::Missing => return invalid("the request has no object".into()),
             Target::Decoded(Ok(Some(p))) => p,
@@ -386,18 +386,19 @@ impl Admission {
             "allowed-with-findings"
         };
 
-        let mut audit: BTreeMap<String, String> = BTreeMap::new();
+        let ids: Vec<&str> = rules.iter().map(|r| r.id()).collect();
+        let audit = &mut resp.audit_annotations;
+        audit.reserve(4);
         audit.insert("decision".into(), label.into());
         audit.insert("mode".into(), decision.mode.as_str().into());
-        if !rules.is_empty() {
-            let mut ids: Vec<&str> = rules.iter().map(|r| r.id()).collect();
-            ids.dedup();
-            audit.insert("rules".into(), ids.join(","));
+        if !ids.is_empty() {
+            let mut distinct = ids.clone();
+            distinct.dedup();
+            audit.insert("rules".into(), distinct.join(","));
         }
         if !decision.secrets.is_empty() {
             audit.insert("secrets".into(), decision.secrets.join(","));
         }
-        resp.audit_annotations = audit.into_iter().collect();
 
         if denied {
             let what = if req.kind.kind == "Pod" {
@@ -409,7 +410,7 @@ impl Admission {
                 "kura denied {what} in namespace {namespace}: {}",
                 decision.message()
             );
-            warn!(decision = label, rules = ?rules.iter().map(|r| r.id()).collect::<Vec<_>>(), "denied");
+            warn!(decision = label, rules = ?ids, "denied");
             resp = resp.deny(msg);
         } else {
             let warnings = decision.warnings();
@@ -419,16 +420,17 @@ impl Admission {
             if let Some(p) = patch {
                 // kube sets the patch type only through `with_patch`, which serializes a
                 // `json_patch::Patch`; the patch is already JSON text, so an empty one marks
-                // the type and the text replaces it.
-                match resp.clone().with_patch(json_patch::Patch(Vec::new())) {
-                    Ok(r) => {
-                        resp = r;
-                        resp.patch = Some(p.into_json());
+                // the type and the text replaces it. (Serializing an empty list cannot fail.)
+                resp = match resp.with_patch(json_patch::Patch(Vec::new())) {
+                    Ok(mut r) => {
+                        r.patch = Some(p.into_json());
+                        r
                     }
-                    Err(e) => resp = resp.deny(format!("kura could not serialize its patch: {e}")),
-                }
+                    Err(e) => AdmissionResponse::from(req)
+                        .deny(format!("kura could not serialize its patch: {e}")),
+                };
             }
-            info!(decision = label, rules = ?rules.iter().map(|r| r.id()).collect::<Vec<_>>(), "admitted");
+            info!(decision = label, rules = ?ids, "admitted");
         }
         Outcome {
             review: resp.into_review(),

@@ -107,20 +107,25 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response 
     };
     // The deadline covers reading the body too: a client that trickles a body must not hold a
     // request past the point where the API server has given up on it.
-    let result = tokio::time::timeout(REQUEST_DEADLINE, async {
-        // Extracted here rather than as a handler argument so that the rejection gets kura's
-        // message (and the deadline above), not axum's bare "Failed to buffer the request body".
-        let body = Bytes::from_request(req, &()).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                Failure::TooLarge
-            }
-            other => Failure::Unreadable(other),
-        })?;
-        s.admission
-            .review(endpoint, &body)
-            .await
-            .map_err(Failure::Malformed)
-    })
+    // Boxed: the admission's state (a decoded pod, its plan) is several KiB, and a future is
+    // copied whole each time it moves, into the timeout and on into axum's boxed future.
+    let result = tokio::time::timeout(
+        REQUEST_DEADLINE,
+        Box::pin(async {
+            // Extracted here rather than as a handler argument so that the rejection gets kura's
+            // message (and the deadline above), not axum's bare "Failed to buffer the request body".
+            let body = Bytes::from_request(req, &()).await.map_err(|e| match e {
+                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                    Failure::TooLarge
+                }
+                other => Failure::Unreadable(other),
+            })?;
+            s.admission
+                .review(endpoint, &body)
+                .await
+                .map_err(Failure::Malformed)
+        }),
+    )
     .await;
     let elapsed = start.elapsed().as_secs_f64();
     s.metrics
