@@ -1,5 +1,6 @@
-//! Cost of planning one pod's mutation (`kura::inject::plan`, pure, no I/O) as the pod grows:
-//! 1, 10 and 50 containers (each gets the mount) and 1, 10 and 100 declared secrets.
+//! Cost of planning one pod's mutation (`kura::inject::plan`, pure, no I/O; the plan includes
+//! its patch written as JSON text) as the pod grows: 1, 10 and 50 containers (each gets the
+//! mount) and 1, 10 and 100 declared secrets.
 //!
 //! `cargo bench --bench plan`; the README records the numbers. The annotations are parsed once
 //! outside the measured loop: parsing is the agent crate's, measured where it lives.
