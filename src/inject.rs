@@ -21,7 +21,14 @@ pub use patch::PatchText;
 
 pub const VOLUME: &str = "kura-secrets";
 pub const PODINFO_VOLUME: &str = "kura-podinfo";
-pub const PODINFO_PATH: &str = "/var/run/kura/podinfo";
+macro_rules! podinfo_path {
+    () => {
+        "/var/run/kura/podinfo"
+    };
+}
+pub const PODINFO_PATH: &str = podinfo_path!();
+/// The downward-API file of the pod's annotations, which the sidecar agent watches.
+pub const ANNOTATIONS_FILE: &str = concat!(podinfo_path!(), "/annotations");
 pub const AGENT: &str = "kura-agent";
 /// The init container that precedes the regular sidecar in legacy mode.
 pub const AGENT_INIT: &str = "kura-agent-init";
@@ -209,7 +216,6 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
         }
     }
 
-    let annotations_file = format!("{PODINFO_PATH}/annotations");
     let agent = |name, mode, sidecar, native| AgentShape {
         name,
         mode,
@@ -218,7 +224,6 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
         cfg,
         mount_path: &secrets.mount_path,
         spec_json: &spec_json,
-        annotations_file: &annotations_file,
         uid,
         gid,
         identity: &identity,
@@ -471,7 +476,6 @@ struct AgentShape<'a> {
     cfg: &'a InjectConfig,
     mount_path: &'a str,
     spec_json: &'a str,
-    annotations_file: &'a str,
     uid: i64,
     gid: Option<i64>,
     identity: &'a Identity,
@@ -505,7 +509,7 @@ impl<'a> AgentShape<'a> {
         if self.sidecar {
             env.push(Env::Set {
                 name: "KURA_ANNOTATIONS_FILE",
-                value: self.annotations_file,
+                value: ANNOTATIONS_FILE,
             });
             mounts.push(Mount::Ours {
                 name: PODINFO_VOLUME,

@@ -17,7 +17,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::registry::LookupSpan;
 
 mod batch;
-pub use batch::{Batched, Batcher, FLUSH_INTERVAL, FLUSH_SIZE};
+pub use batch::{Batched, Batcher};
 
 /// The server's batched stdout, once [`init`] set it up.
 static SERVER_LOGS: OnceLock<Arc<Batcher>> = OnceLock::new();
