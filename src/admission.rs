@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
 use kura_agent::annotations::{self, PodSecrets};
@@ -76,7 +75,10 @@ impl<O> WireReview<O> {
     }
 }
 
-/// `AdmissionRequest`'s fields, as kube-apiserver names them.
+/// The `AdmissionRequest` fields kura reads, as kube-apiserver names them. `userInfo`,
+/// `options` and the `request*` fields (the original kind and resource, before conversion)
+/// are skipped over: nothing kura decides or answers depends on them, and kube-apiserver's
+/// audit log records the requesting user along with kura's audit annotations.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
 struct WireRequest<O> {
@@ -86,23 +88,14 @@ struct WireRequest<O> {
     #[serde(default)]
     sub_resource: Option<String>,
     #[serde(default)]
-    request_kind: Option<GroupVersionKind>,
-    #[serde(default)]
-    request_resource: Option<GroupVersionResource>,
-    #[serde(default)]
-    request_sub_resource: Option<String>,
-    #[serde(default)]
     name: String,
     #[serde(default)]
     namespace: Option<String>,
     operation: Operation,
-    user_info: UserInfo,
     object: Option<O>,
     old_object: Option<O>,
     #[serde(default)]
     dry_run: bool,
-    #[serde(default)]
-    options: Option<RawExtension>,
 }
 
 impl<O> WireRequest<O> {
@@ -117,17 +110,17 @@ impl<O> WireRequest<O> {
             kind: self.kind,
             resource: self.resource,
             sub_resource: self.sub_resource,
-            request_kind: self.request_kind,
-            request_resource: self.request_resource,
-            request_sub_resource: self.request_sub_resource,
+            request_kind: None,
+            request_resource: None,
+            request_sub_resource: None,
             name: self.name,
             namespace: self.namespace,
             operation: self.operation,
-            user_info: self.user_info,
+            user_info: UserInfo::default(),
             object: None,
             old_object: None,
             dry_run: self.dry_run,
-            options: self.options,
+            options: None,
         };
         (req, self.object, self.old_object)
     }
@@ -291,8 +284,9 @@ impl Admission {
             }
             Target::Decoded(Err(e)) => return invalid(e),
         };
-        // An update that leaves the pod spec alone (labels, annotations such as
-        // kura.dev/refresh-now) is not re-judged: the pod was admitted on create.
+        // An update that leaves the judged spec alone (labels, annotations such as
+        // kura.dev/refresh-now, images: see `workload::judged`) is not re-judged: the pod was
+        // admitted on create.
         if req.operation == Operation::Update
             && kind == "Pod"
             && let Some(old) = old

@@ -288,8 +288,16 @@ async fn bytes_and_decoded_reviews_get_the_same_answer() {
     let mut changed = pod.clone();
     changed["request"]["operation"] = json!("UPDATE");
     changed["request"]["oldObject"] = pod["request"]["object"].clone();
-    changed["request"]["object"]["spec"]["containers"][0]["image"] = json!("app:2");
+    changed["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "DB_PASSWORD", "value": "hunter2hunter2"}]);
     cases.push(("update of the spec", changed));
+
+    // kura judges env, mounts, volumes' secrets and users, not images (workload::judged).
+    let mut image = pod.clone();
+    image["request"]["operation"] = json!("UPDATE");
+    image["request"]["oldObject"] = pod["request"]["object"].clone();
+    image["request"]["object"]["spec"]["containers"][0]["image"] = json!("app:2");
+    cases.push(("update of an image", image));
 
     let mut delete = pod.clone();
     delete["request"]["operation"] = json!("DELETE");
@@ -332,9 +340,14 @@ async fn bytes_and_decoded_reviews_get_the_same_answer() {
             let expected = match (what, endpoint) {
                 ("pod", Endpoint::Mutate) => Some("injected"),
                 ("undecodable pod" | "no object", _) => Some("invalid"),
-                ("update of annotations only" | "delete" | "a kind kura does not judge", _) => {
-                    Some("allowed")
-                }
+                (
+                    "update of annotations only"
+                    | "update of an image"
+                    | "delete"
+                    | "a kind kura does not judge",
+                    _,
+                ) => Some("allowed"),
+                ("update of the spec", _) => Some("denied"),
                 _ => None,
             };
             if let Some(expected) = expected {
