@@ -4,18 +4,18 @@
 //! metadata lookups, so the same code answers the webhook, `kura review` and the tests.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
-use kura_agent::annotations::{self, PodSecrets};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{Instrument, info, warn};
 
 use crate::config::InjectConfig;
-use crate::inject;
+use crate::inject::{self, Declared};
 use crate::policy::{Decision, Finding, PolicyEngine, Rule};
 use crate::workload::WirePod;
 
@@ -298,9 +298,12 @@ impl Admission {
 
         let mode = self.policy.mode_for(&namespace);
         static NONE: BTreeMap<String, String> = BTreeMap::new();
-        let parsed = annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&NONE));
+        let parsed = inject::declared(
+            pod.metadata.annotations.as_ref().unwrap_or(&NONE),
+            self.inject.default_refresh_secs,
+        );
         let mut decision = Decision::new(mode);
-        let secrets: Option<PodSecrets> = match parsed {
+        let declared: Option<Arc<Declared>> = match parsed {
             Ok(s) => s,
             Err(errors) => {
                 // Malformed annotations always deny: there is nothing correct to inject.
@@ -311,8 +314,9 @@ impl Admission {
             }
         };
 
+        let secrets = declared.as_ref().map(|d| &d.secrets);
         self.policy
-            .check_pod(&pod, secrets.as_ref(), &namespace, &mut decision)
+            .check_pod(&pod, secrets, &namespace, &mut decision)
             .await;
 
         let is_pod = kind == "Pod";
@@ -331,7 +335,7 @@ impl Admission {
         if endpoint == Endpoint::Mutate
             && is_pod
             && !decision.denies()
-            && let Some(secrets) = &secrets
+            && let Some(declared) = &declared
         {
             if inject::is_injected(&pod) {
                 let ops = inject::top_up_identity(&pod);
@@ -339,7 +343,7 @@ impl Admission {
                     patch = Some(ops);
                 }
             } else {
-                match inject::plan(&pod, secrets, &self.inject) {
+                match inject::plan_declared(&pod, declared, &self.inject) {
                     Ok(plan) => patch = Some(plan.patch),
                     Err(problems) => {
                         for p in problems {
@@ -352,7 +356,7 @@ impl Admission {
                 }
             }
         }
-        if let Some(s) = &secrets {
+        if let Some(s) = secrets {
             decision.secrets = s.secrets().into_iter().map(str::to_string).collect();
         }
         self.finish(req, decision, patch, &namespace, &name)

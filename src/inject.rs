@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{InjectConfig, SidecarMode};
 
+mod declared;
 mod patch;
+pub use declared::{Declared, declared};
 pub use patch::PatchText;
 
 pub const VOLUME: &str = "kura-secrets";
@@ -99,6 +101,25 @@ pub fn has_agent(pod: &Pod) -> bool {
 
 /// Plans the mutation of a pod that has not been injected yet.
 pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan, Vec<Problem>> {
+    plan_declared(
+        pod,
+        &Declared::new(secrets.clone(), cfg.default_refresh_secs),
+        cfg,
+    )
+}
+
+/// [`plan`] for a declaration already parsed, with its agent spec and status (what
+/// [`declared`] answers); `declared` must have been made with `cfg`'s default refresh interval.
+pub fn plan_declared(
+    pod: &Pod,
+    declared: &Declared,
+    cfg: &InjectConfig,
+) -> Result<Plan, Vec<Problem>> {
+    let Declared {
+        secrets,
+        spec_json,
+        status,
+    } = declared;
     let mut problems = Vec::new();
     let Some(spec) = &pod.spec else {
         return Err(vec![Problem {
@@ -157,14 +178,11 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
         return Err(problems);
     }
 
-    let agent_spec = secrets.to_spec(cfg.default_refresh_secs);
-    let spec_json = agent_spec.to_json();
-    let status = status_for(&spec_json);
     let identity = Identity::from_containers(spec.containers.iter().chain(init));
 
     let mut ops = PatchText::default();
     match &pod.metadata.annotations {
-        Some(_) => ops.add(&["metadata", "annotations", annotations::STATUS], &status),
+        Some(_) => ops.add(&["metadata", "annotations", annotations::STATUS], status),
         None => ops.add(
             &["metadata", "annotations"],
             &BTreeMap::from([(annotations::STATUS, status.as_str())]),
@@ -223,7 +241,7 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
         native,
         cfg,
         mount_path: &secrets.mount_path,
-        spec_json: &spec_json,
+        spec_json,
         uid,
         gid,
         identity: &identity,
@@ -244,7 +262,10 @@ pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan,
     if let Some(sidecar) = regular {
         ops.add(&["spec", "containers", "-"], &sidecar.container());
     }
-    Ok(Plan { patch: ops, status })
+    Ok(Plan {
+        patch: ops,
+        status: status.clone(),
+    })
 }
 
 /// On reinvocation: identity that another webhook added after kura ran is given to the agent.
