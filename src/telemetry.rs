@@ -2,6 +2,7 @@
 //! Prometheus text on their own listener. Neither ever carries a secret value: admission only
 //! sees metadata.
 
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,7 +53,14 @@ pub fn init(format: &str, server: bool) -> LogGuard {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let terminal = if server {
+        std::io::stdout().is_terminal()
+    } else {
+        std::io::stderr().is_terminal()
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colored(terminal, std::env::var_os("NO_COLOR").as_deref()));
     let batcher = Batcher::new(Box::new(std::io::stdout()));
     let stdout = Batched(batcher.clone());
     let _ = match (format == "json", server) {
@@ -78,6 +86,13 @@ pub fn init(format: &str, server: bool) -> LogGuard {
         let _ = SERVER_LOGS.set(batcher);
     }
     LogGuard(())
+}
+
+/// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set
+/// (<https://no-color.org>). Files, pipes and `kubectl logs` get plain text; tracing-subscriber
+/// colours by default wherever the output goes.
+fn colored(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The server's JSON lines: what tracing-subscriber's `json()` writes with `flatten_event` and
@@ -324,6 +339,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colored(true, None));
+        assert!(colored(true, Some(OsStr::new(""))));
+        assert!(!colored(true, Some(OsStr::new("1"))));
+        assert!(!colored(false, None));
+    }
     use std::sync::Arc;
 
     #[derive(Clone, Default)]

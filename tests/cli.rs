@@ -230,3 +230,49 @@ fn lint_verifies_store_rules_with_a_store() {
     );
     assert!(!out.contains("not verified"));
 }
+
+/// Text logs written to a pipe (a file, `kubectl logs`) carry no terminal colour codes.
+#[test]
+fn text_logs_to_a_pipe_are_plain() {
+    use std::io::{BufRead, BufReader};
+    let store = concat!(
+        "file:",
+        env!("CARGO_MANIFEST_DIR"),
+        "/bench/webhook-store.yaml"
+    );
+    let mut child = Command::new(kura_bin())
+        .args([
+            "serve",
+            "--self-signed",
+            "--listen=127.0.0.1:0",
+            "--metrics-listen=127.0.0.1:0",
+            "--watch-namespaces=never",
+            "--log-format=text",
+            &format!("--store={store}"),
+        ])
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("webhook listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = seen.join("\n");
+    assert!(
+        text.contains("WARN") && text.contains("self-signed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in piped logs: {text:?}"
+    );
+}
