@@ -1,7 +1,8 @@
 //! Where one admission's CPU goes, without TLS and HTTP: the whole `/mutate` decision for the
 //! load benchmark's review (bench/webhook-review.json: a Deployment's pod declaring 3 secrets,
-//! warm metadata cache over bench/webhook-store.yaml), and its parts: decoding the review,
-//! deciding (policy + plan), encoding the answer (kura's encoder, and plain serde for comparison). The same decision with
+//! warm metadata cache over bench/webhook-store.yaml), and its parts: decoding the pod (and the
+//! whole review through kube's types, for comparison), encoding the answer (kura's encoder, and
+//! plain serde for comparison). The same decision with
 //! bench/webhook-policy-relaxed.yaml shows what the plaintext and KMS rules cost.
 //!
 //! `cargo bench --bench admission`.
@@ -76,11 +77,21 @@ fn bench(c: &mut Criterion) {
     }
 
     let mut g = c.benchmark_group("admission");
-    g.bench_function("decode review", |b| {
-        b.iter(|| {
-            serde_json::from_slice::<AdmissionReview<DynamicObject>>(black_box(&body)).unwrap()
-        })
+    // The pod as the server decodes it (only the judged part, `workload::WirePod`), and the
+    // whole review as kube's types decode it, for comparison.
+    let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let pod = review["request"]["object"].to_string();
+    g.bench_function("decode the pod (kura::workload::pod_from_json)", |b| {
+        b.iter(|| kura::workload::pod_from_json("Pod", black_box(&pod)).unwrap())
     });
+    g.bench_function(
+        "decode the review (kube's AdmissionReview<DynamicObject>)",
+        |b| {
+            b.iter(|| {
+                serde_json::from_slice::<AdmissionReview<DynamicObject>>(black_box(&body)).unwrap()
+            })
+        },
+    );
     g.bench_function("review (decode + decide), built-in policy", |b| {
         b.iter(|| {
             rt.block_on(default.review(Endpoint::Mutate, black_box(&body)))
