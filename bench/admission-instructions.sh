@@ -15,12 +15,7 @@ command -v valgrind >/dev/null || {
     echo "admission-instructions: valgrind is missing (apt-get install valgrind)" >&2
     exit 2
 }
-bin=$(cargo build --profile "$PROFILE" --bench admission_instructions --message-format=json 2>/dev/null |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "admission_instructions" and m.get("executable"):
-        print(m["executable"])')
+bin=$(bench/bench-target.sh admission_instructions "$PROFILE")
 [ -x "$bin" ] || { echo "admission-instructions: the bench did not build" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

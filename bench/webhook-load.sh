@@ -43,12 +43,7 @@ done
 
 echo "== building ($PROFILE profile)" >&2
 cargo build --profile "$PROFILE" --bin kura >&2
-baseline=$(cargo build --profile "$PROFILE" --bench baseline_server --message-format=json 2>/dev/null |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "baseline_server" and m.get("executable"):
-        print(m["executable"])')
+baseline=$(bench/bench-target.sh baseline_server "$PROFILE")
 kura=$PWD/target/$PROFILE/kura
 [ -x "$baseline" ] || { echo "webhook-load: baseline_server was not built" >&2; exit 2; }
 
