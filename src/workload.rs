@@ -48,6 +48,22 @@ struct WireSpec {
     security_context: Option<PodSecurityContext>,
 }
 
+/// Moves a container's judged fields into a container struct of another type (k8s-openapi's
+/// `Container` and `EphemeralContainer` share them): the one list of them, so a field added to
+/// [`WireContainer`] cannot be dropped silently by a conversion that fills the rest by default.
+macro_rules! judged_container {
+    ($c:ident => $ty:ident { $($rest:tt)* }) => {
+        $ty {
+            name: $c.name,
+            env: $c.env,
+            env_from: $c.env_from,
+            volume_mounts: $c.volume_mounts,
+            security_context: $c.security_context,
+            $($rest)*
+        }
+    };
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireContainer {
@@ -79,14 +95,7 @@ impl From<WireSpec> for PodSpec {
     fn from(w: WireSpec) -> PodSpec {
         let containers = |cs: Vec<WireContainer>| -> Vec<Container> {
             cs.into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    env: c.env,
-                    env_from: c.env_from,
-                    volume_mounts: c.volume_mounts,
-                    security_context: c.security_context,
-                    ..Container::default()
-                })
+                .map(|c| judged_container!(c => Container { ..Container::default() }))
                 .collect()
         };
         let volume = |v: WireVolume| Volume {
@@ -110,13 +119,10 @@ impl From<WireSpec> for PodSpec {
             init_containers: w.init_containers.map(containers),
             ephemeral_containers: w.ephemeral_containers.map(|cs| {
                 cs.into_iter()
-                    .map(|c| EphemeralContainer {
-                        name: c.name,
-                        env: c.env,
-                        env_from: c.env_from,
-                        volume_mounts: c.volume_mounts,
-                        security_context: c.security_context,
-                        ..EphemeralContainer::default()
+                    .map(|c| {
+                        judged_container!(c => EphemeralContainer {
+                            ..EphemeralContainer::default()
+                        })
                     })
                     .collect()
             }),
@@ -129,25 +135,13 @@ impl From<WireSpec> for PodSpec {
 
 impl From<Container> for WireContainer {
     fn from(c: Container) -> Self {
-        WireContainer {
-            name: c.name,
-            env: c.env,
-            env_from: c.env_from,
-            volume_mounts: c.volume_mounts,
-            security_context: c.security_context,
-        }
+        judged_container!(c => WireContainer {})
     }
 }
 
 impl From<EphemeralContainer> for WireContainer {
     fn from(c: EphemeralContainer) -> Self {
-        WireContainer {
-            name: c.name,
-            env: c.env,
-            env_from: c.env_from,
-            volume_mounts: c.volume_mounts,
-            security_context: c.security_context,
-        }
+        judged_container!(c => WireContainer {})
     }
 }
 
