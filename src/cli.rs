@@ -47,18 +47,6 @@ pub enum Command {
     Certs(CertsArgs),
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms
-            .parse()
-            .map(Duration::from_millis)
-            .map_err(|_| format!("{s:?} is not a duration"));
-    }
-    kura_agent::annotations::parse_duration(s)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is not a duration such as 500ms, 5s or 2m"))
-}
-
 /// Whether to read namespace labels from the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WatchNamespaces {
@@ -98,7 +86,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KURA_SIDECAR_MODE", value_enum, default_value = "native")]
     pub sidecar_mode: SidecarMode,
     /// Default `kura.dev/refresh-interval`.
-    #[arg(long, env = "KURA_REFRESH_INTERVAL", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "KURA_REFRESH_INTERVAL", default_value = "2m", value_parser = kura_agent::duration::parse)]
     pub refresh_interval: Duration,
     /// `KURA_STORE` given to injected agents (e.g. `file:/path` for local demos); default: theirs (`aws`).
     #[arg(long, env = "KURA_AGENT_STORE")]
@@ -127,10 +115,10 @@ pub struct ServeArgs {
     )]
     pub watch_namespaces: WatchNamespaces,
     /// On SIGTERM, how long `/readyz` fails before the listener stops (endpoints catch up).
-    #[arg(long, env = "KURA_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "KURA_SHUTDOWN_DELAY", default_value = "5s", value_parser = kura_agent::duration::parse)]
     pub shutdown_delay: Duration,
     /// How long in-flight requests may take to finish once draining.
-    #[arg(long, env = "KURA_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "KURA_SHUTDOWN_GRACE", default_value = "10s", value_parser = kura_agent::duration::parse)]
     pub shutdown_grace: Duration,
 }
 

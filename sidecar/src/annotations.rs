@@ -229,12 +229,12 @@ pub fn parse(
                     format!("{other:?} is not \"sidecar\" or \"init-only\""),
                 ),
             },
-            "refresh-interval" => match parse_duration(value) {
-                Some(s) if (MIN_REFRESH_SECS..=MAX_REFRESH_SECS).contains(&s) => {
+            "refresh-interval" => match crate::duration::parse(value).map(|d| d.as_secs()) {
+                Ok(s) if (MIN_REFRESH_SECS..=MAX_REFRESH_SECS).contains(&s) => {
                     refresh_interval = Some(s)
                 }
-                Some(_) => err(key, format!("{value:?} is outside 30s..24h")),
-                None => err(
+                Ok(_) => err(key, format!("{value:?} is outside 30s..24h")),
+                Err(_) => err(
                     key,
                     format!("{value:?} is not a duration such as \"90s\", \"5m\" or \"1h30m\""),
                 ),
@@ -396,33 +396,6 @@ fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
-}
-
-/// Parses `90`, `90s`, `5m`, `1h30m`, `2h` into seconds.
-pub fn parse_duration(s: &str) -> Option<u64> {
-    if let Ok(n) = s.parse::<u64>() {
-        return Some(n);
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        };
-        let n: u64 = num.parse().ok()?;
-        total = total.checked_add(n.checked_mul(unit)?)?;
-        num.clear();
-        any = true;
-    }
-    (any && num.is_empty()).then_some(total)
 }
 
 #[cfg(test)]
@@ -668,17 +641,6 @@ mod tests {
             ("kura.dev/file-mode", "9"),
         ])));
         assert_eq!(msgs.len(), 2, "{msgs:?}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Some(90));
-        assert_eq!(parse_duration("2m"), Some(120));
-        assert_eq!(parse_duration("1h30m"), Some(5400));
-        assert_eq!(parse_duration("24h"), Some(86400));
-        for bad in ["", "m", "1d", "1.5h", "5m3"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
     }
 
     fn arb_file() -> impl Strategy<Value = SecretFile> {

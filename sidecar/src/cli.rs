@@ -72,14 +72,8 @@ pub struct RunArgs {
     #[arg(long, env = "KURA_ANNOTATIONS_FILE")]
     pub annotations_file: Option<PathBuf>,
     /// Bound on one store call, retries included.
-    #[arg(long, env = "KURA_STORE_TIMEOUT", default_value = "10s", value_parser = parse_secs)]
+    #[arg(long, env = "KURA_STORE_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse)]
     pub store_timeout: Duration,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    crate::annotations::parse_duration(s)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is not a duration such as 10s"))
 }
 
 pub fn init_tracing(format: &str) {

@@ -8,12 +8,15 @@
 pub mod agent;
 pub mod annotations;
 pub mod cli;
+pub mod contract;
+pub mod duration;
 pub mod metrics;
 pub mod redact;
 pub mod reload;
 pub mod render;
 pub mod spec;
 pub mod store;
+pub mod watch;
 pub mod writer;
 
 pub use spec::{AgentMode, Format, Spec};

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kura_agent::annotations::parse_duration;
 use kura_agent::store::SecretMeta;
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
@@ -42,15 +41,7 @@ pub enum StoreErrors {
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms
-            .parse()
-            .map(Duration::from_millis)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a duration")));
-    }
-    parse_duration(&s).map(Duration::from_secs).ok_or_else(|| {
-        serde::de::Error::custom(format!("{s:?} is not a duration such as 500ms, 2s or 5m"))
-    })
+    kura_agent::duration::parse(&s).map_err(serde::de::Error::custom)
 }
 
 fn de_regexes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Regex>, D::Error> {

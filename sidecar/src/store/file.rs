@@ -15,10 +15,10 @@
 //! ```
 //! The file is read again whenever it changes, so editing it is a rotation.
 
+use crate::watch::Stamp;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -77,7 +77,7 @@ struct FileVersion {
 }
 
 struct Loaded {
-    stamp: (SystemTime, u64),
+    stamp: Stamp,
     doc: Arc<Doc>,
 }
 
@@ -116,10 +116,7 @@ impl FileStore {
     fn load(&self) -> Result<Arc<Doc>, StoreError> {
         let err = |m: String| StoreError::Config(format!("{}: {m}", self.path.display()));
         let meta = std::fs::metadata(&self.path).map_err(|e| err(e.to_string()))?;
-        let stamp = (
-            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            meta.len(),
-        );
+        let stamp = Stamp::from_metadata(&meta);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = cache.as_ref()
             && l.stamp == stamp
