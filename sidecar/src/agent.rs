@@ -293,8 +293,12 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 /// The value of `kura.dev/refresh-now` in a downward-API annotations file.
 fn read_refresh_now(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("kura.dev/refresh-now=").map(str::to_string))
+    // The downward API writes one `key="value"` a line.
+    text.lines().find_map(|l| {
+        l.strip_prefix(crate::contract::REFRESH_NOW)?
+            .strip_prefix('=')
+            .map(str::to_string)
+    })
 }
 
 /// Writes a one-line reason where Kubernetes shows it as the container's termination message.

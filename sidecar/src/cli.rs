@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
 use crate::agent::{self, Agent};
+use crate::contract::{self, LogFormat, env};
 use crate::metrics::{self, Metrics};
 use crate::spec::Spec;
 use crate::store::{Store, StoreSetting};
@@ -25,27 +26,30 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format.
-    #[arg(long, env = "KURA_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"], global = true)]
-    pub log_format: String,
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch every declared secret, write the files and exit.
+    #[command(name = contract::AgentCommand::Init.as_str())]
     Init(RunArgs),
     /// Like init, then refresh on rotation until SIGTERM.
+    #[command(name = contract::AgentCommand::Run.as_str())]
     Run {
         #[command(flatten)]
         args: RunArgs,
         /// Serve Prometheus metrics at http://ADDR/metrics; loopback addresses only
         /// (127.0.0.1:PORT or [::1]:PORT). Off when unset.
-        #[arg(long, env = "KURA_METRICS_LISTEN", value_parser = metrics::parse_listen)]
+        #[arg(long, env = env::METRICS_LISTEN, value_parser = metrics::parse_listen)]
         metrics_listen: Option<SocketAddr>,
     },
     /// Exit 0 once a complete set of files has been written (startup probe).
+    #[command(name = contract::AgentCommand::Ready.as_str())]
     Ready {
         /// Directory the files are written to.
-        #[arg(long, env = "KURA_DIR", default_value = "/var/run/secrets/kura")]
+        #[arg(long, env = env::DIR, default_value = contract::DEFAULT_DIR)]
         dir: PathBuf,
     },
 }
@@ -53,30 +57,30 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The secret spec the webhook wrote (JSON).
-    #[arg(long, env = "KURA_SPEC", hide_env_values = true)]
+    #[arg(long, env = env::SPEC, hide_env_values = true)]
     pub spec: String,
     /// Directory the files are written to.
-    #[arg(long, env = "KURA_DIR", default_value = "/var/run/secrets/kura")]
+    #[arg(long, env = env::DIR, default_value = contract::DEFAULT_DIR)]
     pub dir: PathBuf,
     /// Secret store: `aws` or `file:PATH`.
-    #[arg(long, env = "KURA_STORE", default_value = "aws")]
+    #[arg(long, env = env::STORE, default_value = "aws")]
     pub store: StoreSetting,
     /// Where a failed init leaves its one-line reason.
     #[arg(
         long,
-        env = "KURA_TERMINATION_LOG",
+        env = env::TERMINATION_LOG,
         default_value = "/dev/termination-log"
     )]
     pub termination_log: PathBuf,
     /// The pod's annotations through the downward API (for kura.dev/refresh-now).
-    #[arg(long, env = "KURA_ANNOTATIONS_FILE")]
+    #[arg(long, env = env::ANNOTATIONS_FILE)]
     pub annotations_file: Option<PathBuf>,
     /// Bound on one store call, retries included.
-    #[arg(long, env = "KURA_STORE_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse)]
+    #[arg(long, env = env::STORE_TIMEOUT, default_value = "10s", value_parser = crate::duration::parse)]
     pub store_timeout: Duration,
 }
 
-pub fn init_tracing(format: &str) {
+pub fn init_tracing(format: LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
     });
@@ -97,10 +101,9 @@ pub fn init_tracing(format: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
     }
 }
 
@@ -119,11 +122,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Init(args) => {
-            finish(
-                &args.termination_log.clone(),
-                build(args).await.map(|a| (a, true)),
-            )
-            .await
+            let termination_log = args.termination_log.clone();
+            let built = build(args).await.map(|agent| Built {
+                agent,
+                mode: Mode::Once,
+            });
+            finish(&termination_log, built).await
         }
         Command::Run {
             args,
@@ -131,12 +135,33 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => {
             let termination_log = args.termination_log.clone();
             let built = match build(args).await {
-                Ok(a) => serve_metrics(metrics_listen, &a).await.map(|()| (a, false)),
+                Ok(agent) => serve_metrics(metrics_listen, &agent)
+                    .await
+                    .map(|()| Built {
+                        agent,
+                        mode: Mode::Follow,
+                    }),
                 Err(e) => Err(e),
             };
             finish(&termination_log, built).await
         }
     }
+}
+
+/// An agent ready to start, and what it does once started.
+#[derive(Debug)]
+struct Built {
+    agent: Agent,
+    mode: Mode,
+}
+
+/// What a built agent does: the one difference between `init` and `run` after start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Fetch and write once (`init`).
+    Once,
+    /// Fetch, write and follow rotation until a signal (`run`).
+    Follow,
 }
 
 /// Binds the metrics listener before the first fetch, so a taken port is a clear start error.
@@ -172,11 +197,17 @@ async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
 
 async fn finish(
     termination_log: &std::path::Path,
-    built: Result<(Agent, bool), agent::Error>,
+    built: Result<Built, agent::Error>,
 ) -> ExitCode {
     let result = match built {
-        Ok((a, true)) => a.init().await.map(|_| ()),
-        Ok((a, false)) => a.run().await,
+        Ok(Built {
+            agent,
+            mode: Mode::Once,
+        }) => agent.init().await.map(|_| ()),
+        Ok(Built {
+            agent,
+            mode: Mode::Follow,
+        }) => agent.run().await,
         Err(e) => Err(e),
     };
     match result {
@@ -186,5 +217,76 @@ async fn finish(
             agent::write_termination_log(termination_log, &e.to_string());
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The env twins and subcommand names of the agent's command line are the contract's, so the
+    /// webhook's patch and the agent cannot disagree: every `KURA_*` variable the agent reads is
+    /// one of [`contract::env`], and each [`contract::AgentCommand`] is a subcommand.
+    #[test]
+    fn command_line_uses_the_contract() {
+        let cli = Cli::command();
+        let mut subcommands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+        subcommands.sort_unstable();
+        let mut expected: Vec<&str> = [
+            contract::AgentCommand::Init,
+            contract::AgentCommand::Run,
+            contract::AgentCommand::Ready,
+        ]
+        .into_iter()
+        .map(contract::AgentCommand::as_str)
+        .collect();
+        expected.sort_unstable();
+        assert_eq!(subcommands, expected);
+
+        let mut envs = std::collections::BTreeSet::new();
+        let mut args: Vec<&clap::Arg> = cli.get_arguments().collect();
+        for sub in cli.get_subcommands() {
+            args.extend(sub.get_arguments());
+        }
+        for arg in args {
+            if let Some(e) = arg.get_env() {
+                envs.insert(e.to_str().expect("env names are ASCII").to_string());
+            }
+        }
+        let contract_envs: std::collections::BTreeSet<String> = [
+            env::SPEC,
+            env::DIR,
+            env::STORE,
+            env::ANNOTATIONS_FILE,
+            env::LOG_FORMAT,
+            env::METRICS_LISTEN,
+            env::STORE_TIMEOUT,
+            env::TERMINATION_LOG,
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+        assert_eq!(envs, contract_envs);
+
+        let dir = cli
+            .find_subcommand(contract::AgentCommand::Ready.as_str())
+            .and_then(|c| c.get_arguments().find(|a| a.get_id() == "dir"))
+            .expect("ready --dir");
+        assert_eq!(
+            dir.get_default_values(),
+            [std::ffi::OsStr::new(contract::DEFAULT_DIR)]
+        );
+        cli.debug_assert();
+    }
+
+    #[test]
+    fn log_format_parses_into_the_contract_enum() {
+        let cli = Cli::try_parse_from(["kura-agent", "--log-format", "text", "ready"])
+            .expect("parses");
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let cli = Cli::try_parse_from(["kura-agent", "ready"]).expect("parses");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["kura-agent", "--log-format", "xml", "ready"]).is_err());
     }
 }

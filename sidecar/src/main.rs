@@ -5,7 +5,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = kura_agent::cli::Cli::parse();
-    kura_agent::cli::init_tracing(&cli.log_format);
+    kura_agent::cli::init_tracing(cli.log_format);
     // One thread: the agent waits on the network most of the time and its RSS is multiplied by
     // every pod in the cluster.
     let rt = tokio::runtime::Builder::new_current_thread()
