@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{ErrorKind, Metrics};
 use crate::reload;
 use crate::render::{RenderError, render};
 use crate::spec::{AgentMode, Spec};
@@ -98,7 +98,7 @@ impl Agent {
                     m.succeeded();
                 }
             }
-            Err(Error::Write(_)) => m.error("write"),
+            Err(Error::Write(_)) => m.error(ErrorKind::Write),
             Err(_) => {}
         }
         debug!(aws_calls, ok = result.is_ok(), "refresh done");
@@ -134,7 +134,7 @@ impl Agent {
             let rendered = match fetched.get(&req) {
                 Some(v) => render(f, &v.value)
                     .map_err(|e| {
-                        self.metrics.error("render");
+                        self.metrics.error(ErrorKind::Render);
                         render_errors.push(e);
                     })
                     .ok(),
@@ -258,7 +258,7 @@ impl Agent {
                             if reload::run(hook).await {
                                 self.metrics.reloaded();
                             } else {
-                                self.metrics.error("reload");
+                                self.metrics.error(ErrorKind::Reload);
                             }
                         }
                     }

@@ -17,22 +17,65 @@ use tracing::{debug, warn};
 
 use crate::store::Store;
 
-/// Every label value of `kura_agent_errors_total`, exported from the start so `rate()` works
-/// before the first error. The store kinds are [`crate::store::StoreError::kind`].
-pub const ERROR_KINDS: [&str; 12] = [
-    "not_found",
-    "deleted",
-    "access_denied",
-    "decryption",
-    "throttled",
-    "unavailable",
-    "version_not_found",
-    "other",
-    "config",
-    "render",
-    "write",
-    "reload",
-];
+/// Declares [`ErrorKind`] from one list: the variants, their labels and [`ErrorKind::ALL`] cannot
+/// disagree.
+macro_rules! error_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal,)+) => {
+        /// What failed: the `kind` label of `kura_agent_errors_total`. The store's answers map
+        /// here through [`crate::store::StoreError::kind`]; render, write and reload failures are
+        /// the agent's own.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorKind {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl ErrorKind {
+            /// Every kind, in declaration order (also the order of the exposition), so each label
+            /// is exported from the start and `rate()` works before the first error.
+            pub const ALL: &[ErrorKind] = &[$(ErrorKind::$variant,)+];
+
+            /// The metric label.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+error_kinds! {
+    /// The secret does not exist (or the identity may not see it).
+    NotFound => "not_found",
+    /// The secret is scheduled for deletion.
+    Deleted => "deleted",
+    /// The identity may not read the secret.
+    AccessDenied => "access_denied",
+    /// KMS could not decrypt the value.
+    Decryption => "decryption",
+    /// The store throttled the call.
+    Throttled => "throttled",
+    /// The store could not be reached or did not answer in time.
+    Unavailable => "unavailable",
+    /// The pinned version or stage does not exist.
+    VersionNotFound => "version_not_found",
+    /// Any other store answer.
+    Other => "other",
+    /// The store is misconfigured.
+    Config => "config",
+    /// A value could not be rendered into its file.
+    Render => "render",
+    /// The set of files could not be written.
+    Write => "write",
+    /// A reload hook failed.
+    Reload => "reload",
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Counters the agent updates as it works.
 #[derive(Debug, Default)]
@@ -40,7 +83,8 @@ pub struct Metrics {
     refreshes: AtomicU64,
     changes: AtomicU64,
     reloads: AtomicU64,
-    errors: [AtomicU64; ERROR_KINDS.len()],
+    /// Indexed by `ErrorKind as usize`, the position in [`ErrorKind::ALL`].
+    errors: [AtomicU64; ErrorKind::ALL.len()],
     last_refresh_aws_calls: AtomicU64,
     last_success: AtomicU64,
 }
@@ -63,14 +107,9 @@ impl Metrics {
         self.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One error of `kind` (one of [`ERROR_KINDS`]; anything else counts as `other`).
-    pub fn error(&self, kind: &str) {
-        let i = ERROR_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .or_else(|| ERROR_KINDS.iter().position(|k| *k == "other"))
-            .expect("\"other\" is one of ERROR_KINDS");
-        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    /// One error of `kind`.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every declared secret was fetched and the set is on disk, now.
@@ -83,11 +122,8 @@ impl Metrics {
     }
 
     /// The errors of one kind counted so far.
-    pub fn errors(&self, kind: &str) -> u64 {
-        ERROR_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .map_or(0, |i| self.errors[i].load(Ordering::Relaxed))
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize].load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -113,10 +149,9 @@ impl Metrics {
             "Times a new set of files was written (the first write included).",
             &[(String::new(), load(&self.changes))],
         );
-        let errors: Vec<(String, u64)> = ERROR_KINDS
+        let errors: Vec<(String, u64)> = ErrorKind::ALL
             .iter()
-            .zip(&self.errors)
-            .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), load(v)))
+            .map(|&k| (format!("{{kind=\"{k}\"}}"), load(&self.errors[k as usize])))
             .collect();
         metric(
             "kura_agent_errors_total",
@@ -253,12 +288,43 @@ mod tests {
     }
 
     #[test]
+    fn error_kinds_index_their_counters() {
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k}");
+        }
+        // The labels are a published interface (dashboards, alerts): renaming one is a break.
+        let labels: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "not_found",
+                "deleted",
+                "access_denied",
+                "decryption",
+                "throttled",
+                "unavailable",
+                "version_not_found",
+                "other",
+                "config",
+                "render",
+                "write",
+                "reload",
+            ]
+        );
+        let m = Metrics::default();
+        m.error(ErrorKind::Reload);
+        m.error(ErrorKind::Reload);
+        assert_eq!(m.errors(ErrorKind::Reload), 2);
+        assert_eq!(m.errors(ErrorKind::Write), 0);
+    }
+
+    #[test]
     fn exposition_has_every_family() {
         let m = Metrics::default();
         m.refreshed(3);
         m.changed();
-        m.error("unavailable");
-        m.error("something-new");
+        m.error(ErrorKind::Unavailable);
+        m.error(ErrorKind::Other);
         m.succeeded();
         let text = m.render(7);
         for line in [

@@ -12,6 +12,8 @@ use std::fmt;
 
 use secrecy::{SecretSlice, SecretString};
 
+use crate::metrics::ErrorKind;
+
 pub use aws::AwsStore;
 pub use file::FileStore;
 
@@ -45,18 +47,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A short stable label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is, for metrics and logs (`kind().as_str()` is the label).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::NotFound { .. } => "not_found",
-            StoreError::Deleted { .. } => "deleted",
-            StoreError::AccessDenied { .. } => "access_denied",
-            StoreError::Decryption { .. } => "decryption",
-            StoreError::Throttled { .. } => "throttled",
-            StoreError::Unavailable { .. } => "unavailable",
-            StoreError::VersionNotFound { .. } => "version_not_found",
-            StoreError::Other { .. } => "other",
-            StoreError::Config(_) => "config",
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::Deleted { .. } => ErrorKind::Deleted,
+            StoreError::AccessDenied { .. } => ErrorKind::AccessDenied,
+            StoreError::Decryption { .. } => ErrorKind::Decryption,
+            StoreError::Throttled { .. } => ErrorKind::Throttled,
+            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
+            StoreError::VersionNotFound { .. } => ErrorKind::VersionNotFound,
+            StoreError::Other { .. } => ErrorKind::Other,
+            StoreError::Config(_) => ErrorKind::Config,
         }
     }
 

@@ -124,6 +124,37 @@ async fn an_unknown_pinned_version_is_an_error_naming_it() {
 }
 
 #[tokio::test]
+async fn a_secret_scheduled_for_deletion_is_deleted_batched_or_pinned() {
+    let moto = Moto::start();
+    let db = name("doomed");
+    moto.secret(&db, "x", None, &[]).await;
+    let client = moto.client().await;
+    // A second version, so the pinned read below names a stage that exists.
+    put_value(&client, &db, "y").await;
+    client.delete_secret().secret_id(&db).send().await.unwrap();
+    let store = store(&moto).await;
+    let got = store
+        .fetch(&[
+            FetchRequest::current(&db),
+            FetchRequest {
+                secret: db.clone(),
+                version_id: None,
+                version_stage: Some("AWSPREVIOUS".into()),
+            },
+        ])
+        .await;
+    for r in &got {
+        match r {
+            Err(e @ StoreError::Deleted { secret }) => {
+                assert_eq!(secret, &db);
+                assert!(e.to_string().contains("scheduled for deletion"), "{e}");
+            }
+            other => panic!("wanted Deleted, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn secret_binary_is_written_as_bytes() {
     let moto = Moto::start();
     let client = moto.client().await;

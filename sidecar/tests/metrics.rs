@@ -69,7 +69,7 @@ async fn metrics_report_refreshes_changes_errors_calls_and_last_success() {
     assert!(calls >= refreshes && calls <= refreshes + 1.0, "{text}");
     let last = sample(&text, "kura_agent_last_success_timestamp_seconds").unwrap();
     assert!(last >= started && last <= now(), "{last} vs {started}");
-    for kind in kura_agent::metrics::ERROR_KINDS {
+    for kind in kura_agent::metrics::ErrorKind::ALL {
         assert_eq!(
             sample(
                 &text,

@@ -122,6 +122,7 @@ impl AwsStore {
         for (i, req) in requests.iter().enumerate().filter(|(_, r)| r.is_pinned()) {
             results[i] = Some(self.fetch_one(req).await);
         }
+        self.confirm_deleted(&mut results).await;
         results
             .into_iter()
             .zip(requests)
@@ -136,6 +137,35 @@ impl AwsStore {
                 })
             })
             .collect()
+    }
+
+    /// Secrets Manager refuses to read a secret scheduled for deletion with
+    /// `InvalidRequestException`, a code it also gives other refused requests; neither the SDK
+    /// (no narrower variant) nor the batch error entry (a code and prose) says which. The one
+    /// typed signal is `DescribeSecret`'s `DeletedDate`, so each secret answered with that code
+    /// is described once, on this error path only, and becomes [`StoreError::Deleted`] when it is
+    /// set. Any other answer keeps the original error.
+    async fn confirm_deleted(&self, results: &mut [Option<Result<Fetched, StoreError>>]) {
+        let mut checked: BTreeMap<String, bool> = BTreeMap::new();
+        for slot in results.iter_mut() {
+            let secret = match slot {
+                Some(Err(StoreError::Other { secret, code, .. })) if code == INVALID_REQUEST => {
+                    secret.clone()
+                }
+                _ => continue,
+            };
+            let deleted = match checked.get(&secret) {
+                Some(d) => *d,
+                None => {
+                    let d = self.describe(&secret).await.is_ok_and(|m| m.deleted);
+                    checked.insert(secret.clone(), d);
+                    d
+                }
+            };
+            if deleted {
+                *slot = Some(Err(StoreError::Deleted { secret }));
+            }
+        }
     }
 
     async fn fetch_batch(
@@ -302,6 +332,12 @@ fn describe_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// The error code of a request Secrets Manager refuses in the secret's current state.
+const INVALID_REQUEST: &str = "InvalidRequestException";
+
+/// Classifies an answer by its error code (the SDK's `ProvideErrorMetadata::code`, or a batch
+/// entry's `ErrorCode`): one function for single and batch reads, whose errors the SDK types
+/// differently. The message is carried along for people, never inspected.
 fn classify(secret: &str, code: &str, message: &str) -> StoreError {
     let secret = secret.to_string();
     let message = message.to_string();
@@ -322,11 +358,7 @@ fn classify(secret: &str, code: &str, message: &str) -> StoreError {
         "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => {
             StoreError::Unavailable { secret, message }
         }
-        "InvalidRequestException"
-            if message.contains("deleted") || message.contains("deletion") =>
-        {
-            StoreError::Deleted { secret }
-        }
+        // Also a secret scheduled for deletion: see `AwsStore::confirm_deleted`.
         _ => StoreError::Other {
             secret,
             code: code.to_string(),
@@ -338,29 +370,31 @@ fn classify(secret: &str, code: &str, message: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::ErrorKind;
 
     #[test]
     fn error_codes_are_classified() {
         assert_eq!(
             classify("s", "ResourceNotFoundException", "").kind(),
-            "not_found"
+            ErrorKind::NotFound
         );
         assert_eq!(
             classify("s", "ThrottlingException", "slow down").kind(),
-            "throttled"
+            ErrorKind::Throttled
         );
         assert_eq!(
             classify("s", "DecryptionFailure", "kms").kind(),
-            "decryption"
+            ErrorKind::Decryption
         );
-        assert_eq!(
-            classify(
-                "s",
-                "InvalidRequestException",
-                "You can't perform this operation on the secret because it was marked for deletion."
-            )
-            .kind(),
-            "deleted"
+        // The message is never read: a deletion is confirmed with DescribeSecret instead.
+        let refused = classify(
+            "s",
+            INVALID_REQUEST,
+            "You can't perform this operation on the secret because it was marked for deletion.",
+        );
+        assert!(
+            matches!(&refused, StoreError::Other { code, .. } if code == INVALID_REQUEST),
+            "{refused:?}"
         );
         assert_eq!(
             classify("s", "Weird", "m").to_string(),
