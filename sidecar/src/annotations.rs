@@ -1,7 +1,24 @@
-//! Pod annotations → [`PodSecrets`]: the developer-facing half of the spec.
+//! Pod annotations → [`PodSecrets`]: the developer-facing half of the spec, and the catalogue of
+//! every `kura.dev/` annotation.
 //!
 //! Every `kura.dev/` annotation is checked, and every problem is reported at once with the
 //! annotation it concerns and what to write instead, so one `kubectl apply` shows them all.
+//!
+//! The [`CATALOGUE`] is the one list of annotations: each entry declares its constant, what it
+//! does, its values, default and an example, and who writes it ([`Author`]). The "known
+//! annotations" part of the unknown-annotation message is derived from it.
+//!
+//! # Adding an annotation
+//! 1. **One constant**: an entry in the `catalogue!` list below, with its doc comment (what it
+//!    does, values, default, an example) and its author.
+//! 2. **One parse arm**: its arm in [`parse`]'s `match`, storing the value or reporting what to
+//!    write instead (`every_user_annotation_is_parsed` fails until the arm exists).
+//! 3. **One spec field**: its field in [`PodSecrets`] (and, when the agent needs it, in
+//!    [`Spec`]), written back by [`PodSecrets::to_annotations`] (the round-trip property test
+//!    checks the two agree).
+//! 4. **One test**: a case in `every_error_names_its_annotation` for a refused value.
+//!
+//! The README's annotation table lists every entry (`the_readme_lists_every_annotation`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -9,26 +26,122 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::spec::{
-    AgentMode, DEFAULT_FILE_MODE, FileMode, Format, Reload, SPEC_VERSION, SecretFile, Spec,
-    validate_file_name, validate_secret_id,
+    AgentMode, DEFAULT_FILE_MODE, FileMode, Format, Invalid, Reload, SPEC_VERSION, SecretFile,
+    Spec, validate_file_name, validate_secret_id,
 };
 
+/// Every kura annotation starts with this.
 pub const PREFIX: &str = "kura.dev/";
-pub const INJECT: &str = "kura.dev/inject";
-pub const SECRET_PREFIX: &str = "kura.dev/secret.";
-pub const SECRETS: &str = "kura.dev/secrets";
-pub const MOUNT_PATH: &str = "kura.dev/mount-path";
-pub const CONTAINERS: &str = "kura.dev/containers";
-pub const AGENT: &str = "kura.dev/agent";
-pub const REFRESH_INTERVAL: &str = "kura.dev/refresh-interval";
-pub const FILE_MODE: &str = "kura.dev/file-mode";
-pub const RUN_AS_USER: &str = "kura.dev/run-as-user";
-pub const RELOAD: &str = "kura.dev/reload";
-pub const STATUS: &str = "kura.dev/status";
-pub const REFRESH_NOW: &str = "kura.dev/refresh-now";
 
-pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/kura";
+/// Who writes an annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Author {
+    /// The pod's developer (or `kubectl annotate`); listed as known in error messages.
+    User,
+    /// kura's webhook; a developer never writes it.
+    Kura,
+}
+
+/// One `kura.dev/` annotation of the [`CATALOGUE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Annotation {
+    /// The key, or its prefix when [`Annotation::placeholder`] is set.
+    pub name: &'static str,
+    /// For a family of keys (`kura.dev/secret.<file>`): what follows the prefix.
+    pub placeholder: Option<&'static str>,
+    pub author: Author,
+    /// The constant's doc comment.
+    pub doc: &'static str,
+}
+
+impl fmt::Display for Annotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)?;
+        f.write_str(self.placeholder.unwrap_or(""))
+    }
+}
+
+/// Declares each annotation's constant and its [`CATALOGUE`] entry from one list, so the two
+/// cannot disagree.
+macro_rules! catalogue {
+    ($($(#[doc = $doc:literal])+ $author:ident $constant:ident = $name:literal $(+ $placeholder:literal)?;)+) => {
+        $($(#[doc = $doc])+ pub const $constant: &str = $name;)+
+
+        /// Every `kura.dev/` annotation, in the order the README and error messages list them.
+        pub const CATALOGUE: &[Annotation] = &[$(Annotation {
+            name: $constant,
+            placeholder: catalogue!(@placeholder $($placeholder)?),
+            author: Author::$author,
+            doc: concat!($($doc, "\n"),+),
+        },)+];
+    };
+    (@placeholder) => { None };
+    (@placeholder $p:literal) => { Some($p) };
+}
+
+catalogue! {
+    /// Opts the pod in (`"true"`) or out explicitly (`"false"`). Any other value is refused, and
+    /// so is a pod that declares secrets without it or opts in without declaring any.
+    /// Default: not injected. Example: `kura.dev/inject: "true"`.
+    User INJECT = "kura.dev/inject";
+    /// One file per annotation: the file name follows the dot (`[A-Za-z0-9][A-Za-z0-9._-]*`), the
+    /// value is `<secret-id>[#<json-key>]`, a secret name or full ARN and optionally one
+    /// top-level JSON key (or a JSON Pointer starting with `/`). Written as-is, with
+    /// [`FILE_MODE`]. No default. Example:
+    /// `kura.dev/secret.db-password: /prod/user-service/db#password`.
+    User SECRET_PREFIX = "kura.dev/secret." + "<file>";
+    /// The advanced form: a YAML list of entries with `file`, `secret` and optionally `key`,
+    /// `versionStage` or `versionId` (not both), `format` (`raw`, `json`, `env`) and `mode`.
+    /// No default. Example: `kura.dev/secrets: "- {file: db.env, secret: /prod/db, format: env}"`.
+    User SECRETS = "kura.dev/secrets";
+    /// Absolute directory where the files appear in the app containers (no `.`/`..` segments).
+    /// Default: [`DEFAULT_MOUNT_PATH`]. Example: `kura.dev/mount-path: /etc/app/secrets`.
+    User MOUNT_PATH = "kura.dev/mount-path";
+    /// Comma list of the containers (init containers included) that get the mount. Default: all
+    /// of them. Example: `kura.dev/containers: api,migrate`.
+    User CONTAINERS = "kura.dev/containers";
+    /// How the agent runs: `sidecar` (fetch before the app starts, then follow rotation) or
+    /// `init-only` (fetch once; Jobs and CronJobs). Default: `sidecar`. Example:
+    /// `kura.dev/agent: init-only`.
+    User AGENT = "kura.dev/agent";
+    /// Time between rotation checks, a duration from `30s` to `24h`. Default: the webhook's
+    /// `--refresh-interval`. Example: `kura.dev/refresh-interval: 5m`.
+    User REFRESH_INTERVAL = "kura.dev/refresh-interval";
+    /// Default octal mode of the files (the owner must be able to read; no special bits).
+    /// Default: `0400`. Example: `kura.dev/file-mode: "0440"`.
+    User FILE_MODE = "kura.dev/file-mode";
+    /// Non-zero uid the agent runs as and that owns the files. Default: the app containers'
+    /// `runAsUser`, else the pod's, else 65532. Example: `kura.dev/run-as-user: "1000"`.
+    User RUN_AS_USER = "kura.dev/run-as-user";
+    /// What to do after the files changed: POST to `http://127.0.0.1:<port>/<path>` (the pod's
+    /// loopback only) or send `signal:<SIGNAME>:<process-name>` (shared process namespace).
+    /// Default: nothing. Example: `kura.dev/reload: signal:SIGHUP:nginx`.
+    User RELOAD = "kura.dev/reload";
+    /// Written by kura on an injected pod: `injected sha256:<spec hash>`. Never written by
+    /// users; its presence tells the webhook the pod is already injected.
+    Kura STATUS = "kura.dev/status";
+    /// Any change of its value makes running agents refresh at once (they read it through the
+    /// downward API). No default. Example:
+    /// `kubectl annotate --overwrite pod my-pod kura.dev/refresh-now="$(date +%s)"`.
+    User REFRESH_NOW = "kura.dev/refresh-now";
+}
+
+/// The annotations a developer may write, as the unknown-annotation message lists them.
+pub fn known() -> String {
+    CATALOGUE
+        .iter()
+        .filter(|a| a.author == Author::User)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where the files appear in app containers unless [`MOUNT_PATH`] says otherwise: the directory
+/// the agent writes to.
+pub const DEFAULT_MOUNT_PATH: &str = crate::contract::DEFAULT_DIR;
+/// Bounds of [`REFRESH_INTERVAL`], in seconds.
 pub const MIN_REFRESH_SECS: u64 = 30;
+/// Bounds of [`REFRESH_INTERVAL`], in seconds.
 pub const MAX_REFRESH_SECS: u64 = 24 * 3600;
 
 /// One problem with one annotation.
@@ -160,7 +273,7 @@ pub fn parse(
 
     let default_mode = match annotations.get(FILE_MODE) {
         Some(v) => FileMode::parse(v).unwrap_or_else(|e| {
-            err(FILE_MODE, e);
+            err(FILE_MODE, e.0);
             DEFAULT_FILE_MODE
         }),
         None => DEFAULT_FILE_MODE,
@@ -175,19 +288,20 @@ pub fn parse(
     let mut reload = None;
 
     for (key, value) in annotations {
-        let Some(name) = key.strip_prefix(PREFIX) else {
+        if !key.starts_with(PREFIX) {
             continue;
-        };
+        }
         if let Some(file) = key.strip_prefix(SECRET_PREFIX) {
             match parse_short_form(file, value, default_mode) {
                 Ok(f) => files.push(f),
-                Err(m) => err(key, m),
+                Err(m) => err(key, m.0),
             }
             continue;
         }
-        match name {
-            "inject" | "file-mode" | "status" | "refresh-now" => {}
-            "secrets" => match serde_yaml_ng::from_str::<Vec<ListEntry>>(value) {
+        match key.as_str() {
+            // Read before the loop (they affect the others), written by kura, or read by the agent.
+            INJECT | FILE_MODE | STATUS | REFRESH_NOW => {}
+            SECRETS => match serde_yaml_ng::from_str::<Vec<ListEntry>>(value) {
                 Ok(entries) if entries.is_empty() => err(key, "the list is empty".into()),
                 Ok(entries) => {
                     for (i, e) in entries.into_iter().enumerate() {
@@ -204,11 +318,11 @@ pub fn parse(
                     ),
                 ),
             },
-            "mount-path" => match validate_mount_path(value) {
+            MOUNT_PATH => match validate_mount_path(value) {
                 Ok(()) => mount_path = value.trim_end_matches('/').to_string(),
-                Err(m) => err(key, m),
+                Err(m) => err(key, m.0),
             },
-            "containers" => {
+            CONTAINERS => {
                 let list: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
                 if let Some(bad) = list.iter().find(|c| !is_dns_label(c)) {
                     err(
@@ -221,7 +335,7 @@ pub fn parse(
                     containers = Some(list);
                 }
             }
-            "agent" => match value.as_str() {
+            AGENT => match value.as_str() {
                 "sidecar" => agent = AgentMode::Sidecar,
                 "init-only" => agent = AgentMode::InitOnly,
                 other => err(
@@ -229,7 +343,7 @@ pub fn parse(
                     format!("{other:?} is not \"sidecar\" or \"init-only\""),
                 ),
             },
-            "refresh-interval" => match crate::duration::parse(value).map(|d| d.as_secs()) {
+            REFRESH_INTERVAL => match crate::duration::parse(value).map(|d| d.as_secs()) {
                 Ok(s) if (MIN_REFRESH_SECS..=MAX_REFRESH_SECS).contains(&s) => {
                     refresh_interval = Some(s)
                 }
@@ -239,7 +353,7 @@ pub fn parse(
                     format!("{value:?} is not a duration such as \"90s\", \"5m\" or \"1h30m\""),
                 ),
             },
-            "run-as-user" => match value.parse::<i64>() {
+            RUN_AS_USER => match value.parse::<i64>() {
                 Ok(u) if (1..=i64::from(u32::MAX)).contains(&u) => run_as_user = Some(u),
                 Ok(0) => err(
                     key,
@@ -247,21 +361,15 @@ pub fn parse(
                 ),
                 _ => err(key, format!("{value:?} is not a uid")),
             },
-            "reload" => match Reload::parse(value) {
+            RELOAD => match Reload::parse(value) {
                 Ok(r) => reload = Some(r),
-                Err(m) => err(key, m),
+                Err(m) => err(key, m.0),
             },
-            "secret" => err(
+            k if SECRET_PREFIX.strip_suffix('.') == Some(k) => err(
                 key,
                 "write kura.dev/secret.<file>: the file name goes after the dot".into(),
             ),
-            _ => err(
-                key,
-                format!(
-                    "unknown kura annotation; known: {INJECT}, {SECRET_PREFIX}<file>, {SECRETS}, {MOUNT_PATH}, \
-                     {CONTAINERS}, {AGENT}, {REFRESH_INTERVAL}, {FILE_MODE}, {RUN_AS_USER}, {RELOAD}, {REFRESH_NOW}"
-                ),
-            ),
+            _ => err(key, format!("unknown kura annotation; known: {}", known())),
         }
     }
 
@@ -311,7 +419,7 @@ pub fn parse(
     }))
 }
 
-fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFile, String> {
+fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFile, Invalid> {
     validate_file_name(file)?;
     let (secret, key) = match value.split_once('#') {
         Some((s, k)) => (s, Some(k)),
@@ -319,7 +427,7 @@ fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFil
     };
     validate_secret_id(secret)?;
     if key == Some("") {
-        return Err("the JSON key after '#' is empty".into());
+        return Err(Invalid::new("the JSON key after '#' is empty"));
     }
     Ok(SecretFile {
         file: file.to_string(),
@@ -332,14 +440,14 @@ fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFil
     })
 }
 
-fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, String> {
-    validate_file_name(&e.file).map_err(|m| format!("file: {m}"))?;
-    validate_secret_id(&e.secret).map_err(|m| format!("secret: {m}"))?;
+fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invalid> {
+    validate_file_name(&e.file).map_err(|m| m.context("file"))?;
+    validate_secret_id(&e.secret).map_err(|m| m.context("secret"))?;
     if e.key.as_deref() == Some("") {
-        return Err("key is empty".into());
+        return Err(Invalid::new("key is empty"));
     }
     if e.version_stage.is_some() && e.version_id.is_some() {
-        return Err("set versionStage or versionId, not both".into());
+        return Err(Invalid::new("set versionStage or versionId, not both"));
     }
     for (field, v) in [
         ("versionStage", &e.version_stage),
@@ -348,11 +456,11 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, String
         if let Some(v) = v
             && (v.is_empty() || v.len() > 256 || v.contains(char::is_whitespace))
         {
-            return Err(format!("{field} {v:?} is not a version label"));
+            return Err(Invalid(format!("{field} {v:?} is not a version label")));
         }
     }
     let mode = match e.mode {
-        Some(m) => FileMode::parse(&m).map_err(|m| format!("mode: {m}"))?,
+        Some(m) => FileMode::parse(&m).map_err(|m| m.context("mode"))?,
         None => default_mode,
     };
     Ok(SecretFile {
@@ -366,25 +474,25 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, String
     })
 }
 
-fn validate_mount_path(p: &str) -> Result<(), String> {
+fn validate_mount_path(p: &str) -> Result<(), Invalid> {
     if !p.starts_with('/') {
-        return Err(format!("{p:?} is not an absolute path"));
+        return Err(Invalid(format!("{p:?} is not an absolute path")));
     }
     let trimmed = p.trim_end_matches('/');
     if trimmed.is_empty() {
-        return Err("the mount path cannot be /".into());
+        return Err(Invalid::new("the mount path cannot be /"));
     }
     if trimmed
         .split('/')
         .skip(1)
         .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
-        return Err(format!("{p:?} has empty, '.' or '..' segments"));
+        return Err(Invalid(format!("{p:?} has empty, '.' or '..' segments")));
     }
     if p.contains([':', '\0', '\n']) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{p:?} contains a character a mount path cannot hold"
-        ));
+        )));
     }
     Ok(())
 }
@@ -629,6 +737,66 @@ mod tests {
                     .any(|m| m.contains(annotation) && m.contains(needle)),
                 "{pairs:?}: wanted {annotation} / {needle} in {msgs:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_unknown_annotation_message_lists_the_catalogue() {
+        let msgs = messages(parse(&map(&[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.a", "/x"),
+            ("kura.dev/colour", "red"),
+        ])));
+        assert_eq!(
+            msgs,
+            [
+                "annotation kura.dev/colour: unknown kura annotation; known: kura.dev/inject, \
+                 kura.dev/secret.<file>, kura.dev/secrets, kura.dev/mount-path, kura.dev/containers, \
+                 kura.dev/agent, kura.dev/refresh-interval, kura.dev/file-mode, kura.dev/run-as-user, \
+                 kura.dev/reload, kura.dev/refresh-now"
+            ]
+        );
+        for a in CATALOGUE {
+            assert!(a.name.starts_with(PREFIX), "{a}");
+            assert!(!a.doc.trim().is_empty(), "{a} has no doc");
+            assert_eq!(
+                known().contains(&a.to_string()),
+                a.author == Author::User,
+                "{a}"
+            );
+        }
+        let names: BTreeSet<&str> = CATALOGUE.iter().map(|a| a.name).collect();
+        assert_eq!(names.len(), CATALOGUE.len(), "each annotation once");
+    }
+
+    /// A catalogue entry without its arm in `parse` would be refused as unknown.
+    #[test]
+    fn every_user_annotation_is_parsed() {
+        for a in CATALOGUE.iter().filter(|a| a.author == Author::User) {
+            let key = match a.placeholder {
+                Some(_) => format!("{}b", a.name),
+                None => a.name.to_string(),
+            };
+            let mut pairs = map(&[("kura.dev/inject", "true"), ("kura.dev/secret.a", "/x")]);
+            pairs.entry(key.clone()).or_insert_with(|| "x".to_string());
+            let msgs = match parse(&pairs) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.iter().map(ToString::to_string).collect(),
+            };
+            assert!(
+                !msgs.iter().any(|m| m.contains("unknown kura annotation")),
+                "{key}: {msgs:?}"
+            );
+        }
+    }
+
+    /// The README's annotation table is the users' copy of the catalogue.
+    #[test]
+    fn the_readme_lists_every_annotation() {
+        let readme = include_str!("../../README.md");
+        for a in CATALOGUE {
+            let row = format!("| `{a}` |");
+            assert!(readme.contains(&row), "README lacks the row {row}");
         }
     }
 

@@ -187,16 +187,25 @@ impl Metrics {
     }
 }
 
+/// A refused `--metrics-listen`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    #[error("{0:?} is not an address such as 127.0.0.1:9102 (an IP literal and a port)")]
+    NotAnAddress(String),
+    #[error(
+        "{0} is not a loopback address: the agent serves metrics on 127.0.0.1 or [::1] only, \
+         so nothing outside the pod can reach it"
+    )]
+    NotLoopback(SocketAddr),
+}
+
 /// Parses `--metrics-listen`: a socket address on a loopback interface, nothing else.
-pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = s.parse().map_err(|_| {
-        format!("{s:?} is not an address such as 127.0.0.1:9102 (an IP literal and a port)")
-    })?;
+pub fn parse_listen(s: &str) -> Result<SocketAddr, ListenError> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| ListenError::NotAnAddress(s.to_string()))?;
     if !addr.ip().is_loopback() {
-        return Err(format!(
-            "{addr} is not a loopback address: the agent serves metrics on 127.0.0.1 or [::1] only, \
-             so nothing outside the pod can reach it"
-        ));
+        return Err(ListenError::NotLoopback(addr));
     }
     Ok(addr)
 }
@@ -280,7 +289,20 @@ mod tests {
         assert!(parse_listen("127.0.0.1:9102").is_ok());
         assert!(parse_listen("[::1]:9102").is_ok());
         let e = parse_listen("0.0.0.0:9102").expect_err("any address");
-        assert!(e.contains("not a loopback address"), "{e}");
+        assert!(matches!(e, ListenError::NotLoopback(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "0.0.0.0:9102 is not a loopback address: the agent serves metrics on 127.0.0.1 or \
+             [::1] only, so nothing outside the pod can reach it"
+        );
+        assert_eq!(
+            parse_listen("9102"),
+            Err(ListenError::NotAnAddress("9102".into()))
+        );
+        assert_eq!(
+            ListenError::NotAnAddress("9102".into()).to_string(),
+            "\"9102\" is not an address such as 127.0.0.1:9102 (an IP literal and a port)"
+        );
         assert!(parse_listen("10.0.0.1:9102").is_err());
         assert!(parse_listen("[::]:9102").is_err());
         assert!(parse_listen("localhost:9102").is_err());

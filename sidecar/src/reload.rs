@@ -9,6 +9,18 @@ use tracing::{info, warn};
 
 use crate::spec::{Reload, Signal};
 
+/// Why one attempt of a hook failed, for the log line. A message rather than an enum: [`run`]
+/// logs and retries every failure alike, so no caller acts on the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HookFailed(String);
+
+impl From<&str> for HookFailed {
+    fn from(m: &str) -> Self {
+        HookFailed(m.to_string())
+    }
+}
+
 const ATTEMPTS: u32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -36,7 +48,7 @@ pub async fn run(hook: &Reload) -> bool {
 }
 
 /// A minimal HTTP/1.1 POST: the target is always the pod's own loopback, plain HTTP.
-async fn post(url: &str) -> Result<String, String> {
+async fn post(url: &str) -> Result<String, HookFailed> {
     let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
     let (host_port, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -46,33 +58,38 @@ async fn post(url: &str) -> Result<String, String> {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(&connect_to)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| HookFailed(e.to_string()))?;
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: kura-agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| HookFailed(e.to_string()))?;
         let mut buf = vec![0u8; 256];
-        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| HookFailed(e.to_string()))?;
         let head = String::from_utf8_lossy(&buf[..n]);
         let status = head.split_whitespace().nth(1).unwrap_or("").to_string();
         if status.starts_with('2') {
             Ok(format!("HTTP {status}"))
         } else {
-            Err(format!("HTTP status {status:?}"))
+            Err(HookFailed(format!("HTTP status {status:?}")))
         }
     };
     tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|_| HookFailed::from("timed out"))?
 }
 
-fn signal_process(signal: Signal, process: &str) -> Result<String, String> {
-    let sig = nix::sys::signal::Signal::try_from(signal.number()).map_err(|e| e.to_string())?;
+fn signal_process(signal: Signal, process: &str) -> Result<String, HookFailed> {
+    let sig = nix::sys::signal::Signal::try_from(signal.number())
+        .map_err(|e| HookFailed(e.to_string()))?;
     let me = std::process::id();
     let mut sent = 0;
-    let entries = std::fs::read_dir("/proc").map_err(|e| format!("cannot list processes: {e}"))?;
+    let entries = std::fs::read_dir("/proc")
+        .map_err(|e| HookFailed(format!("cannot list processes: {e}")))?;
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -83,14 +100,14 @@ fn signal_process(signal: Signal, process: &str) -> Result<String, String> {
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.trim_end() == process {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-                .map_err(|e| format!("kill {pid}: {e}"))?;
+                .map_err(|e| HookFailed(format!("kill {pid}: {e}")))?;
             sent += 1;
         }
     }
     if sent == 0 {
-        return Err(format!(
+        return Err(HookFailed(format!(
             "no process named {process:?} (is shareProcessNamespace: true set on the pod?)"
-        ));
+        )));
     }
     Ok(format!("{} sent to {sent} process(es)", signal.name()))
 }

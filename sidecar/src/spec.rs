@@ -15,6 +15,28 @@ pub const SPEC_VERSION: &str = "kura.dev/v1";
 /// Default mode of written files (`kura.dev/file-mode`).
 pub const DEFAULT_FILE_MODE: FileMode = FileMode(0o400);
 
+/// Why a value someone wrote (an annotation, a spec field, a store file entry) is refused: one
+/// sentence naming the value and what to write instead, never a secret value.
+///
+/// A message rather than an enum of causes: every caller only shows it, prefixed with the
+/// annotation, field or file it concerns (KURA001, the termination log, a store error), and none
+/// acts on which check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    /// A fixed message.
+    pub fn new(message: &str) -> Self {
+        Invalid(message.to_string())
+    }
+
+    /// The same message, prefixed with the field it concerns (`"file: ..."`).
+    pub fn context(self, field: &str) -> Self {
+        Invalid(format!("{field}: {}", self.0))
+    }
+}
+
 /// Errors reading a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -78,22 +100,26 @@ pub struct FileMode(pub u32);
 
 impl FileMode {
     /// Parses `0400`, `400` or `0o400`; modes above `0777` are refused.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
         let digits = s.strip_prefix("0o").unwrap_or(s);
         if digits.is_empty()
             || digits.len() > 4
             || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
         {
-            return Err(format!("{s:?} is not an octal file mode such as \"0400\""));
+            return Err(Invalid(format!(
+                "{s:?} is not an octal file mode such as \"0400\""
+            )));
         }
-        let mode = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
+        let mode = u32::from_str_radix(digits, 8).map_err(|e| Invalid(e.to_string()))?;
         if mode > 0o777 {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{s:?} sets special bits; use a mode from 0000 to 0777"
-            ));
+            )));
         }
         if mode & 0o400 == 0 {
-            return Err(format!("{s:?} does not let the owner read the file"));
+            return Err(Invalid(format!(
+                "{s:?} does not let the owner read the file"
+            )));
         }
         Ok(FileMode(mode))
     }
@@ -112,8 +138,8 @@ impl fmt::Display for FileMode {
 }
 
 impl TryFrom<String> for FileMode {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
         FileMode::parse(&s)
     }
 }
@@ -191,19 +217,21 @@ impl Signal {
 
 impl Reload {
     /// Parses `http://127.0.0.1:<port>/<path>` or `signal:<SIGNAME>:<process-name>`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
         if let Some(rest) = s.strip_prefix("signal:") {
             let (sig, process) = rest.split_once(':').ok_or_else(|| {
-                format!("{s:?} must be signal:<SIGNAME>:<process-name>, e.g. signal:SIGHUP:nginx")
+                Invalid(format!(
+                    "{s:?} must be signal:<SIGNAME>:<process-name>, e.g. signal:SIGHUP:nginx"
+                ))
             })?;
             let signal = Signal::parse(sig).ok_or_else(|| {
                 let names: Vec<_> = Signal::ALL.iter().map(|s| s.name()).collect();
-                format!("{sig:?} is not one of {}", names.join(", "))
+                Invalid(format!("{sig:?} is not one of {}", names.join(", ")))
             })?;
             if process.is_empty() || process.len() > 64 || process.contains(['/', '\0']) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{process:?} is not a process name (the command name as in /proc/<pid>/comm)"
-                ));
+                )));
             }
             return Ok(Reload::Signal {
                 signal,
@@ -211,25 +239,27 @@ impl Reload {
             });
         }
         let rest = s.strip_prefix("http://").ok_or_else(|| {
-            format!(
+            Invalid(format!(
                 "{s:?} must be http://127.0.0.1:<port>/<path> or signal:<SIGNAME>:<process-name>"
-            )
+            ))
         })?;
         let (host_port, _path) = rest.split_once('/').unwrap_or((rest, ""));
         let (host, port) = host_port.rsplit_once(':').ok_or_else(|| {
-            format!("{s:?} needs an explicit port, e.g. http://127.0.0.1:8080/-/reload")
+            Invalid(format!(
+                "{s:?} needs an explicit port, e.g. http://127.0.0.1:8080/-/reload"
+            ))
         })?;
         if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{s:?} must target the pod's loopback (127.0.0.1, localhost or [::1]), not {host:?}"
-            ));
+            )));
         }
         match port.parse::<u16>() {
             Ok(p) if p > 0 => {}
-            _ => return Err(format!("{port:?} is not a port number")),
+            _ => return Err(Invalid(format!("{port:?} is not a port number"))),
         }
         if s.contains(char::is_whitespace) {
-            return Err(format!("{s:?} contains whitespace"));
+            return Err(Invalid(format!("{s:?} contains whitespace")));
         }
         Ok(Reload::Http { url: s.to_string() })
     }
@@ -245,8 +275,8 @@ impl fmt::Display for Reload {
 }
 
 impl TryFrom<String> for Reload {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
         Reload::parse(&s)
     }
 }
@@ -312,7 +342,7 @@ impl Spec {
         }
         let mut names = std::collections::BTreeSet::new();
         for f in &spec.files {
-            validate_file_name(&f.file).map_err(SpecError::Invalid)?;
+            validate_file_name(&f.file).map_err(|e| SpecError::Invalid(e.0))?;
             if !names.insert(f.file.as_str()) {
                 return Err(SpecError::Invalid(format!(
                     "file {:?} is declared twice",
@@ -339,38 +369,38 @@ impl Spec {
 }
 
 /// Checks a file name against `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 255 bytes.
-pub fn validate_file_name(name: &str) -> Result<(), String> {
+pub fn validate_file_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty() {
-        return Err("the file name is empty".into());
+        return Err(Invalid::new("the file name is empty"));
     }
     if name.len() > 255 {
-        return Err(format!(
+        return Err(Invalid(format!(
             "file name is {} bytes; at most 255 are allowed",
             name.len()
-        ));
+        )));
     }
     let mut bytes = name.bytes();
     let first = bytes.next().expect("checked non-empty above");
     if !first.is_ascii_alphanumeric() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "file name {name:?} must start with a letter or digit"
-        ));
+        )));
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "file name {name:?} contains {bad:?}; use letters, digits, '.', '_' and '-'"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Checks a secret id: a Secrets Manager name or a full secret ARN.
-pub fn validate_secret_id(id: &str) -> Result<(), String> {
+pub fn validate_secret_id(id: &str) -> Result<(), Invalid> {
     if id.is_empty() {
-        return Err("the secret id is empty".into());
+        return Err(Invalid::new("the secret id is empty"));
     }
     if let Some(rest) = id.strip_prefix("arn:") {
         let parts: Vec<&str> = rest.splitn(6, ':').collect();
@@ -383,29 +413,29 @@ pub fn validate_secret_id(id: &str) -> Result<(), String> {
             && parts[4] == "secret"
             && !parts[5].is_empty();
         if !ok {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{id:?} is not a Secrets Manager secret ARN (arn:<partition>:secretsmanager:<region>:<account>:secret:<name>)"
-            ));
+            )));
         }
         return validate_secret_name(parts[5]);
     }
     validate_secret_name(id)
 }
 
-fn validate_secret_name(name: &str) -> Result<(), String> {
+fn validate_secret_name(name: &str) -> Result<(), Invalid> {
     if name.len() > 512 {
-        return Err(format!(
+        return Err(Invalid(format!(
             "secret name is {} characters; Secrets Manager allows 512",
             name.len()
-        ));
+        )));
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(*c)))
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "secret name {name:?} contains {bad:?}; Secrets Manager names use letters, digits and /_+=.@-"
-        ));
+        )));
     }
     Ok(())
 }

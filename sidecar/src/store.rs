@@ -165,15 +165,15 @@ pub enum StoreSetting {
 }
 
 impl std::str::FromStr for StoreSetting {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::spec::Invalid;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "aws" => Ok(StoreSetting::Aws),
             _ => match s.strip_prefix("file:") {
                 Some(p) if !p.is_empty() => Ok(StoreSetting::File(p.into())),
-                _ => Err(format!(
+                _ => Err(crate::spec::Invalid(format!(
                     "{s:?} is not a store; use \"aws\" or \"file:PATH\""
-                )),
+                ))),
             },
         }
     }

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{FetchRequest, Fetched, SecretMeta, SecretValue, StoreError, id_matches};
+use crate::spec::Invalid;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -262,32 +263,36 @@ fn redacted(e: &serde_yaml_ng::Error) -> String {
     crate::redact::scalars(&e.to_string())
 }
 
-fn check_secret(s: &FileSecret) -> Result<(), String> {
+fn check_secret(s: &FileSecret) -> Result<(), Invalid> {
     crate::spec::validate_secret_id(&s.name)?;
     let has = |v: &Option<SecretString>, b: &Option<SecretString>| v.is_some() ^ b.is_some();
     if s.versions.is_empty() {
         if !has(&s.value, &s.binary) {
-            return Err("needs exactly one of value, binary or versions".into());
+            return Err(Invalid::new(
+                "needs exactly one of value, binary or versions",
+            ));
         }
         return Ok(());
     }
     if s.value.is_some() || s.binary.is_some() {
-        return Err("has both a shorthand value and versions; keep one".into());
+        return Err(Invalid::new(
+            "has both a shorthand value and versions; keep one",
+        ));
     }
     let mut current = 0;
     for v in &s.versions {
         if !has(&v.value, &v.binary) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "version {:?} needs exactly one of value or binary",
                 v.id
-            ));
+            )));
         }
         current += v.stages.iter().filter(|st| *st == "AWSCURRENT").count();
     }
     if current != 1 {
-        return Err(format!(
+        return Err(Invalid(format!(
             "exactly one version must carry AWSCURRENT (found {current})"
-        ));
+        )));
     }
     Ok(())
 }
