@@ -135,12 +135,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => {
             let termination_log = args.termination_log.clone();
             let built = match build(args).await {
-                Ok(agent) => serve_metrics(metrics_listen, &agent)
-                    .await
-                    .map(|()| Built {
-                        agent,
-                        mode: Mode::Follow,
-                    }),
+                Ok(agent) => serve_metrics(metrics_listen, &agent).await.map(|()| Built {
+                    agent,
+                    mode: Mode::Follow,
+                }),
                 Err(e) => Err(e),
             };
             finish(&termination_log, built).await
@@ -195,10 +193,7 @@ async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
     })
 }
 
-async fn finish(
-    termination_log: &std::path::Path,
-    built: Result<Built, agent::Error>,
-) -> ExitCode {
+async fn finish(termination_log: &std::path::Path, built: Result<Built, agent::Error>) -> ExitCode {
     let result = match built {
         Ok(Built {
             agent,
@@ -282,8 +277,8 @@ mod tests {
 
     #[test]
     fn log_format_parses_into_the_contract_enum() {
-        let cli = Cli::try_parse_from(["kura-agent", "--log-format", "text", "ready"])
-            .expect("parses");
+        let cli =
+            Cli::try_parse_from(["kura-agent", "--log-format", "text", "ready"]).expect("parses");
         assert_eq!(cli.log_format, LogFormat::Text);
         let cli = Cli::try_parse_from(["kura-agent", "ready"]).expect("parses");
         assert_eq!(cli.log_format, LogFormat::Json);
