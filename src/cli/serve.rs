@@ -87,8 +87,8 @@ pub struct Args {
         default_value = "auto"
     )]
     pub watch_namespaces: WatchNamespaces,
-    /// How often the certificate and policy files are checked for changes
-    /// (default: `kura_agent::watch::DEFAULT_INTERVAL`).
+    /// How often the certificate and policy files are checked for changes.
+    // The default is `kura_agent::watch::DEFAULT_INTERVAL` (a test holds them equal).
     #[arg(long, env = "KURA_WATCH_INTERVAL", default_value = "2s", value_parser = kura_agent::duration::parse)]
     pub watch_interval: Duration,
     /// On SIGTERM, how long `/readyz` fails before the listener stops (endpoints catch up).
