@@ -342,7 +342,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                super::super::Error::Config(config::Error::Quantity {
+                crate::cli::Error::Config(config::Error::Quantity {
                     flag: "volume-size",
                     ..
                 })
@@ -352,6 +352,6 @@ mod tests {
         // The same settings with a valid size get as far as binding, and fail there.
         let good = args(&["--self-signed", &listen, &metrics]);
         let e = run(good).await.expect_err("the address is taken");
-        assert!(matches!(e, super::super::Error::Server(_)), "{e}");
+        assert!(matches!(e, crate::cli::Error::Server(_)), "{e}");
     }
 }
