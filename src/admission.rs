@@ -140,10 +140,11 @@ enum Object {
 impl Object {
     fn into_pod(self, kind: &str) -> Result<Option<Box<Pod>>, String> {
         let pod = match self {
-            Object::Typed(pod) => Some(Pod::from(*pod)),
-            Object::Dynamic(o) => crate::workload::pod_from(kind, *o)?,
-            Object::Raw(raw) => crate::workload::pod_from_json(kind, raw.get())?,
-        };
+            Object::Typed(pod) => Ok(Some(Pod::from(*pod))),
+            Object::Dynamic(o) => crate::workload::pod_from(kind, *o),
+            Object::Raw(raw) => crate::workload::pod_from_json(kind, raw.get()),
+        }
+        .map_err(|e| e.to_string())?;
         Ok(pod.map(Box::new))
     }
 }

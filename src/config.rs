@@ -1,6 +1,14 @@
 //! Validated settings the webhook runs with, built from the command line before any socket is
 //! bound.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kura_agent::store::StoreSetting;
+
+use crate::policy::{Policy, PolicyError};
+
 /// Default agent image; manifests under `deploy/` use the same tag.
 pub const DEFAULT_AGENT_IMAGE: &str =
     concat!("ghcr.io/kura-dev/kura-agent:", env!("CARGO_PKG_VERSION"));
@@ -59,5 +67,168 @@ impl Default for InjectConfig {
             resources: Resources::default(),
             agent_store: None,
         }
+    }
+}
+
+/// The policy file's policy, or the built-in one without a file.
+pub fn load_policy(path: Option<&Path>) -> Result<Policy, PolicyError> {
+    match path {
+        Some(p) => Policy::load(p),
+        None => Ok(Policy::default()),
+    }
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A certificate for localhost made at start (local runs only).
+    SelfSigned,
+    /// PEM files, re-read when they change.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// Everything `kura serve` runs with, validated: building one reads the policy file and
+/// nothing else; binding sockets, opening the store and reaching the cluster come after.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub tls: TlsSource,
+    /// The policy in force at start: the file's (watched for changes), or the built-in one.
+    pub policy: Policy,
+    pub policy_file: Option<PathBuf>,
+    pub store: StoreSetting,
+    pub inject: InjectConfig,
+    /// Whether to read namespace labels from the cluster.
+    pub watch_namespaces: bool,
+    /// How often the certificate and policy files are polled for changes.
+    pub watch_interval: Duration,
+    pub shutdown: crate::shutdown::Timing,
+}
+
+/// A setting that cannot be used; names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--{flag}: {value:?} is not a Kubernetes quantity (such as 16Mi, 0.5Gi or 5m)")]
+    Quantity { flag: &'static str, value: String },
+    #[error("--{flag} must be more than zero")]
+    Zero { flag: &'static str },
+    #[error("--{flag} is required without --self-signed")]
+    Missing { flag: &'static str },
+    #[error("--{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+impl InjectConfig {
+    /// Checks what the API server would otherwise refuse only when a pod is created: the
+    /// resource quantities, the agent image and the agent's store setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        let r = &self.resources;
+        let quantities = [
+            ("volume-size", Some(&self.volume_size_limit)),
+            ("agent-cpu-request", Some(&r.cpu_request)),
+            ("agent-memory-request", Some(&r.memory_request)),
+            ("agent-memory-limit", Some(&r.memory_limit)),
+            ("agent-cpu-limit", r.cpu_limit.as_ref()),
+        ];
+        for (flag, value) in quantities {
+            if let Some(v) = value.filter(|v| !is_quantity(v)) {
+                return Err(Error::Quantity {
+                    flag,
+                    value: v.clone(),
+                });
+            }
+        }
+        if self.agent_image.trim().is_empty() {
+            return Err(Error::Invalid {
+                flag: "agent-image",
+                message: "empty".into(),
+            });
+        }
+        if let Some(s) = &self.agent_store {
+            s.parse::<StoreSetting>()
+                .map_err(|message| Error::Invalid {
+                    flag: "agent-store",
+                    message,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a non-negative Kubernetes resource quantity: a decimal number and a suffix,
+/// binary (`Ki` … `Ei`), decimal (`n`, `u`, `m`, `k`, `M` … `E`) or an exponent (`e3`, `E-2`).
+pub fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let end = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(end);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    if digits == 0 || number.len() - digits > 1 {
+        return false;
+    }
+    const SUFFIXES: [&str; 16] = [
+        "", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if SUFFIXES.contains(&suffix) {
+        return true;
+    }
+    let Some(exp) = suffix.strip_prefix(['e', 'E']) else {
+        return false;
+    };
+    let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+    !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_what_kubernetes_accepts() {
+        for ok in [
+            "4Mi", "16Mi", "5m", "0.5", ".5", "1", "+2Gi", "1e3", "1E-2", "100k", "2Ei", "3n",
+        ] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in [
+            "", "Mi", "4MB", "4 Mi", "-1", "1.2.3", "4mi", "1e", "1e+", "0x10", "1Mi ", "abc",
+        ] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_validate_and_a_bad_quantity_names_its_flag() {
+        InjectConfig::default()
+            .validate()
+            .expect("defaults are valid");
+        let mut c = InjectConfig::default();
+        c.resources.cpu_limit = Some("half".into());
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Quantity {
+                    flag: "agent-cpu-limit",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let c = InjectConfig {
+            agent_store: Some("s3".into()),
+            ..InjectConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Invalid {
+                flag: "agent-store",
+                ..
+            })
+        ));
     }
 }

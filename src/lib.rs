@@ -2,17 +2,18 @@
 //! of Kubernetes manifests, and the operator CLI (`lint`, `review`, `certs`).
 //!
 //! [`admission`] answers AdmissionReviews by running the [`policy`] and planning the
-//! [`inject`]ion; [`server`] serves them over [`tls`]; [`cli`] ties it together.
+//! [`inject`]ion; [`server`] serves them over [`tls`] and stops through [`shutdown`]; [`cli`]
+//! holds one module per command, and `serve` validates a [`config::Config`] before binding.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod inject;
-pub mod lint;
 pub mod namespaces;
 pub mod policy;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod workload;

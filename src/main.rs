@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = kura::cli::Cli::parse();
     let server = matches!(cli.command, kura::cli::Command::Serve(_));
-    let _logs = kura::telemetry::init(&cli.log_format, server);
+    let _logs = kura::telemetry::init(cli.log_format.as_str(), server);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod detect;
 mod file;
 mod glob;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use kura_agent::watch::FileWatch;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use rcgen::{
@@ -133,11 +134,6 @@ pub struct CertReloader {
     pub key_path: PathBuf,
 }
 
-fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
 impl CertReloader {
     pub fn read(&self) -> Result<CertifiedKey, Error> {
         let read = |p: &Path| {
@@ -156,19 +152,13 @@ impl CertReloader {
         )
     }
 
-    /// Polls the files every `every`; Kubernetes Secret volumes swap them through a symlink,
-    /// which a metadata poll sees without inotify subtleties. A pair written file by file may
-    /// be seen half-written (new certificate, old key): that read is refused, and the next
-    /// change of the second file triggers another.
+    /// Polls the files every `every` ([`FileWatch`]). A pair written file by file may be seen
+    /// half-written (new certificate, old key): that read is refused, and the next change of
+    /// the second file triggers another.
     pub async fn watch(self, resolver: Arc<Resolver>, every: Duration) {
-        let mut last = (stamp(&self.cert_path), stamp(&self.key_path));
+        let mut files = FileWatch::new([self.cert_path.clone(), self.key_path.clone()], every);
         loop {
-            tokio::time::sleep(every).await;
-            let now = (stamp(&self.cert_path), stamp(&self.key_path));
-            if now == last {
-                continue;
-            }
-            last = now;
+            files.changed().await;
             match self.read() {
                 Ok(k) => {
                     resolver.set(k);
@@ -219,11 +209,6 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
         format!("{service}.{namespace}.svc"),
         format!("{service}.{namespace}.svc.cluster.local"),
     ]
-}
-
-/// A CA and a serving certificate for `<service>.<namespace>.svc`.
-pub fn bundle(service: &str, namespace: &str, days: i64) -> Result<Bundle, Error> {
-    bundle_for(service_names(service, namespace), days)
 }
 
 /// A CA and a serving certificate for the given DNS names or IP addresses.

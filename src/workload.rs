@@ -219,22 +219,34 @@ pub const WORKLOAD_KINDS: [(&str, &[&str]); 6] = [
     ("CronJob", &["spec", "jobTemplate", "spec", "template"]),
 ];
 
-fn invalid(kind: &str, e: &serde_json::Error) -> String {
+/// Why an object does not yield the pod kura judges.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The pod, or the workload's template, is not a pod spec; `detail` has scalar values
+    /// redacted, so a literal credential of the wrong type is not echoed.
+    #[error("the {kind} does not hold a valid pod spec: {detail}")]
+    InvalidSpec { kind: String, detail: String },
+    /// The workload has nothing at the path of its pod template.
+    #[error("the {kind} has no {path}")]
+    NoTemplate { kind: String, path: String },
+}
+
+fn invalid(kind: &str, e: &serde_json::Error) -> Error {
     // A position in the object's JSON text means nothing to whoever wrote the manifest.
     let text = e.to_string();
     let text = match text.rsplit_once(" at line ") {
         Some((head, _)) if e.line() != 0 => head,
         _ => &text,
     };
-    format!(
-        "the {kind} does not hold a valid pod spec: {}",
-        kura_agent::redact::scalars(text)
-    )
+    Error::InvalidSpec {
+        kind: kind.to_string(),
+        detail: kura_agent::redact::scalars(text),
+    }
 }
 
 /// [`pod_from`] for an object still in its JSON text: a Pod is decoded straight into its typed
 /// form (only what [`WirePod`] reads); the kinds kura does not look at are not decoded at all.
-pub fn pod_from_json(kind: &str, json: &str) -> Result<Option<Pod>, String> {
+pub fn pod_from_json(kind: &str, json: &str) -> Result<Option<Pod>, Error> {
     if kind == "Pod" {
         let pod: WirePod = serde_json::from_str(json).map_err(|e| invalid(kind, &e))?;
         return Ok(Some(pod.into()));
@@ -249,7 +261,7 @@ pub fn pod_from_json(kind: &str, json: &str) -> Result<Option<Pod>, String> {
 /// The pod an object of `kind` describes: the Pod itself, or a workload's template (named after
 /// the workload, so messages point at something the user wrote). `None` for kinds kura does not
 /// look at. The object's data is moved, not copied: this runs on every admission.
-pub fn pod_from(kind: &str, object: DynamicObject) -> Result<Option<Pod>, String> {
+pub fn pod_from(kind: &str, object: DynamicObject) -> Result<Option<Pod>, Error> {
     let DynamicObject {
         metadata, mut data, ..
     } = object;
@@ -272,9 +284,10 @@ pub fn pod_from(kind: &str, object: DynamicObject) -> Result<Option<Pod>, String
     };
     let mut cur = &mut data;
     for seg in path.iter() {
-        cur = cur
-            .get_mut(*seg)
-            .ok_or_else(|| format!("the {kind} has no {}", path.join(".")))?;
+        cur = cur.get_mut(*seg).ok_or_else(|| Error::NoTemplate {
+            kind: kind.to_string(),
+            path: path.join("."),
+        })?;
     }
     let template: PodTemplateSpec = serde_json::from_value(cur.take()).map_err(invalid)?;
     let mut pod_meta = template.metadata.unwrap_or_default();
@@ -370,7 +383,8 @@ mod tests {
         // A pod spec of the wrong shape is still an error, not skipped.
         object["spec"]["containers"] = json!("nope");
         let e = pod_from_json("Pod", &object.to_string()).unwrap_err();
-        assert!(e.contains("valid pod spec"), "{e}");
+        assert!(matches!(e, Error::InvalidSpec { .. }), "{e}");
+        assert!(e.to_string().contains("valid pod spec"), "{e}");
     }
 
     #[test]
@@ -489,15 +503,18 @@ mod tests {
         let svc = obj(json!({"apiVersion":"v1","kind":"Service","metadata":{}}));
         assert!(pod_from("Service", svc).expect("ok").is_none());
         let job = obj(json!({"apiVersion":"batch/v1","kind":"Job","metadata":{},"spec":{}}));
-        assert!(pod_from("Job", job).unwrap_err().contains("spec.template"));
+        let e = pod_from("Job", job).unwrap_err();
+        assert!(matches!(e, Error::NoTemplate { .. }), "{e}");
+        assert!(e.to_string().contains("spec.template"), "{e}");
         let bad =
             obj(json!({"apiVersion":"v1","kind":"Pod","metadata":{},"spec":{"containers":"nope"}}));
-        assert!(pod_from("Pod", bad).unwrap_err().contains("valid pod spec"));
+        let e = pod_from("Pod", bad).unwrap_err();
+        assert!(e.to_string().contains("valid pod spec"), "{e}");
         // A literal credential typed as a number is not echoed into the denial or the logs.
         let num = obj(
             json!({"apiVersion":"v1","kind":"Pod","metadata":{},"spec":{"containers":[{"name":"c","env":[{"name":"DB_PASSWORD","value":918273645}]}]}}),
         );
-        let e = pod_from("Pod", num).unwrap_err();
+        let e = pod_from("Pod", num).unwrap_err().to_string();
         assert!(
             e.contains("invalid type") && !e.contains("918273645"),
             "{e}"

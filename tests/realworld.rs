@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use kura::admission::Admission;
+use kura::cli::lint::check;
+use kura::cli::manifests::parse_documents;
 use kura::config::InjectConfig;
-use kura::lint::{check, parse_documents};
 use kura::policy::{Policy, PolicyEngine, Rule};
 
 fn corpus() -> &'static Path {

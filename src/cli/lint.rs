@@ -1,0 +1,258 @@
+//! `kura lint`: the webhook's own decision code run over manifests, for CI.
+//!
+//! Each Pod or workload document is wrapped in the AdmissionReview kube-apiserver would send
+//! and answered by [`Admission`], so CI and the cluster can never disagree. Offline (no
+//! `--store`), the rules that need secret metadata are reported as not verified.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionReview;
+use kura_agent::store::StoreSetting;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::manifests::{self, Document, is_checked_kind, review_for};
+use super::{Error, Result};
+use crate::admission::{Admission, Endpoint, Outcome};
+use crate::config::InjectConfig;
+use crate::policy::Severity;
+
+/// How `kura lint` prints its reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Files or directories of YAML manifests; `-` reads stdin.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[arg(long, env = "KURA_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Verify store rules against `aws` or `file:PATH`; offline when absent.
+    #[arg(long, env = "KURA_LINT_STORE")]
+    pub store: Option<StoreSetting>,
+    /// Namespace for documents that name none.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FindingReport {
+    pub rule: &'static str,
+    pub severity: &'static str,
+    pub message: String,
+}
+
+/// The lint result of one document.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub file: String,
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub decision: String,
+    pub denied: bool,
+    pub findings: Vec<FindingReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_verified: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn severity(s: Severity, denied_here: bool) -> &'static str {
+    match (s, denied_here) {
+        (Severity::AlwaysDeny, _) => "deny",
+        (Severity::Deny, true) => "deny",
+        (Severity::Deny, false) => "warn",
+        (Severity::Warn, _) => "warn",
+    }
+}
+
+/// Checks one document with the webhook's own code; `None` for kinds kura does not check.
+pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Option<Report> {
+    let kind = doc.kind().to_string();
+    if !is_checked_kind(&kind) {
+        return None;
+    }
+    let review_json = review_for(&doc.value, namespace);
+    let ns = review_json
+        .pointer("/request/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = doc
+        .value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>")
+        .to_string();
+    let mut report = Report {
+        file: doc.source.clone(),
+        document: doc.index,
+        kind,
+        name,
+        namespace: ns,
+        decision: String::new(),
+        denied: false,
+        findings: Vec::new(),
+        not_verified: Vec::new(),
+        error: None,
+    };
+    let outcome: Result<Outcome> =
+        match serde_json::from_value::<AdmissionReview<DynamicObject>>(review_json) {
+            Ok(r) => admission
+                .review_parsed(Endpoint::Mutate, r)
+                .await
+                .map_err(Error::from),
+            Err(source) => Err(Error::Object {
+                what: "a Kubernetes object",
+                source,
+            }),
+        };
+    match outcome {
+        Ok(o) => {
+            let enforce =
+                admission.policy.mode_for(&report.namespace) == crate::policy::Mode::Enforce;
+            report.decision = o.decision.to_string();
+            report.denied = o.denied;
+            if o.decision == "invalid" {
+                report.error = o.review.response.as_ref().map(|r| r.result.message.clone());
+            }
+            report.findings = o
+                .findings
+                .iter()
+                .map(|f| FindingReport {
+                    rule: f.rule.id(),
+                    severity: severity(f.severity, enforce),
+                    message: f.message.clone(),
+                })
+                .collect();
+            let has_secrets = o
+                .review
+                .response
+                .as_ref()
+                .is_some_and(|r| r.audit_annotations.contains_key("secrets"));
+            if has_secrets && !admission.policy.has_store() {
+                report.not_verified = vec![
+                    "KURA002 (resolved identity and namespace tag)".into(),
+                    "KURA003".into(),
+                    "KURA004".into(),
+                ];
+            }
+        }
+        Err(e) => {
+            report.decision = "error".into();
+            report.denied = true;
+            report.error = Some(e.to_string());
+        }
+    }
+    Some(report)
+}
+
+/// The manifest files under `p` (itself if a file, `-` for stdin), in name order.
+fn collect_paths(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if p == Path::new("-") {
+        out.push(p.to_path_buf());
+        return Ok(());
+    }
+    let meta = std::fs::metadata(p).map_err(Error::io(p))?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(Error::io(p))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for e in entries {
+            let is_manifest = e
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml" || x == "json");
+            if e.is_dir() || is_manifest {
+                collect_paths(&e, out)?;
+            }
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+/// `kura lint`: exit 0 when nothing is denied, 1 when something is.
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let admission = manifests::admission(
+        args.policy.as_deref(),
+        args.store.as_ref(),
+        InjectConfig::default(),
+    )
+    .await?;
+    let mut paths = Vec::new();
+    for p in &args.paths {
+        collect_paths(p, &mut paths)?;
+    }
+    let mut reports = Vec::new();
+    for p in &paths {
+        for d in &manifests::read_documents(p)? {
+            if let Some(r) = check(&admission, d, &args.namespace).await {
+                reports.push(r);
+            }
+        }
+    }
+    let denied = reports.iter().filter(|r| r.denied).count();
+    let text = match args.output {
+        Output::Json => {
+            serde_json::to_string_pretty(&reports).map_err(|e| Error::Internal(e.to_string()))?
+                + "\n"
+        }
+        Output::Text => text_report(&reports, denied),
+    };
+    // A closed pipe (`kura lint | head`) is not worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(if denied > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn text_report(reports: &[Report], denied: usize) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let head = format!(
+            "{}#{} {}/{} (namespace {})",
+            r.file, r.document, r.kind, r.name, r.namespace
+        );
+        if let Some(e) = &r.error {
+            out.push_str(&format!("{head}: ERROR {e}\n"));
+        }
+        for f in &r.findings {
+            out.push_str(&format!(
+                "{head}: {} [{}] {}\n",
+                f.severity.to_uppercase(),
+                f.rule,
+                f.message
+            ));
+        }
+        if !r.not_verified.is_empty() {
+            let rules = r.not_verified.join(", ");
+            out.push_str(&format!(
+                "{head}: NOTE not verified offline: {rules} (pass --store aws|file:PATH)\n"
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "{} document(s) checked, {} denied\n",
+        reports.len(),
+        denied
+    ));
+    out
+}

@@ -1,0 +1,357 @@
+//! `kura serve`: validate the settings into a [`Config`], then open the store, reach the
+//! cluster, bind the listeners, and serve until a signal ([`crate::shutdown`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use kura_agent::store::{Store, StoreSetting};
+use tracing::{info, warn};
+
+use super::Result;
+use crate::admission::Admission;
+use crate::config::{
+    self, Config, DEFAULT_AGENT_IMAGE, DEFAULT_REFRESH_SECS, InjectConfig, Resources, SidecarMode,
+    TlsSource,
+};
+use crate::policy::PolicyEngine;
+use crate::server::{self, AppState};
+use crate::{shutdown, tls};
+
+/// Whether to read namespace labels from the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchNamespaces {
+    /// When running in a cluster (KUBERNETES_SERVICE_HOST is set).
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address of the HTTPS admission listener.
+    #[arg(long, env = "KURA_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; reloaded when it changes.
+    #[arg(long, env = "KURA_TLS_CERT", required_unless_present = "self_signed")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key; reloaded when it changes.
+    #[arg(long, env = "KURA_TLS_KEY", required_unless_present = "self_signed")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate a self-signed certificate for localhost at start (local runs only).
+    #[arg(long, env = "KURA_SELF_SIGNED", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub self_signed: bool,
+    /// Policy file (YAML); reloaded when it changes. Without it the built-in policy applies.
+    #[arg(long, env = "KURA_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Image of the injected agent.
+    #[arg(long, env = "KURA_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+    /// Address of the plain-HTTP metrics listener (`/metrics`).
+    #[arg(long, env = "KURA_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Where secret metadata comes from: `aws` or `file:PATH`.
+    #[arg(long, env = "KURA_STORE", default_value = "aws")]
+    pub store: StoreSetting,
+    /// `native` sidecars (Kubernetes 1.29+) or `legacy` (init container + sidecar container).
+    #[arg(long, env = "KURA_SIDECAR_MODE", value_enum, default_value = "native")]
+    pub sidecar_mode: SidecarMode,
+    /// Default `kura.dev/refresh-interval`.
+    #[arg(long, env = "KURA_REFRESH_INTERVAL", default_value = "2m", value_parser = kura_agent::duration::parse)]
+    pub refresh_interval: Duration,
+    /// `KURA_STORE` given to injected agents (e.g. `file:/path` for local demos); default: theirs (`aws`).
+    #[arg(long, env = "KURA_AGENT_STORE")]
+    pub agent_store: Option<String>,
+    /// Size limit of the in-memory secrets volume.
+    #[arg(long, env = "KURA_VOLUME_SIZE", default_value = "4Mi")]
+    pub volume_size: String,
+    /// Agent CPU request.
+    #[arg(long, env = "KURA_AGENT_CPU_REQUEST", default_value = "5m")]
+    pub agent_cpu_request: String,
+    /// Agent memory request.
+    #[arg(long, env = "KURA_AGENT_MEMORY_REQUEST", default_value = "16Mi")]
+    pub agent_memory_request: String,
+    /// Agent memory limit.
+    #[arg(long, env = "KURA_AGENT_MEMORY_LIMIT", default_value = "32Mi")]
+    pub agent_memory_limit: String,
+    /// Agent CPU limit (none by default: CPU limits throttle without protecting anything).
+    #[arg(long, env = "KURA_AGENT_CPU_LIMIT")]
+    pub agent_cpu_limit: Option<String>,
+    /// Read `kura.dev/mode` namespace labels from the cluster.
+    #[arg(
+        long,
+        env = "KURA_WATCH_NAMESPACES",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub watch_namespaces: WatchNamespaces,
+    /// How often the certificate and policy files are checked for changes.
+    // The default is `kura_agent::watch::DEFAULT_INTERVAL` (a test holds them equal).
+    #[arg(long, env = "KURA_WATCH_INTERVAL", default_value = "2s", value_parser = kura_agent::duration::parse)]
+    pub watch_interval: Duration,
+    /// On SIGTERM, how long `/readyz` fails before the listener stops (endpoints catch up).
+    #[arg(long, env = "KURA_SHUTDOWN_DELAY", default_value = "5s", value_parser = kura_agent::duration::parse)]
+    pub shutdown_delay: Duration,
+    /// How long in-flight requests may take to finish once draining.
+    #[arg(long, env = "KURA_SHUTDOWN_GRACE", default_value = "10s", value_parser = kura_agent::duration::parse)]
+    pub shutdown_grace: Duration,
+}
+
+impl Args {
+    /// Validates the settings: everything that can be checked without binding a socket,
+    /// opening the store or reaching the cluster. Reads the policy file.
+    pub fn config(self) -> Result<Config, config::Error> {
+        let tls = if self.self_signed {
+            TlsSource::SelfSigned
+        } else {
+            TlsSource::Files {
+                cert: self
+                    .tls_cert
+                    .ok_or(config::Error::Missing { flag: "tls-cert" })?,
+                key: self
+                    .tls_key
+                    .ok_or(config::Error::Missing { flag: "tls-key" })?,
+            }
+        };
+        let inject = InjectConfig {
+            agent_image: self.agent_image,
+            sidecar_mode: self.sidecar_mode,
+            default_refresh_secs: self.refresh_interval.as_secs().max(1),
+            volume_size_limit: self.volume_size,
+            resources: Resources {
+                cpu_request: self.agent_cpu_request,
+                memory_request: self.agent_memory_request,
+                memory_limit: self.agent_memory_limit,
+                cpu_limit: self.agent_cpu_limit,
+            },
+            agent_store: self.agent_store,
+        };
+        inject.validate()?;
+        if self.watch_interval.is_zero() {
+            return Err(config::Error::Zero {
+                flag: "watch-interval",
+            });
+        }
+        let policy = config::load_policy(self.policy.as_deref())?;
+        Ok(Config {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            tls,
+            policy,
+            policy_file: self.policy,
+            store: self.store,
+            inject,
+            watch_namespaces: match self.watch_namespaces {
+                WatchNamespaces::Always => true,
+                WatchNamespaces::Never => false,
+                WatchNamespaces::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+            },
+            watch_interval: self.watch_interval,
+            shutdown: shutdown::Timing {
+                delay: self.shutdown_delay,
+                grace: self.shutdown_grace,
+            },
+        })
+    }
+}
+
+/// `kura serve`: validates the settings, then serves until a signal and drains.
+pub async fn run(args: Args) -> Result<()> {
+    tls::provider();
+    serve(args.config()?).await
+}
+
+/// Serves a validated configuration until a signal, then drains.
+pub async fn serve(config: Config) -> Result<()> {
+    let Config {
+        listen,
+        metrics_listen,
+        tls,
+        policy,
+        policy_file,
+        store,
+        inject,
+        watch_namespaces,
+        watch_interval,
+        shutdown,
+    } = config;
+    let store = Store::open(&store, policy.store_timeout).await?;
+    if inject.default_refresh_secs != DEFAULT_REFRESH_SECS {
+        info!(
+            secs = inject.default_refresh_secs,
+            "default refresh interval"
+        );
+    }
+
+    let mut engine = PolicyEngine::new(policy, Some(store));
+    let mut namespaces = None;
+    if watch_namespaces {
+        let client = kube::Client::try_default().await?;
+        let ns = crate::namespaces::ClusterNamespaces::start(client);
+        engine = engine.with_namespaces(ns.clone());
+        namespaces = Some(ns);
+    }
+    let state = AppState::new(Admission {
+        inject,
+        policy: engine,
+    });
+
+    let resolver = match tls {
+        TlsSource::SelfSigned => {
+            let pair = tls::self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+            warn!("serving a self-signed certificate for localhost: for local runs only");
+            tls::Resolver::new(tls::certified_key(&pair, "self-signed")?)
+        }
+        TlsSource::Files { cert, key } => {
+            let reloader = tls::CertReloader {
+                cert_path: cert,
+                key_path: key,
+            };
+            let resolver = tls::Resolver::new(reloader.read()?);
+            tokio::spawn(reloader.watch(resolver.clone(), watch_interval));
+            resolver
+        }
+    };
+
+    if let Some(ns) = namespaces {
+        state.ready.store(false, Ordering::Relaxed);
+        let st = state.clone();
+        tokio::spawn(async move {
+            if ns.synced().await {
+                info!("namespace labels synced; ready");
+                st.ready.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    if let Some(path) = policy_file {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let (engine, reloads) = (&st.admission.policy, &st.metrics.reloads);
+            crate::policy::watch::reload_on_change(engine, &path, watch_interval, reloads).await
+        });
+    }
+
+    let running = server::start(state.clone(), listen, Some(metrics_listen), resolver).await?;
+    shutdown::on_signal(&state.ready, running, shutdown).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::{CommandFactory, Parser};
+
+    fn args(extra: &[&str]) -> Args {
+        let store = concat!(
+            "--store=file:",
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/store.yaml"
+        );
+        let base = ["kura", "serve", "--watch-namespaces=never", store];
+        let cli = Cli::try_parse_from(base.iter().chain(extra)).expect("parses");
+        match cli.command {
+            Command::Serve(a) => *a,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_watch_interval_defaults_to_the_shared_one() {
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").expect("serve");
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_id() == "watch_interval")
+            .expect("--watch-interval");
+        let default = arg.get_default_values()[0].to_str().expect("UTF-8");
+        assert_eq!(
+            kura_agent::duration::parse(default).expect("parses"),
+            kura_agent::watch::DEFAULT_INTERVAL
+        );
+        assert_eq!(
+            args(&["--self-signed"]).watch_interval,
+            kura_agent::watch::DEFAULT_INTERVAL
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_and_name_their_flag() {
+        let cases: [(&[&str], &str); 6] = [
+            (&["--self-signed", "--volume-size=4MB"], "--volume-size"),
+            (
+                &["--self-signed", "--agent-memory-limit=lots"],
+                "--agent-memory-limit",
+            ),
+            (
+                &["--self-signed", "--watch-interval=0s"],
+                "--watch-interval",
+            ),
+            (&["--self-signed", "--agent-store=s3://x"], "--agent-store"),
+            (
+                &["--self-signed", "--policy=/nonexistent/policy.yaml"],
+                "/nonexistent/policy.yaml",
+            ),
+            (
+                &[
+                    "--tls-cert=/tmp/c.pem",
+                    "--tls-key=/tmp/k.pem",
+                    "--agent-cpu-request=-5m",
+                ],
+                "--agent-cpu-request",
+            ),
+        ];
+        for (extra, named) in cases {
+            let e = args(extra).config().expect_err("refused").to_string();
+            assert!(e.contains(named), "{extra:?}: {e}");
+        }
+        let mut a = args(&["--self-signed"]);
+        a.self_signed = false;
+        a.tls_key = Some("/tmp/k.pem".into());
+        let e = a.config().expect_err("no certificate");
+        assert!(
+            matches!(e, config::Error::Missing { flag: "tls-cert" }),
+            "{e}"
+        );
+
+        let c = args(&[
+            "--self-signed",
+            "--agent-cpu-limit=500m",
+            "--refresh-interval=30s",
+        ])
+        .config()
+        .expect("valid");
+        assert_eq!(c.tls, TlsSource::SelfSigned);
+        assert_eq!(c.inject.resources.cpu_limit.as_deref(), Some("500m"));
+        assert_eq!(c.inject.default_refresh_secs, 30);
+        assert!(!c.watch_namespaces);
+    }
+
+    /// The listen address is held here: had serve bound before validating, it would fail to
+    /// bind, not refuse the setting.
+    #[tokio::test]
+    async fn a_bad_config_is_refused_before_anything_binds() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = held.local_addr().expect("addr").to_string();
+        let listen = format!("--listen={addr}");
+        let metrics = format!("--metrics-listen={addr}");
+        let bad = args(&["--self-signed", &listen, &metrics, "--volume-size=4 MiB"]);
+        let e = run(bad).await.expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                crate::cli::Error::Config(config::Error::Quantity {
+                    flag: "volume-size",
+                    ..
+                })
+            ),
+            "{e}"
+        );
+        // The same settings with a valid size get as far as binding, and fail there.
+        let good = args(&["--self-signed", &listen, &metrics]);
+        let e = run(good).await.expect_err("the address is taken");
+        assert!(matches!(e, crate::cli::Error::Server(_)), "{e}");
+    }
+}
