@@ -148,11 +148,10 @@ impl InjectConfig {
             });
         }
         if let Some(s) = &self.agent_store {
-            s.parse::<StoreSetting>()
-                .map_err(|message| Error::Invalid {
-                    flag: "agent-store",
-                    message,
-                })?;
+            s.parse::<StoreSetting>().map_err(|e| Error::Invalid {
+                flag: "agent-store",
+                message: e.to_string(),
+            })?;
         }
         Ok(())
     }
