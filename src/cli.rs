@@ -255,10 +255,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         engine = engine.with_namespaces(ns.clone());
         namespaces = Some(ns);
     }
-    let state = AppState::new(Admission {
-        inject,
-        policy: engine,
-    });
+    let state = AppState::new(Admission::new(inject, engine));
 
     let resolver = if args.self_signed {
         let pair = tls::self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])

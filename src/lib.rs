@@ -15,4 +15,5 @@ pub mod policy;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod wire;
 pub mod workload;

@@ -184,7 +184,7 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
                 admission.policy.mode_for(&report.namespace) == crate::policy::Mode::Enforce;
             report.decision = o.decision.to_string();
             report.denied = o.denied;
-            if o.decision == "invalid" {
+            if o.decision == crate::admission::Verdict::Invalid {
                 report.error = o.review.response.as_ref().map(|r| r.result.message.clone());
             }
             report.findings = o
@@ -280,10 +280,7 @@ pub async fn lint(args: LintArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
-    let admission = Admission {
-        inject: InjectConfig::default(),
-        policy,
-    };
+    let admission = Admission::new(InjectConfig::default(), policy);
     let mut paths = Vec::new();
     for p in &args.paths {
         if let Err(e) = collect_paths(p, &mut paths) {
@@ -368,7 +365,7 @@ pub async fn review(args: ReviewArgs) -> ExitCode {
         sidecar_mode: args.sidecar_mode,
         ..InjectConfig::default()
     };
-    let admission = Admission { inject, policy };
+    let admission = Admission::new(inject, policy);
     let docs = match read_source(&args.file).and_then(|(name, text)| parse_documents(&name, &text))
     {
         Ok(d) => d,
