@@ -166,4 +166,19 @@ mod tests {
             annotations::parse(&bad).expect_err("malformed")
         );
     }
+
+    #[test]
+    fn the_cache_is_bounded_and_each_admission_owns_its_own() {
+        let cache = Declarations::default();
+        let len = |c: &Declarations| c.cache.lock().expect("lock").len;
+        for i in 0..=MAX_ENTRIES {
+            let a = annotations(&[
+                ("kura.dev/inject", "true"),
+                ("kura.dev/secret.db", &format!("/bounded-test/db-{i}")),
+            ]);
+            cache.get(&a, 120).expect("parses").expect("opted in");
+        }
+        assert_eq!(len(&cache), 1, "past the bound the cache starts over");
+        assert_eq!(len(&Declarations::default()), 0, "no state is shared");
+    }
 }
