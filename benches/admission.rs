@@ -32,7 +32,10 @@ fn admission(rt: &tokio::runtime::Runtime, policy: Policy) -> Admission {
     let store = rt
         .block_on(Store::open(&setting, Duration::from_secs(2)))
         .unwrap();
-    Admission::new(InjectConfig::default(), PolicyEngine::new(policy, Some(store)))
+    Admission::new(
+        InjectConfig::default(),
+        PolicyEngine::new(policy, Some(store)),
+    )
 }
 
 fn bench(c: &mut Criterion) {

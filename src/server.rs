@@ -20,8 +20,8 @@ use kube::core::admission::AdmissionReview;
 use tracing::{error, info, warn};
 
 use crate::admission::{Admission, Endpoint};
-use crate::wire::encode_review;
 use crate::telemetry::{EndpointLabels, Metrics, NamespaceLabels, RequestLabels, RuleLabels};
+use crate::wire::encode_review;
 
 /// kube-apiserver caps request bodies at 3 MiB; anything larger is not a real review.
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;

@@ -43,8 +43,14 @@ fn container_command(
         }
     }
     cmd.envs(moto.env())
-        .env(contract::env::TERMINATION_LOG, dir.join("..termination-log"))
-        .env(contract::env::LOG_FORMAT, contract::LogFormat::Text.as_str());
+        .env(
+            contract::env::TERMINATION_LOG,
+            dir.join("..termination-log"),
+        )
+        .env(
+            contract::env::LOG_FORMAT,
+            contract::LogFormat::Text.as_str(),
+        );
     cmd
 }
 

@@ -83,7 +83,9 @@ mod tests {
     fn the_readme_rules_table_is_the_catalogue() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
         let readme = std::fs::read_to_string(path).expect("README.md is readable");
-        let mut lines = readme.lines().skip_while(|l| *l != "| id | rule | default |");
+        let mut lines = readme
+            .lines()
+            .skip_while(|l| *l != "| id | rule | default |");
         assert!(lines.next().is_some(), "README.md has no rules table");
         let rows: Vec<(String, String)> = lines
             .skip(1)

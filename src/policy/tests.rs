@@ -167,7 +167,11 @@ fn malformed_annotations_are_kura001_and_deny_in_every_mode() {
     );
     for mode in [Mode::Enforce, Mode::Warn, Mode::Audit] {
         let d = judge(&pod, mode, Stage::Submitted);
-        assert_eq!(rules(&d), [(Rule::Kura001, Severity::AlwaysDeny)], "{mode:?}");
+        assert_eq!(
+            rules(&d),
+            [(Rule::Kura001, Severity::AlwaysDeny)],
+            "{mode:?}"
+        );
         assert!(d.denies(), "{mode:?}");
         assert!(d.message().contains("kura.dev/agnet"), "{}", d.message());
     }
@@ -197,12 +201,24 @@ fn an_opted_in_final_pod_without_the_agent_is_kura008() {
     assert_eq!(d.secrets, ["/prod/db"]);
 
     // Before mutation the agent is still to come; a pod that has it, or did not opt in, passes.
-    assert!(judge(&bare, Mode::Enforce, Stage::Submitted).findings.is_empty());
+    assert!(
+        judge(&bare, Mode::Enforce, Stage::Submitted)
+            .findings
+            .is_empty()
+    );
     let injected = annotated(
         opted_in,
         json!([{ "name": inject::AGENT, "image": "agent" }]),
     );
-    assert!(judge(&injected, Mode::Enforce, Stage::Final).findings.is_empty());
+    assert!(
+        judge(&injected, Mode::Enforce, Stage::Final)
+            .findings
+            .is_empty()
+    );
     let plain = annotated(json!({ "app": "x" }), json!([]));
-    assert!(judge(&plain, Mode::Enforce, Stage::Final).findings.is_empty());
+    assert!(
+        judge(&plain, Mode::Enforce, Stage::Final)
+            .findings
+            .is_empty()
+    );
 }
