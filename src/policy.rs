@@ -247,8 +247,8 @@ impl PolicyEngine {
         decision
     }
 
-    /// Runs every rule that applies to a pod and adds the findings to `decision`.
-    pub async fn check_pod(
+    /// The rules over the pod's spec and the secrets it declares (KURA002–KURA007, KURA009).
+    async fn check_pod(
         &self,
         pod: &Pod,
         secrets: Option<&PodSecrets>,
@@ -406,7 +406,7 @@ fn check_agent(pod: &Pod, stage: Stage, decision: &mut Decision) {
 }
 
 /// Rules that need only the pod spec: KURA005, KURA006, KURA007.
-pub fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
+fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
     let Some(spec) = &pod.spec else { return };
     let init = spec
         .init_containers
