@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
-use kura::admission::{Admission, Endpoint};
+use kura::admission::{Admission, Endpoint, Verdict};
 use kura::config::InjectConfig;
 use kura::policy::{Policy, PolicyEngine};
 use kura_agent::store::{Store, StoreSetting};
@@ -32,10 +32,10 @@ fn admission(rt: &tokio::runtime::Runtime, policy: Policy) -> Admission {
     let store = rt
         .block_on(Store::open(&setting, Duration::from_secs(2)))
         .unwrap();
-    Admission {
-        inject: InjectConfig::default(),
-        policy: PolicyEngine::new(policy, Some(store)),
-    }
+    Admission::new(
+        InjectConfig::default(),
+        PolicyEngine::new(policy, Some(store)),
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -51,9 +51,9 @@ fn bench(c: &mut Criterion) {
     );
     // The floor the policy is measured against: no store lookups, no spec rules; only the
     // annotation parsing, the string scope check and the injection that admission always does.
-    let minimal = Admission {
-        inject: InjectConfig::default(),
-        policy: PolicyEngine::new(
+    let minimal = Admission::new(
+        InjectConfig::default(),
+        PolicyEngine::new(
             Policy {
                 plaintext: kura::policy::PlaintextPolicy {
                     enabled: false,
@@ -69,11 +69,11 @@ fn bench(c: &mut Criterion) {
             },
             None,
         ),
-    };
+    );
     for a in [&default, &relaxed, &minimal] {
         // Warms the metadata cache, and checks this is the injection path.
         let out = rt.block_on(a.review(Endpoint::Mutate, &body)).unwrap();
-        assert_eq!(out.decision, "injected");
+        assert_eq!(out.decision, Verdict::Injected);
     }
 
     let mut g = c.benchmark_group("admission");
@@ -117,8 +117,8 @@ fn bench(c: &mut Criterion) {
         .block_on(default.review(Endpoint::Mutate, &body))
         .unwrap()
         .review;
-    g.bench_function("encode answer (kura::server::encode_review)", |b| {
-        b.iter(|| kura::server::encode_review(black_box(answer.clone())).unwrap())
+    g.bench_function("encode answer (kura::wire::encode_review)", |b| {
+        b.iter(|| kura::wire::encode_review(black_box(answer.clone())).unwrap())
     });
     g.bench_function("encode answer (serde_json::to_vec)", |b| {
         b.iter(|| serde_json::to_vec(black_box(&answer)).unwrap())

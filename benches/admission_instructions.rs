@@ -42,19 +42,19 @@ fn main() {
     let store = rt
         .block_on(Store::open(&setting, Duration::from_secs(2)))
         .unwrap();
-    let admission = Admission {
-        inject: InjectConfig::default(),
-        policy: PolicyEngine::new(Policy::default(), Some(store)),
-    };
+    let admission = Admission::new(
+        InjectConfig::default(),
+        PolicyEngine::new(Policy::default(), Some(store)),
+    );
     let body = std::fs::read(root.join("bench/webhook-review.json")).unwrap();
     let out = rt
         .block_on(admission.review(Endpoint::Mutate, &body))
         .unwrap();
-    assert_eq!(out.decision, "injected");
+    assert_eq!(out.decision.as_str(), "injected");
     for _ in 0..n {
         let out = rt
             .block_on(admission.review(Endpoint::Mutate, black_box(&body)))
             .unwrap();
-        black_box(kura::server::encode_review(out.review).unwrap());
+        black_box(kura::wire::encode_review(out.review).unwrap());
     }
 }

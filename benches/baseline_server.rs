@@ -43,7 +43,7 @@ async fn mutate(State(template): State<Arc<Answer>>, body: Bytes) -> Response {
             .unwrap_or_default()
             .to_string();
     }
-    match kura::server::encode_review(answer) {
+    match kura::wire::encode_review(answer) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

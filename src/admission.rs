@@ -1,22 +1,25 @@
-//! AdmissionReview in, AdmissionReview out: decoding, the decision, and wrapping it.
+//! AdmissionReview in, AdmissionReview out: decode → judge → plan → wrap.
 //!
-//! The HTTP layer hands bodies here; everything below is synchronous planning plus the policy's
-//! metadata lookups, so the same code answers the webhook, `kura review` and the tests.
+//! The HTTP layer hands bodies here. Decoding is [`crate::wire::review`]; judging is the
+//! [`policy`](crate::policy) (every rule lives there); planning is [`inject`]; wrapping builds the
+//! response with its audit annotations, warnings and patch. Everything below is synchronous
+//! apart from the policy's metadata lookups, so the same code answers the webhook, `kura review`
+//! and the tests.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{Instrument, info, warn};
 
 use crate::config::InjectConfig;
-use crate::inject::{self, Declared};
-use crate::policy::{Decision, Finding, PolicyEngine, Rule};
+use crate::inject::{self, Declarations, Declared};
+use crate::policy::{self, Decision, Finding, PolicyEngine, Rule, Stage};
+use crate::wire::{self, PatchText, review::WireReview};
 use crate::workload::WirePod;
 
 /// Errors that make a review unreadable: answered with HTTP 400 and the message.
@@ -31,6 +34,8 @@ pub enum Error {
 pub struct Admission {
     pub inject: InjectConfig,
     pub policy: PolicyEngine,
+    /// Parsed `kura.dev/` declarations, shared by the pods that carry the same ones.
+    declarations: Declarations,
 }
 
 /// Which endpoint is answering.
@@ -40,11 +45,52 @@ pub enum Endpoint {
     Validate,
 }
 
+impl Endpoint {
+    /// The label in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Mutate => "mutate",
+            Endpoint::Validate => "validate",
+        }
+    }
+}
+
+/// What an admission came to: the `decision` audit annotation, log field and metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The review could not be judged (no request, no object, an undecodable object).
+    Invalid,
+    Denied,
+    /// Allowed with a patch that injects the agent (or tops up its identity).
+    Injected,
+    Allowed,
+    /// Allowed, with findings that warn or are only recorded.
+    AllowedWithFindings,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Invalid => "invalid",
+            Verdict::Denied => "denied",
+            Verdict::Injected => "injected",
+            Verdict::Allowed => "allowed",
+            Verdict::AllowedWithFindings => "allowed-with-findings",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The answer and what to log and count about it.
 #[derive(Debug)]
 pub struct Outcome {
     pub review: AdmissionReview<DynamicObject>,
-    pub decision: &'static str,
+    pub decision: Verdict,
     pub rules: Vec<Rule>,
     pub namespace: String,
     pub injected: bool,
@@ -53,84 +99,11 @@ pub struct Outcome {
     pub findings: Vec<Finding>,
 }
 
-/// The review as kube-apiserver sends it, its objects decoded as `O`: a [`Pod`] when the
-/// request is for one, else raw JSON until the kind is known.
-/// (serde reads a missing `Option` field as `None`.)
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
-struct WireReview<O> {
-    api_version: String,
-    kind: String,
-    request: Option<WireRequest<O>>,
-}
-
-impl<O> WireReview<O> {
-    /// The request without its objects, and the objects; `None` without a request.
-    fn into_parts(self) -> Option<(AdmissionRequest<DynamicObject>, Option<O>, Option<O>)> {
-        let types = TypeMeta {
-            api_version: self.api_version,
-            kind: self.kind,
-        };
-        self.request.map(|r| r.into_parts(types))
-    }
-}
-
-/// The `AdmissionRequest` fields kura reads, as kube-apiserver names them. `userInfo`,
-/// `options` and the `request*` fields (the original kind and resource, before conversion)
-/// are skipped over: nothing kura decides or answers depends on them, and kube-apiserver's
-/// audit log records the requesting user along with kura's audit annotations.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
-struct WireRequest<O> {
-    uid: String,
-    kind: GroupVersionKind,
-    resource: GroupVersionResource,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    operation: Operation,
-    object: Option<O>,
-    old_object: Option<O>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-impl<O> WireRequest<O> {
-    /// The request without its objects, and the objects.
-    fn into_parts(
-        self,
-        types: TypeMeta,
-    ) -> (AdmissionRequest<DynamicObject>, Option<O>, Option<O>) {
-        let req = AdmissionRequest {
-            types,
-            uid: self.uid,
-            kind: self.kind,
-            resource: self.resource,
-            sub_resource: self.sub_resource,
-            request_kind: None,
-            request_resource: None,
-            request_sub_resource: None,
-            name: self.name,
-            namespace: self.namespace,
-            operation: self.operation,
-            user_info: UserInfo::default(),
-            object: None,
-            old_object: None,
-            dry_run: self.dry_run,
-            options: None,
-        };
-        (req, self.object, self.old_object)
-    }
-}
-
 /// A request's object: a pod decoded from the wire, raw JSON from the wire, or an object
 /// decoded by the caller (`kura lint`, `kura review`).
 // Pods are boxed, here and in `Target`: they are held across the admission's awaits, and an
 // async function's state keeps a slot for every value it holds there, copied whole each time
-// the future moves. Unboxed, the admission future was 32 KiB.
+// the future moves.
 enum Object {
     Typed(Box<WirePod>),
     Raw(Box<RawValue>),
@@ -149,18 +122,6 @@ impl Object {
     }
 }
 
-fn no_request() -> Outcome {
-    Outcome {
-        review: AdmissionResponse::invalid("the AdmissionReview has no request").into_review(),
-        decision: "invalid",
-        rules: Vec::new(),
-        namespace: String::new(),
-        injected: false,
-        denied: true,
-        findings: Vec::new(),
-    }
-}
-
 /// What the request asks kura to judge.
 enum Target {
     /// DELETE and CONNECT: nothing to judge.
@@ -169,6 +130,15 @@ enum Target {
     Missing,
     /// The pod (or workload's pod template); `None` for kinds kura does not look at.
     Decoded(Result<Option<Box<Pod>>, String>),
+}
+
+/// A request, decoded: the pod to judge, or the answer that needs no judging.
+enum Subject {
+    Judge(Box<Pod>),
+    /// Allowed unchanged: nothing to judge, a kind kura does not look at, or an update that
+    /// leaves the judged spec alone.
+    Allow,
+    Invalid(String),
 }
 
 fn pod_label(req: &AdmissionRequest<DynamicObject>, target: &Target) -> String {
@@ -183,15 +153,27 @@ fn pod_label(req: &AdmissionRequest<DynamicObject>, target: &Target) -> String {
     .unwrap_or_else(|| "<unnamed>".into())
 }
 
+/// The request's identity, for the answer and its logs.
+struct Names<'a> {
+    req: &'a AdmissionRequest<DynamicObject>,
+    namespace: &'a str,
+    pod: &'a str,
+}
+
 impl Admission {
-    /// Decodes a body and answers it. A pod is decoded straight into its typed form, once, and
-    /// only the parts kura reads ([`WirePod`]): through `DynamicObject` it was buffered, built
-    /// as a JSON tree and converted, the largest cost of an admission. Other objects stay raw
-    /// JSON until their kind is known.
+    pub fn new(inject: InjectConfig, policy: PolicyEngine) -> Self {
+        Admission {
+            inject,
+            policy,
+            declarations: Declarations::default(),
+        }
+    }
+
+    /// Decodes a body and answers it. A pod review is decoded in one pass straight into the pod
+    /// kura judges ([`wire::review`]); other objects stay raw JSON until their kind is known.
     pub async fn review(&self, endpoint: Endpoint, body: &[u8]) -> Result<Outcome, Error> {
-        // Most reviews are for pods: one pass decodes the pod in place. Anything else (another
-        // kind, or a pod that does not decode) takes the general path, which keeps the object
-        // raw until its kind is known and reports a bad pod with the request's uid.
+        // Anything but a pod (another kind, or a pod that does not decode) takes the general
+        // path, which reports a bad pod with the request's uid.
         if let Ok(review) = serde_json::from_slice::<WireReview<Box<WirePod>>>(body)
             && let Some((req, object, old)) = review.into_parts()
             && req.kind.kind == "Pod"
@@ -241,204 +223,204 @@ impl Admission {
                 Some(o) => Target::Decoded(o.into_pod(&req.kind.kind)),
             }
         };
-        let name = pod_label(&req, &target);
+        let pod = pod_label(&req, &target);
         let namespace = req.namespace.clone().unwrap_or_default();
         // The span goes with the future, not the thread: lookups suspend this admission.
-        let span = tracing::info_span!("admission", uid = %req.uid, %namespace, pod = %name, kind = %req.kind.kind, ?endpoint);
+        let span = tracing::info_span!("admission", uid = %req.uid, %namespace, %pod, kind = %req.kind.kind, ?endpoint);
+        let names = Names {
+            req: &req,
+            namespace: &namespace,
+            pod: &pod,
+        };
         Ok(self
-            .answer(endpoint, &req, target, old, namespace, name)
+            .answer(endpoint, &names, target, old)
             .instrument(span)
             .await)
     }
 
+    /// decode → judge → plan → wrap.
     async fn answer(
         &self,
         endpoint: Endpoint,
-        req: &AdmissionRequest<DynamicObject>,
+        names: &Names<'_>,
         target: Target,
         old: Option<Object>,
-        namespace: String,
-        name: String,
     ) -> Outcome {
-        let invalid = |msg: String| {
-            let mut r = AdmissionResponse::invalid(msg);
-            r.uid = req.uid.clone();
-            Outcome {
-                review: r.into_review(),
-                decision: "invalid",
-                rules: Vec::new(),
-                namespace: namespace.clone(),
-                injected: false,
-                denied: true,
-                findings: Vec::new(),
-            }
+        let pod = match subject(names.req, target, old) {
+            Subject::Judge(pod) => pod,
+            Subject::Allow => return wrap(names, Decision::allow(), None),
+            Subject::Invalid(msg) => return invalid(names, msg),
         };
-
-        let kind = req.kind.kind.as_str();
-        let pod: Box<Pod> = match target {
-            Target::Skip => return self.finish(req, Decision::allow(), None, &namespace, &name),
-            Target::Missing => return invalid("the request has no object".into()),
-            Target::Decoded(Ok(Some(p))) => p,
-            // Not a kind kura looks at: allow unchanged.
-            Target::Decoded(Ok(None)) => {
-                return self.finish(req, Decision::allow(), None, &namespace, &name);
-            }
-            Target::Decoded(Err(e)) => return invalid(e),
+        let declared = self.declared(&pod);
+        let is_pod = names.req.kind.kind == "Pod";
+        let stage = match endpoint {
+            Endpoint::Validate if is_pod => Stage::Final,
+            _ => Stage::Submitted,
         };
-        // An update that leaves the judged spec alone (labels, annotations such as
-        // kura.dev/refresh-now, images: see `workload::judged`) is not re-judged: the pod was
-        // admitted on create.
-        if req.operation == Operation::Update
-            && kind == "Pod"
-            && let Some(old) = old
-            && let Ok(Some(old)) = old.into_pod(kind)
-            && old.spec == pod.spec
-        {
-            return self.finish(req, Decision::allow(), None, &namespace, &name);
-        }
-
-        let mode = self.policy.mode_for(&namespace);
-        static NONE: BTreeMap<String, String> = BTreeMap::new();
-        let parsed = inject::declared(
-            pod.metadata.annotations.as_ref().unwrap_or(&NONE),
-            self.inject.default_refresh_secs,
-        );
-        let mut decision = Decision::new(mode);
-        let declared: Option<Arc<Declared>> = match parsed {
-            Ok(s) => s,
-            Err(errors) => {
-                // Malformed annotations always deny: there is nothing correct to inject.
-                for e in errors {
-                    decision.push_always_deny(Finding::new(Rule::Kura001, e.to_string()));
-                }
-                None
-            }
-        };
-
-        let secrets = declared.as_ref().map(|d| &d.secrets);
-        self.policy
-            .check_pod(&pod, secrets, &namespace, &mut decision)
+        let mut decision = self
+            .policy
+            .judge(
+                &pod,
+                declared
+                    .as_ref()
+                    .map(|d| d.as_deref().map(|d| &d.secrets))
+                    .map_err(Vec::as_slice),
+                names.namespace,
+                stage,
+            )
             .await;
-
-        let is_pod = kind == "Pod";
-        if endpoint == Endpoint::Validate && is_pod && secrets.is_some() && !inject::has_agent(&pod)
-        {
-            decision.push(Finding::new(
-                Rule::Kura008,
-                "the pod opts in with kura.dev/inject but its final spec has no kura-agent: the mutating webhook \
-                 was skipped or another mutator removed the agent; recreate the pod, and check the \
-                 MutatingWebhookConfiguration"
-                    .into(),
-            ));
-        }
-
-        let mut patch = None;
-        if endpoint == Endpoint::Mutate
-            && is_pod
-            && !decision.denies()
-            && let Some(declared) = &declared
-        {
-            if inject::is_injected(&pod) {
-                let ops = inject::top_up_identity(&pod);
-                if !ops.is_empty() {
-                    patch = Some(ops);
-                }
-            } else {
-                match inject::plan_declared(&pod, declared, &self.inject) {
-                    Ok(plan) => patch = Some(plan.patch),
-                    Err(problems) => {
-                        for p in problems {
-                            decision.push_always_deny(Finding::new(
-                                Rule::Kura001,
-                                format!("{}: {}", p.field, p.message),
-                            ));
-                        }
-                    }
-                }
+        let patch = match (&declared, endpoint) {
+            (Ok(Some(declared)), Endpoint::Mutate) if is_pod && !decision.denies() => {
+                self.plan(&pod, declared, &mut decision)
             }
-        }
-        if let Some(s) = secrets {
-            decision.secrets = s.secrets().into_iter().map(str::to_string).collect();
-        }
-        self.finish(req, decision, patch, &namespace, &name)
+            _ => None,
+        };
+        wrap(names, decision, patch)
     }
 
-    fn finish(
+    /// The pod's `kura.dev/` declaration (`None`: it did not opt in), or why it does not parse.
+    fn declared(
         &self,
-        req: &AdmissionRequest<DynamicObject>,
-        decision: Decision,
-        patch: Option<inject::PatchText>,
-        namespace: &str,
-        name: &str,
-    ) -> Outcome {
-        let mut resp = AdmissionResponse::from(req);
-        let rules: Vec<Rule> = decision.findings.iter().map(|f| f.rule).collect();
-        let denied = decision.denies();
-        let injected = patch.is_some() && !denied;
-        let label = if denied {
-            "denied"
-        } else if injected {
-            "injected"
-        } else if decision.findings.is_empty() {
-            "allowed"
+        pod: &Pod,
+    ) -> Result<Option<Arc<Declared>>, Vec<kura_agent::annotations::AnnotationError>> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.declarations.get(
+            pod.metadata.annotations.as_ref().unwrap_or(&NONE),
+            self.inject.default_refresh_secs,
+        )
+    }
+
+    /// The mutation of an admitted, opted-in pod: the injection, or on reinvocation the identity
+    /// another webhook added since. What blocks the injection joins the decision (KURA001).
+    fn plan(&self, pod: &Pod, declared: &Declared, decision: &mut Decision) -> Option<PatchText> {
+        if inject::is_injected(pod) {
+            let ops = inject::top_up_identity(pod);
+            return (!ops.is_empty()).then_some(ops);
+        }
+        match inject::plan_declared(pod, declared, &self.inject) {
+            Ok(plan) => Some(plan.patch),
+            Err(problems) => {
+                policy::check_plan(&problems, decision);
+                None
+            }
+        }
+    }
+}
+
+/// What the request asks to judge, or the answer that needs no judging. An update that leaves
+/// the judged spec alone (labels, annotations such as kura.dev/refresh-now, images: see
+/// `workload::judged`) is not re-judged: the pod was admitted on create.
+fn subject(req: &AdmissionRequest<DynamicObject>, target: Target, old: Option<Object>) -> Subject {
+    let kind = req.kind.kind.as_str();
+    let pod = match target {
+        Target::Skip | Target::Decoded(Ok(None)) => return Subject::Allow,
+        Target::Missing => return Subject::Invalid("the request has no object".into()),
+        Target::Decoded(Err(e)) => return Subject::Invalid(e),
+        Target::Decoded(Ok(Some(p))) => p,
+    };
+    if req.operation == Operation::Update
+        && kind == "Pod"
+        && let Some(old) = old
+        && let Ok(Some(old)) = old.into_pod(kind)
+        && old.spec == pod.spec
+    {
+        return Subject::Allow;
+    }
+    Subject::Judge(pod)
+}
+
+fn no_request() -> Outcome {
+    invalid_outcome(
+        AdmissionResponse::invalid("the AdmissionReview has no request"),
+        "",
+    )
+}
+
+fn invalid(names: &Names<'_>, msg: String) -> Outcome {
+    let mut r = AdmissionResponse::invalid(msg);
+    r.uid = names.req.uid.clone();
+    invalid_outcome(r, names.namespace)
+}
+
+fn invalid_outcome(response: AdmissionResponse, namespace: &str) -> Outcome {
+    Outcome {
+        review: response.into_review(),
+        decision: Verdict::Invalid,
+        rules: Vec::new(),
+        namespace: namespace.to_string(),
+        injected: false,
+        denied: true,
+        findings: Vec::new(),
+    }
+}
+
+/// The decision as an AdmissionReview: audit annotations, the denial or the warnings and the
+/// patch, and the log line.
+fn wrap(names: &Names<'_>, decision: Decision, patch: Option<PatchText>) -> Outcome {
+    let req = names.req;
+    let mut resp = AdmissionResponse::from(req);
+    let rules: Vec<Rule> = decision.findings.iter().map(|f| f.rule).collect();
+    let denied = decision.denies();
+    let injected = patch.is_some() && !denied;
+    let verdict = if denied {
+        Verdict::Denied
+    } else if injected {
+        Verdict::Injected
+    } else if decision.findings.is_empty() {
+        Verdict::Allowed
+    } else {
+        Verdict::AllowedWithFindings
+    };
+    let label = verdict.as_str();
+
+    let ids: Vec<&str> = rules.iter().map(|r| r.id()).collect();
+    let audit = &mut resp.audit_annotations;
+    audit.reserve(4);
+    audit.insert("decision".into(), label.into());
+    audit.insert("mode".into(), decision.mode.as_str().into());
+    if !ids.is_empty() {
+        let mut distinct = ids.clone();
+        distinct.dedup();
+        audit.insert("rules".into(), distinct.join(","));
+    }
+    if !decision.secrets.is_empty() {
+        audit.insert("secrets".into(), decision.secrets.join(","));
+    }
+
+    if denied {
+        let what = if req.kind.kind == "Pod" {
+            format!("pod {}", names.pod)
         } else {
-            "allowed-with-findings"
+            format!("{} {}", req.kind.kind, names.pod)
         };
-
-        let ids: Vec<&str> = rules.iter().map(|r| r.id()).collect();
-        let audit = &mut resp.audit_annotations;
-        audit.reserve(4);
-        audit.insert("decision".into(), label.into());
-        audit.insert("mode".into(), decision.mode.as_str().into());
-        if !ids.is_empty() {
-            let mut distinct = ids.clone();
-            distinct.dedup();
-            audit.insert("rules".into(), distinct.join(","));
+        let msg = format!(
+            "kura denied {what} in namespace {}: {}",
+            names.namespace,
+            decision.message()
+        );
+        warn!(decision = label, rules = ?ids, "denied");
+        resp = resp.deny(msg);
+    } else {
+        let warnings = decision.warnings();
+        if !warnings.is_empty() {
+            resp.warnings = Some(warnings);
         }
-        if !decision.secrets.is_empty() {
-            audit.insert("secrets".into(), decision.secrets.join(","));
-        }
-
-        if denied {
-            let what = if req.kind.kind == "Pod" {
-                format!("pod {name}")
-            } else {
-                format!("{} {name}", req.kind.kind)
+        if let Some(p) = patch {
+            resp = match wire::answer::with_patch(resp, p) {
+                Ok(r) => r,
+                Err(e) => AdmissionResponse::from(req)
+                    .deny(format!("kura could not serialize its patch: {e}")),
             };
-            let msg = format!(
-                "kura denied {what} in namespace {namespace}: {}",
-                decision.message()
-            );
-            warn!(decision = label, rules = ?ids, "denied");
-            resp = resp.deny(msg);
-        } else {
-            let warnings = decision.warnings();
-            if !warnings.is_empty() {
-                resp.warnings = Some(warnings);
-            }
-            if let Some(p) = patch {
-                // kube sets the patch type only through `with_patch`, which serializes a
-                // `json_patch::Patch`; the patch is already JSON text, so an empty one marks
-                // the type and the text replaces it. (Serializing an empty list cannot fail.)
-                resp = match resp.with_patch(json_patch::Patch(Vec::new())) {
-                    Ok(mut r) => {
-                        r.patch = Some(p.into_json());
-                        r
-                    }
-                    Err(e) => AdmissionResponse::from(req)
-                        .deny(format!("kura could not serialize its patch: {e}")),
-                };
-            }
-            info!(decision = label, rules = ?ids, "admitted");
         }
-        Outcome {
-            review: resp.into_review(),
-            decision: label,
-            rules,
-            namespace: namespace.to_string(),
-            injected,
-            denied,
-            findings: decision.findings,
-        }
+        info!(decision = label, rules = ?ids, "admitted");
+    }
+    Outcome {
+        review: resp.into_review(),
+        decision: verdict,
+        rules,
+        namespace: names.namespace.to_string(),
+        injected,
+        denied,
+        findings: decision.findings,
     }
 }

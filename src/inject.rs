@@ -11,30 +11,22 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, VolumeMount};
 use kura_agent::annotations::{self, PodSecrets};
+use kura_agent::contract::{self, AGENT_BINARY, AgentCommand, PODINFO_DIR};
 use kura_agent::spec::AgentMode;
 use sha2::{Digest, Sha256};
 
 use crate::config::{InjectConfig, SidecarMode};
+use crate::wire::PatchText;
 
 mod declared;
-mod patch;
-pub use declared::{Declared, declared};
-pub use patch::PatchText;
+mod shape;
+pub use declared::{Declarations, Declared};
 
 pub const VOLUME: &str = "kura-secrets";
 pub const PODINFO_VOLUME: &str = "kura-podinfo";
-macro_rules! podinfo_path {
-    () => {
-        "/var/run/kura/podinfo"
-    };
-}
-pub const PODINFO_PATH: &str = podinfo_path!();
-/// The downward-API file of the pod's annotations, which the sidecar agent watches.
-pub const ANNOTATIONS_FILE: &str = concat!(podinfo_path!(), "/annotations");
 pub const AGENT: &str = "kura-agent";
 /// The init container that precedes the regular sidecar in legacy mode.
 pub const AGENT_INIT: &str = "kura-agent-init";
-pub const AGENT_BINARY: &str = "/kura-agent";
 pub const DEFAULT_UID: i64 = 65532;
 
 /// Environment variables that carry the pod's AWS identity (IRSA and EKS Pod Identity).
@@ -97,6 +89,14 @@ pub fn has_agent(pod: &Pod) -> bool {
         .flatten()
         .any(|c| c.name == AGENT || c.name == AGENT_INIT);
     in_init || spec.containers.iter().any(|c| c.name == AGENT)
+}
+
+/// The annotations file's path inside [`PODINFO_DIR`]: the downward-API item's `path`.
+fn annotations_item() -> &'static str {
+    contract::ANNOTATIONS_FILE
+        .strip_prefix(PODINFO_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .expect("the contract puts the annotations file inside the podinfo directory")
 }
 
 /// Plans the mutation of a pod that has not been injected yet.
@@ -189,21 +189,21 @@ pub fn plan_declared(
         ),
     }
 
-    let mut volumes = vec![patch::Volume::Memory {
+    let mut volumes = vec![shape::Volume::Memory {
         name: VOLUME,
-        empty_dir: patch::EmptyDir {
+        empty_dir: shape::EmptyDir {
             medium: "Memory",
             size_limit: &cfg.volume_size_limit,
         },
     }];
     if secrets.agent == AgentMode::Sidecar {
-        volumes.push(patch::Volume::Annotations {
+        volumes.push(shape::Volume::Annotations {
             name: PODINFO_VOLUME,
-            downward_api: patch::DownwardApi {
+            downward_api: shape::DownwardApi {
                 default_mode: 0o444,
-                items: [patch::DownwardItem {
-                    path: "annotations",
-                    field_ref: patch::FieldRef {
+                items: [shape::DownwardItem {
+                    path: annotations_item(),
+                    field_ref: shape::FieldRef {
                         api_version: "v1",
                         field_path: "metadata.annotations",
                     },
@@ -220,7 +220,7 @@ pub fn plan_declared(
     }
 
     // Mounts go in before the agent is inserted at initContainers/0, so indices are the pod's own.
-    let mount = patch::Mount::Ours {
+    let mount = shape::Mount::Ours {
         name: VOLUME,
         mount_path: &secrets.mount_path,
         read_only: Some(true),
@@ -234,11 +234,9 @@ pub fn plan_declared(
         }
     }
 
-    let agent = |name, mode, sidecar, native| AgentShape {
+    let agent = |name, kind| AgentShape {
         name,
-        mode,
-        sidecar,
-        native,
+        kind,
         cfg,
         mount_path: &secrets.mount_path,
         spec_json,
@@ -247,11 +245,11 @@ pub fn plan_declared(
         identity: &identity,
     };
     let (first_init, regular) = match (secrets.agent, cfg.sidecar_mode) {
-        (AgentMode::InitOnly, _) => (agent(AGENT, "init", false, false), None),
-        (AgentMode::Sidecar, SidecarMode::Native) => (agent(AGENT, "run", true, true), None),
+        (AgentMode::InitOnly, _) => (agent(AGENT, AgentKind::Init), None),
+        (AgentMode::Sidecar, SidecarMode::Native) => (agent(AGENT, AgentKind::NativeSidecar), None),
         (AgentMode::Sidecar, SidecarMode::Legacy) => (
-            agent(AGENT_INIT, "init", false, false),
-            Some(agent(AGENT, "run", true, false)),
+            agent(AGENT_INIT, AgentKind::Init),
+            Some(agent(AGENT, AgentKind::Sidecar)),
         ),
     };
     if spec.init_containers.is_some() {
@@ -485,15 +483,37 @@ impl Identity {
     }
 }
 
+/// Which of the three injected containers an agent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentKind {
+    /// Fetches once and exits: `init-only`, and the first half of a legacy sidecar.
+    Init,
+    /// A regular container that keeps running and follows `kura.dev/refresh-now` (clusters
+    /// before 1.29, after an [`AgentKind::Init`]).
+    Sidecar,
+    /// An init container with `restartPolicy: Always` and a startup probe: runs before the app
+    /// containers start and alongside them after.
+    NativeSidecar,
+}
+
+impl AgentKind {
+    fn command(self) -> AgentCommand {
+        match self {
+            AgentKind::Init => AgentCommand::Init,
+            AgentKind::Sidecar | AgentKind::NativeSidecar => AgentCommand::Run,
+        }
+    }
+
+    /// Keeps running, so it watches the pod's annotations.
+    fn follows_annotations(self) -> bool {
+        self != AgentKind::Init
+    }
+}
+
 /// What one injected container is made of.
 struct AgentShape<'a> {
     name: &'a str,
-    /// `init` or `run`.
-    mode: &'a str,
-    /// Keeps running and follows `kura.dev/refresh-now`.
-    sidecar: bool,
-    /// A native sidecar (`restartPolicy: Always` with a startup probe).
-    native: bool,
+    kind: AgentKind,
     cfg: &'a InjectConfig,
     mount_path: &'a str,
     spec_json: &'a str,
@@ -503,22 +523,23 @@ struct AgentShape<'a> {
 }
 
 impl<'a> AgentShape<'a> {
-    fn container(&self) -> patch::Container<'a> {
-        use patch::{Env, Mount};
+    fn container(&self) -> shape::Container<'a> {
+        use shape::{Env, Mount};
         let cfg = self.cfg;
+        let native = self.kind == AgentKind::NativeSidecar;
         let mut env = vec![
             Env::Set {
-                name: "KURA_SPEC",
+                name: contract::env::SPEC,
                 value: self.spec_json,
             },
             Env::Set {
-                name: "KURA_DIR",
+                name: contract::env::DIR,
                 value: self.mount_path,
             },
         ];
         if let Some(store) = &cfg.agent_store {
             env.push(Env::Set {
-                name: "KURA_STORE",
+                name: contract::env::STORE,
                 value: store,
             });
         }
@@ -527,57 +548,62 @@ impl<'a> AgentShape<'a> {
             mount_path: self.mount_path,
             read_only: None,
         }];
-        if self.sidecar {
+        if self.kind.follows_annotations() {
             env.push(Env::Set {
-                name: "KURA_ANNOTATIONS_FILE",
-                value: ANNOTATIONS_FILE,
+                name: contract::env::ANNOTATIONS_FILE,
+                value: contract::ANNOTATIONS_FILE,
             });
             mounts.push(Mount::Ours {
                 name: PODINFO_VOLUME,
-                mount_path: PODINFO_PATH,
+                mount_path: PODINFO_DIR,
                 read_only: Some(true),
             });
         }
         env.extend(self.identity.env.iter().map(Env::Copied));
         mounts.extend(self.identity.mounts.iter().map(Mount::Copied));
         let r = &cfg.resources;
-        patch::Container {
+        shape::Container {
             name: self.name,
             image: &cfg.agent_image,
             image_pull_policy: "IfNotPresent",
             command: [AGENT_BINARY],
-            args: [self.mode],
+            args: [self.kind.command().as_str()],
             env,
             volume_mounts: mounts,
-            resources: patch::Resources {
-                requests: patch::Quantities {
+            resources: shape::Resources {
+                requests: shape::Quantities {
                     cpu: Some(&r.cpu_request),
                     memory: &r.memory_request,
                 },
-                limits: patch::Quantities {
+                limits: shape::Quantities {
                     cpu: r.cpu_limit.as_deref(),
                     memory: &r.memory_limit,
                 },
             },
-            security_context: patch::SecurityContext {
+            security_context: shape::SecurityContext {
                 run_as_non_root: true,
                 run_as_user: self.uid,
                 run_as_group: self.gid,
                 allow_privilege_escalation: false,
                 read_only_root_filesystem: true,
                 privileged: false,
-                capabilities: patch::Capabilities { drop: ["ALL"] },
-                seccomp_profile: patch::SeccompProfile {
+                capabilities: shape::Capabilities { drop: ["ALL"] },
+                seccomp_profile: shape::SeccompProfile {
                     type_: "RuntimeDefault",
                 },
             },
             termination_message_policy: "FallbackToLogsOnError",
-            restart_policy: self.native.then_some("Always"),
+            restart_policy: native.then_some("Always"),
             // App containers and later init containers start once this passes: after the
             // first complete write.
-            startup_probe: self.native.then_some(patch::Probe {
-                exec: patch::Exec {
-                    command: [AGENT_BINARY, "ready", "--dir", self.mount_path],
+            startup_probe: native.then_some(shape::Probe {
+                exec: shape::Exec {
+                    command: [
+                        AGENT_BINARY,
+                        AgentCommand::Ready.as_str(),
+                        "--dir",
+                        self.mount_path,
+                    ],
                 },
                 period_seconds: 1,
                 failure_threshold: 300,

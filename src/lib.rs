@@ -16,4 +16,5 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod wire;
 pub mod workload;

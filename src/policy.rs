@@ -1,81 +1,34 @@
-//! Admission policy: the policy file, rules KURA002–KURA009, modes, and the decision they build.
+//! Admission policy: the policy file, every rule (KURA001–KURA009), modes, and the decision
+//! they build. [`PolicyEngine::judge`] runs them all over a pod; the catalogue of ids and
+//! summaries is [`Rule`].
 //!
-//! Rules that need only the pod spec (KURA005–KURA007) run without I/O. Rules about the secrets
-//! themselves (KURA002–KURA004) ask the store for metadata through [`cache::MetaCache`]; a store
-//! that fails or is slow yields KURA009 within the policy's deadline.
+//! Rules that need only the pod and its annotations (KURA001, KURA005–KURA008) run without I/O.
+//! Rules about the secrets themselves (KURA002–KURA004) ask the store for metadata through
+//! [`cache::MetaCache`]; a store that fails or is slow yields KURA009 within the policy's
+//! deadline. Rules know nothing of HTTP: admission decodes and answers.
 
 pub mod cache;
 pub mod detect;
 mod file;
 mod glob;
+mod rule;
 pub mod watch;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kura_agent::annotations::PodSecrets;
+use kura_agent::annotations::{AnnotationError, PodSecrets};
 use kura_agent::store::{Store, StoreError};
 
-pub use file::{Action, KmsPolicy, PlaintextPolicy, Policy, PolicyError, Scope, StoreErrors};
+pub use file::{
+    Action, KmsError, KmsPolicy, PlaintextPolicy, Policy, PolicyError, Scope, ScopeError,
+    StoreErrors,
+};
+pub use rule::Rule;
 
-/// Rule ids, stable across releases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rule {
-    Kura001,
-    Kura002,
-    Kura003,
-    Kura004,
-    Kura005,
-    Kura006,
-    Kura007,
-    Kura008,
-    Kura009,
-}
-
-impl Rule {
-    pub const ALL: [Rule; 9] = [
-        Rule::Kura001,
-        Rule::Kura002,
-        Rule::Kura003,
-        Rule::Kura004,
-        Rule::Kura005,
-        Rule::Kura006,
-        Rule::Kura007,
-        Rule::Kura008,
-        Rule::Kura009,
-    ];
-
-    pub fn id(self) -> &'static str {
-        match self {
-            Rule::Kura001 => "KURA001",
-            Rule::Kura002 => "KURA002",
-            Rule::Kura003 => "KURA003",
-            Rule::Kura004 => "KURA004",
-            Rule::Kura005 => "KURA005",
-            Rule::Kura006 => "KURA006",
-            Rule::Kura007 => "KURA007",
-            Rule::Kura008 => "KURA008",
-            Rule::Kura009 => "KURA009",
-        }
-    }
-
-    pub fn summary(self) -> &'static str {
-        match self {
-            Rule::Kura001 => "invalid kura.dev/ annotation",
-            Rule::Kura002 => "secret outside the namespace's scope",
-            Rule::Kura003 => "secret not encrypted with an allowed customer-managed KMS key",
-            Rule::Kura004 => "secret missing or scheduled for deletion",
-            Rule::Kura005 => "plaintext credential in the pod spec",
-            Rule::Kura006 => "secret-like env var sourced from a ConfigMap",
-            Rule::Kura007 => "reference to a native Kubernetes Secret",
-            Rule::Kura008 => "opted-in pod without the kura agent",
-            Rule::Kura009 => "secret store could not be asked in time",
-        }
-    }
-}
+use crate::inject;
 
 /// PSA-style modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -269,8 +222,34 @@ impl PolicyEngine {
             .unwrap_or_else(|| self.policy.load().mode)
     }
 
-    /// Runs every rule that applies to a pod and adds the findings to `decision`.
-    pub async fn check_pod(
+    /// Runs every rule over a pod (or a workload's pod template) in its namespace's mode.
+    /// `declared`: the pod's parsed `kura.dev/` annotations (`None`: it did not opt in), or why
+    /// they do not parse.
+    pub async fn judge(
+        &self,
+        pod: &Pod,
+        declared: Result<Option<&PodSecrets>, &[AnnotationError]>,
+        namespace: &str,
+        stage: Stage,
+    ) -> Decision {
+        let mut decision = Decision::new(self.mode_for(namespace));
+        let secrets = match declared {
+            Ok(s) => s,
+            Err(errors) => {
+                check_annotations(errors, &mut decision);
+                None
+            }
+        };
+        self.check_pod(pod, secrets, namespace, &mut decision).await;
+        if let Some(s) = secrets {
+            check_agent(pod, stage, &mut decision);
+            decision.secrets = s.secrets().into_iter().map(str::to_string).collect();
+        }
+        decision
+    }
+
+    /// The rules over the pod's spec and the secrets it declares (KURA002–KURA007, KURA009).
+    async fn check_pod(
         &self,
         pod: &Pod,
         secrets: Option<&PodSecrets>,
@@ -386,8 +365,49 @@ impl PolicyEngine {
     }
 }
 
+/// How far admission has gone with the pod that is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// As submitted, mutation still to come (or a workload's pod template, which never carries
+    /// the agent).
+    Submitted,
+    /// A pod's final spec, after every mutating webhook (`/validate`).
+    Final,
+}
+
+/// KURA001: annotations that do not parse always deny, since there is nothing correct to inject.
+fn check_annotations(errors: &[AnnotationError], decision: &mut Decision) {
+    for e in errors {
+        decision.push_always_deny(Finding::new(Rule::Kura001, e.to_string()));
+    }
+}
+
+/// KURA001: a declaration that cannot be injected into this pod (reserved names, containers
+/// it does not have, users that conflict), as planning found it; always denies.
+pub fn check_plan(problems: &[inject::Problem], decision: &mut Decision) {
+    for p in problems {
+        decision.push_always_deny(Finding::new(
+            Rule::Kura001,
+            format!("{}: {}", p.field, p.message),
+        ));
+    }
+}
+
+/// KURA008: an opted-in pod whose final spec lacks the agent.
+fn check_agent(pod: &Pod, stage: Stage, decision: &mut Decision) {
+    if stage == Stage::Final && !inject::has_agent(pod) {
+        decision.push(Finding::new(
+            Rule::Kura008,
+            "the pod opts in with kura.dev/inject but its final spec has no kura-agent: the mutating webhook \
+             was skipped or another mutator removed the agent; recreate the pod, and check the \
+             MutatingWebhookConfiguration"
+                .into(),
+        ));
+    }
+}
+
 /// Rules that need only the pod spec: KURA005, KURA006, KURA007.
-pub fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
+fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
     let Some(spec) = &pod.spec else { return };
     let init = spec
         .init_containers
@@ -529,15 +549,6 @@ fn check_container(
             );
         }
     }
-}
-
-/// Per-rule results for reports that are not admission answers (`kura lint`).
-pub fn count_by_rule(findings: &[Finding]) -> BTreeMap<Rule, usize> {
-    let mut m = BTreeMap::new();
-    for f in findings {
-        *m.entry(f.rule).or_default() += 1;
-    }
-    m
 }
 
 /// Default deadline for store lookups: well under the webhook's 5 s timeout.

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::admission::{Admission, Endpoint};
 use crate::telemetry::{EndpointLabels, Metrics, NamespaceLabels, RequestLabels, RuleLabels};
+use crate::wire::encode_review;
 
 /// kube-apiserver caps request bodies at 3 MiB; anything larger is not a real review.
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
@@ -101,10 +102,7 @@ enum Failure {
 
 async fn handle(s: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
     let start = Instant::now();
-    let name = match endpoint {
-        Endpoint::Mutate => "mutate",
-        Endpoint::Validate => "validate",
-    };
+    let name = endpoint.as_str();
     // The deadline covers reading the body too: a client that trickles a body must not hold a
     // request past the point where the API server has given up on it.
     // Boxed: the admission's state (a decoded pod, its plan) is several KiB, and a future is
@@ -145,7 +143,7 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response 
     };
     match result {
         Ok(Ok(outcome)) => {
-            count(outcome.decision);
+            count(outcome.decision.as_str());
             for rule in &outcome.rules {
                 s.metrics
                     .rules
@@ -227,46 +225,6 @@ fn review_response(review: AdmissionReview<DynamicObject>) -> Response {
                 .into_response()
         }
     }
-}
-
-/// Room for an injection's answer (a pod with a few secrets: about 4 KiB).
-const ANSWER_CAPACITY: usize = 8 * 1024;
-
-/// An AdmissionReview answer as JSON, with the patch as a base64 string: Go's encoding of
-/// `[]byte`, the form the API documents and the one kube-apiserver's own clients send. (kube's
-/// `Serialize` writes the patch as an array of numbers, which the API server also accepts but
-/// which is three times the size and, through serde, a separate trip through the serializer
-/// for each byte.)
-pub fn encode_review(mut review: AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
-    use base64::Engine as _;
-    let mut out = Vec::with_capacity(ANSWER_CAPACITY);
-    let Some(patch) = review.response.as_mut().and_then(|r| r.patch.take()) else {
-        serde_json::to_writer(&mut out, &review)?;
-        return Ok(out);
-    };
-    serde_json::to_writer(&mut out, &review)?;
-    // The response is the review's last member, so the text ends with the two closing braces
-    // of the response and the review; the patch goes in before them.
-    if !out.ends_with(b"}}") {
-        let response = review.response.as_mut().expect("it held the patch");
-        response.patch = Some(patch);
-        out.clear();
-        serde_json::to_writer(&mut out, &review)?;
-        return Ok(out);
-    }
-    out.truncate(out.len() - 2);
-    out.extend_from_slice(br#","patch":""#);
-    let start = out.len();
-    out.resize(
-        start + base64::encoded_len(patch.len(), true).unwrap_or(0),
-        0,
-    );
-    let written = base64::engine::general_purpose::STANDARD
-        .encode_slice(&patch, &mut out[start..])
-        .map_err(serde::ser::Error::custom)?;
-    out.truncate(start + written);
-    out.extend_from_slice(b"\"}}");
-    Ok(out)
 }
 
 /// A bound HTTPS server that can be told to drain.
@@ -358,78 +316,6 @@ impl Running {
             Ok(Ok(())) => {}
             Ok(Err(e)) => error!(error = %e, "server stopped with an error"),
             Err(e) => error!(error = %e, "server task failed"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::core::admission::{AdmissionRequest, AdmissionResponse};
-
-    fn request() -> AdmissionRequest<DynamicObject> {
-        let review: AdmissionReview<DynamicObject> =
-            serde_json::from_str(include_str!("../examples/admission-review.json"))
-                .expect("the example parses");
-        review.try_into().expect("the example has a request")
-    }
-
-    fn patch(bytes: usize) -> json_patch::Patch {
-        serde_json::from_value(serde_json::json!([{
-            "op": "add",
-            "path": "/metadata/annotations/kura.dev~1status",
-            "value": "x".repeat(bytes) + "\u{e9}\"\\\n\u{1}",
-        }]))
-        .expect("a patch")
-    }
-
-    #[test]
-    fn encoded_answers_are_what_kube_serializes_with_the_patch_in_base64() {
-        let req = request();
-        let mut annotated = AdmissionResponse::from(&req)
-            .with_patch(patch(3000))
-            .expect("serializes");
-        annotated.audit_annotations = [("decision".to_string(), "injected".to_string())].into();
-        annotated.warnings = Some(vec!["w {}".into()]);
-        let answers = [
-            AdmissionResponse::from(&req)
-                .with_patch(patch(0))
-                .expect("serializes")
-                .into_review(),
-            annotated.into_review(),
-            AdmissionResponse::from(&req).into_review(),
-            AdmissionResponse::from(&req).deny("no").into_review(),
-            AdmissionResponse::invalid("bad").into_review(),
-            {
-                let mut r = AdmissionResponse::from(&req);
-                r.patch = Some(Vec::new());
-                r.into_review()
-            },
-            {
-                let mut r = AdmissionResponse::from(&req);
-                r.patch = Some((0..=255).collect());
-                r.into_review()
-            },
-            AdmissionReview {
-                types: Default::default(),
-                request: None,
-                response: None,
-            },
-        ];
-        use base64::Engine as _;
-        for answer in answers {
-            let mut expected = serde_json::to_value(&answer).expect("kube serializes it");
-            // kube writes the patch as an array of numbers; kura as Go writes []byte.
-            if let Some(p) = expected.pointer_mut("/response/patch") {
-                let bytes: Vec<u8> = serde_json::from_value(p.take()).expect("bytes");
-                *p = base64::engine::general_purpose::STANDARD
-                    .encode(bytes)
-                    .into();
-            }
-            let ours = encode_review(answer).expect("encodes");
-            let ours: serde_json::Value = serde_json::from_slice(&ours)
-                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&ours)));
-            assert_eq!(ours, expected);
         }
     }
 }

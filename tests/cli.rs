@@ -229,6 +229,15 @@ fn lint_verifies_store_rules_with_a_store() {
         "{out}"
     );
     assert!(!out.contains("not verified"));
+    let legend = format!(
+        "\n{}: {}\n",
+        kura::policy::Rule::Kura003.id(),
+        kura::policy::Rule::Kura003.summary()
+    );
+    assert!(
+        out.contains(&legend),
+        "each rule found is explained once: {out}"
+    );
 }
 
 /// Text logs written to a pipe (a file, `kubectl logs`) carry no terminal colour codes.

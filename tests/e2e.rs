@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use kura_agent::contract::{self, AgentCommand};
 use serde_json::{Value, json};
 
 /// Runs a container spec from the pod as a local process: the volume's mount path is mapped to
@@ -30,7 +31,8 @@ fn container_command(
         .map(|v| map(v.as_str().unwrap()))
         .collect();
     assert_eq!(
-        argv[0], "/kura-agent",
+        argv[0],
+        contract::AGENT_BINARY,
         "the injected container runs the agent binary"
     );
     let mut cmd = Command::new(agent_bin());
@@ -41,8 +43,14 @@ fn container_command(
         }
     }
     cmd.envs(moto.env())
-        .env("KURA_TERMINATION_LOG", dir.join("..termination-log"))
-        .env("KURA_LOG_FORMAT", "text");
+        .env(
+            contract::env::TERMINATION_LOG,
+            dir.join("..termination-log"),
+        )
+        .env(
+            contract::env::LOG_FORMAT,
+            contract::LogFormat::Text.as_str(),
+        );
     cmd
 }
 
@@ -228,10 +236,13 @@ async fn agent_with_a_missing_secret_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let spec = r#"{"version":"kura.dev/v1","refreshInterval":120,"files":[{"file":"x","secret":"/demo/does-not-exist","format":"raw","mode":"0400"}]}"#;
     let out = Command::new(agent_bin())
-        .args(["init", "--dir"])
+        .args([AgentCommand::Init.as_str(), "--dir"])
         .arg(dir.path())
-        .env("KURA_SPEC", spec)
-        .env("KURA_TERMINATION_LOG", dir.path().join("termination-log"))
+        .env(contract::env::SPEC, spec)
+        .env(
+            contract::env::TERMINATION_LOG,
+            dir.path().join("termination-log"),
+        )
         .envs(moto.env())
         .output()
         .unwrap();

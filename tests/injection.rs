@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{apply_patch, patch_bytes, review, validate_k8s};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
-use kura::admission::{Admission, Endpoint};
+use kura::admission::{Admission, Endpoint, Verdict};
 use kura::config::{InjectConfig, SidecarMode};
 use kura::policy::{Policy, PolicyEngine};
 use kura_agent::store::{Store, StoreSetting};
@@ -23,13 +23,13 @@ async fn admission(mode: SidecarMode) -> Admission {
     )
     .await
     .unwrap();
-    Admission {
-        inject: InjectConfig {
+    Admission::new(
+        InjectConfig {
             sidecar_mode: mode,
             ..InjectConfig::default()
         },
-        policy: PolicyEngine::new(Policy::default(), Some(store)),
-    }
+        PolicyEngine::new(Policy::default(), Some(store)),
+    )
 }
 
 async fn mutate(a: &Admission, rv: &Value) -> Value {
@@ -338,16 +338,16 @@ async fn bytes_and_decoded_reviews_get_the_same_answer() {
             let decoded = a.review_parsed(endpoint, parsed).await.unwrap();
             assert_eq!(from_bytes.decision, decoded.decision, "{what} {endpoint:?}");
             let expected = match (what, endpoint) {
-                ("pod", Endpoint::Mutate) => Some("injected"),
-                ("undecodable pod" | "no object", _) => Some("invalid"),
+                ("pod", Endpoint::Mutate) => Some(Verdict::Injected),
+                ("undecodable pod" | "no object", _) => Some(Verdict::Invalid),
                 (
                     "update of annotations only"
                     | "update of an image"
                     | "delete"
                     | "a kind kura does not judge",
                     _,
-                ) => Some("allowed"),
-                ("update of the spec", _) => Some("denied"),
+                ) => Some(Verdict::Allowed),
+                ("update of the spec", _) => Some(Verdict::Denied),
                 _ => None,
             };
             if let Some(expected) = expected {

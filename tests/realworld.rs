@@ -49,10 +49,10 @@ async fn default_policy_denies_exactly_the_labelled_documents() {
         7,
         "LABELS.md lists 7 documents with plaintext credentials"
     );
-    let admission = Admission {
-        inject: InjectConfig::default(),
-        policy: PolicyEngine::new(Policy::default(), None),
-    };
+    let admission = Admission::new(
+        InjectConfig::default(),
+        PolicyEngine::new(Policy::default(), None),
+    );
     let mut denied = BTreeSet::new();
     let mut checked = 0;
     let mut files: Vec<_> = std::fs::read_dir(corpus())
@@ -84,7 +84,7 @@ async fn default_policy_denies_exactly_the_labelled_documents() {
                     .findings
                     .iter()
                     .filter(|f| f.severity == "deny")
-                    .map(|f| f.rule)
+                    .map(|f| f.rule.id())
                     .collect();
                 assert_eq!(
                     rules,
@@ -104,10 +104,10 @@ async fn default_policy_denies_exactly_the_labelled_documents() {
 
 #[tokio::test]
 async fn native_secret_references_warn_without_denying() {
-    let admission = Admission {
-        inject: InjectConfig::default(),
-        policy: PolicyEngine::new(Policy::default(), None),
-    };
+    let admission = Admission::new(
+        InjectConfig::default(),
+        PolicyEngine::new(Policy::default(), None),
+    );
     let text =
         std::fs::read_to_string(corpus().join("kubernetes__website__pod-secret-envFrom.yaml"))
             .unwrap();
@@ -117,7 +117,7 @@ async fn native_secret_references_warn_without_denying() {
     assert!(
         r.findings
             .iter()
-            .any(|f| f.rule == "KURA007" && f.severity == "warn"),
+            .any(|f| f.rule == Rule::Kura007 && f.severity == "warn"),
         "{r:?}"
     );
 }

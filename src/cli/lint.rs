@@ -19,7 +19,7 @@ use super::manifests::{self, Document, is_checked_kind, review_for};
 use super::{Error, Result};
 use crate::admission::{Admission, Endpoint, Outcome};
 use crate::config::InjectConfig;
-use crate::policy::Severity;
+use crate::policy::{Rule, Severity};
 
 /// How `kura lint` prints its reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,7 +47,8 @@ pub struct Args {
 
 #[derive(Debug, Serialize)]
 pub struct FindingReport {
-    pub rule: &'static str,
+    #[serde(serialize_with = "rule_id")]
+    pub rule: Rule,
     pub severity: &'static str,
     pub message: String,
 }
@@ -67,6 +68,10 @@ pub struct Report {
     pub not_verified: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn rule_id<S: serde::Serializer>(rule: &Rule, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(rule.id())
 }
 
 fn severity(s: Severity, denied_here: bool) -> &'static str {
@@ -125,14 +130,14 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
                 admission.policy.mode_for(&report.namespace) == crate::policy::Mode::Enforce;
             report.decision = o.decision.to_string();
             report.denied = o.denied;
-            if o.decision == "invalid" {
+            if o.decision == crate::admission::Verdict::Invalid {
                 report.error = o.review.response.as_ref().map(|r| r.result.message.clone());
             }
             report.findings = o
                 .findings
                 .iter()
                 .map(|f| FindingReport {
-                    rule: f.rule.id(),
+                    rule: f.rule,
                     severity: severity(f.severity, enforce),
                     message: f.message.clone(),
                 })
@@ -143,11 +148,10 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
                 .as_ref()
                 .is_some_and(|r| r.audit_annotations.contains_key("secrets"));
             if has_secrets && !admission.policy.has_store() {
-                report.not_verified = vec![
-                    "KURA002 (resolved identity and namespace tag)".into(),
-                    "KURA003".into(),
-                    "KURA004".into(),
-                ];
+                report.not_verified = Rule::ALL
+                    .iter()
+                    .filter_map(|r| r.not_verified_offline())
+                    .collect();
             }
         }
         Err(e) => {
@@ -238,7 +242,7 @@ fn text_report(reports: &[Report], denied: usize) -> String {
             out.push_str(&format!(
                 "{head}: {} [{}] {}\n",
                 f.severity.to_uppercase(),
-                f.rule,
+                f.rule.id(),
                 f.message
             ));
         }
@@ -248,6 +252,14 @@ fn text_report(reports: &[Report], denied: usize) -> String {
                 "{head}: NOTE not verified offline: {rules} (pass --store aws|file:PATH)\n"
             ));
         }
+    }
+    // What each rule that was found means, once per rule.
+    let found: std::collections::BTreeSet<Rule> = reports
+        .iter()
+        .flat_map(|r| r.findings.iter().map(|f| f.rule))
+        .collect();
+    for rule in found {
+        out.push_str(&format!("{}: {}\n", rule.id(), rule.summary()));
     }
     out.push_str(&format!(
         "{} document(s) checked, {} denied\n",

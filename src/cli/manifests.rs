@@ -131,8 +131,5 @@ pub async fn admission(
         Some(s) => Some(Store::open(s, policy.store_timeout).await?),
         None => None,
     };
-    Ok(Admission {
-        inject,
-        policy: PolicyEngine::new(policy, store),
-    })
+    Ok(Admission::new(inject, PolicyEngine::new(policy, store)))
 }

@@ -193,10 +193,7 @@ pub async fn serve(config: Config) -> Result<()> {
         engine = engine.with_namespaces(ns.clone());
         namespaces = Some(ns);
     }
-    let state = AppState::new(Admission {
-        inject,
-        policy: engine,
-    });
+    let state = AppState::new(Admission::new(inject, engine));
 
     let resolver = match tls {
         TlsSource::SelfSigned => {

@@ -1,11 +1,13 @@
 //! A pod's secret declaration, parsed from its annotations, with what is derived from it alone:
 //! the agent's spec as JSON and the `kura.dev/status` value. The pods of a workload carry the
-//! same annotations, so each distinct set of `kura.dev/` annotations is parsed and serialized
-//! once and its result shared: this ran on every admission and was some 6 % of the webhook's CPU.
+//! same annotations, so [`Declarations`] parses and serializes each distinct set of `kura.dev/`
+//! annotations once and shares the result (a measurable share of an admission's CPU otherwise;
+//! `benches/admission.rs` guards it). The cache belongs to whoever owns it (`Admission`): there is
+//! no process-global state here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use kura_agent::annotations::{self, AnnotationError, PodSecrets};
 
@@ -53,62 +55,70 @@ struct Entry {
     declared: Arc<Declared>,
 }
 
-static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Mutex::default);
-
 fn ours(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
     annotations
         .iter()
         .filter(|(k, _)| k.starts_with(annotations::PREFIX))
 }
 
-/// [`annotations::parse`] with the derived spec and status, shared between pods that carry the
-/// same `kura.dev/` annotations. Errors and pods that did not opt in are not cached.
-pub fn declared(
-    annotations: &BTreeMap<String, String>,
-    default_refresh_secs: u64,
-) -> Result<Option<Arc<Declared>>, Vec<AnnotationError>> {
-    let mut hasher = DefaultHasher::new();
-    default_refresh_secs.hash(&mut hasher);
-    for (k, v) in ours(annotations) {
-        k.hash(&mut hasher);
-        v.hash(&mut hasher);
-    }
-    let key = hasher.finish();
-    let same = |e: &Entry| {
-        e.default_refresh_secs == default_refresh_secs
-            && e.annotations.len() == ours(annotations).count()
-            && e.annotations
-                .iter()
-                .zip(ours(annotations))
-                .all(|((k, v), (k2, v2))| k == k2 && v == v2)
-    };
-    {
-        let cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = cache
-            .entries
-            .get(&key)
-            .and_then(|es| es.iter().find(|e| same(e)))
-        {
-            return Ok(Some(e.declared.clone()));
+/// Parsed declarations, shared between pods that carry the same `kura.dev/` annotations;
+/// bounded (past [`MAX_ENTRIES`] distinct ones it starts over).
+#[derive(Debug, Default)]
+pub struct Declarations {
+    cache: Mutex<Cache>,
+}
+
+impl Declarations {
+    /// [`annotations::parse`] with the derived spec and status. Errors and pods that did not
+    /// opt in are not cached.
+    pub fn get(
+        &self,
+        annotations: &BTreeMap<String, String>,
+        default_refresh_secs: u64,
+    ) -> Result<Option<Arc<Declared>>, Vec<AnnotationError>> {
+        let mut hasher = DefaultHasher::new();
+        default_refresh_secs.hash(&mut hasher);
+        for (k, v) in ours(annotations) {
+            k.hash(&mut hasher);
+            v.hash(&mut hasher);
         }
+        let key = hasher.finish();
+        let same = |e: &Entry| {
+            e.default_refresh_secs == default_refresh_secs
+                && e.annotations.len() == ours(annotations).count()
+                && e.annotations
+                    .iter()
+                    .zip(ours(annotations))
+                    .all(|((k, v), (k2, v2))| k == k2 && v == v2)
+        };
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = cache
+                .entries
+                .get(&key)
+                .and_then(|es| es.iter().find(|e| same(e)))
+            {
+                return Ok(Some(e.declared.clone()));
+            }
+        }
+        let Some(secrets) = annotations::parse(annotations)? else {
+            return Ok(None);
+        };
+        let declared = Arc::new(Declared::new(secrets, default_refresh_secs));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len >= MAX_ENTRIES {
+            *cache = Cache::default();
+        }
+        cache.len += 1;
+        cache.entries.entry(key).or_default().push(Entry {
+            default_refresh_secs,
+            annotations: ours(annotations)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            declared: declared.clone(),
+        });
+        Ok(Some(declared))
     }
-    let Some(secrets) = annotations::parse(annotations)? else {
-        return Ok(None);
-    };
-    let declared = Arc::new(Declared::new(secrets, default_refresh_secs));
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    if cache.len >= MAX_ENTRIES {
-        *cache = Cache::default();
-    }
-    cache.len += 1;
-    cache.entries.entry(key).or_default().push(Entry {
-        default_refresh_secs,
-        annotations: ours(annotations)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        declared: declared.clone(),
-    });
-    Ok(Some(declared))
 }
 
 #[cfg(test)]
@@ -129,6 +139,8 @@ mod tests {
             ("kura.dev/secret.db", "/declared-test/db#password"),
             ("app", "x"),
         ]);
+        let cache = Declarations::default();
+        let declared = |a: &BTreeMap<String, String>, refresh| cache.get(a, refresh);
         let first = declared(&a, 120).expect("parses").expect("opted in");
         let parsed = annotations::parse(&a).expect("parses").expect("opted in");
         assert_eq!(*first, Declared::new(parsed, 120));
@@ -153,5 +165,20 @@ mod tests {
             declared(&bad, 120).expect_err("malformed"),
             annotations::parse(&bad).expect_err("malformed")
         );
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_each_admission_owns_its_own() {
+        let cache = Declarations::default();
+        let len = |c: &Declarations| c.cache.lock().expect("lock").len;
+        for i in 0..=MAX_ENTRIES {
+            let a = annotations(&[
+                ("kura.dev/inject", "true"),
+                ("kura.dev/secret.db", &format!("/bounded-test/db-{i}")),
+            ]);
+            cache.get(&a, 120).expect("parses").expect("opted in");
+        }
+        assert_eq!(len(&cache), 1, "past the bound the cache starts over");
+        assert_eq!(len(&Declarations::default()), 0, "no state is shared");
     }
 }

@@ -164,7 +164,10 @@ fn native_sidecar_is_first_and_gated_by_a_startup_probe() {
         .and_then(|e| e.command.clone());
     assert_eq!(
         probe.expect("probe")[..2],
-        [AGENT_BINARY.to_string(), "ready".to_string()]
+        [
+            AGENT_BINARY.to_string(),
+            AgentCommand::Ready.as_str().to_string()
+        ]
     );
     // The user's init container got the mount (default: all containers).
     assert!(
@@ -199,7 +202,7 @@ fn spec_in_env_is_the_normalized_versioned_spec() {
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "KURA_SPEC")
+        .find(|e| e.name == contract::env::SPEC)
         .and_then(|e| e.value.clone())
         .expect("spec");
     let spec = kura_agent::Spec::from_json(&spec_json).expect("agent reads it");
@@ -372,7 +375,7 @@ fn reserved_names_and_mount_paths_are_refused() {
     let mut v = opted_in(&[]);
     v["spec"]["volumes"] = json!([{ "name": VOLUME, "emptyDir": {} }]);
     v["spec"]["containers"][0]["volumeMounts"] =
-        json!([{ "name": VOLUME, "mountPath": "/var/run/secrets/kura" }]);
+        json!([{ "name": VOLUME, "mountPath": contract::DEFAULT_DIR }]);
     v["spec"]["initContainers"] = json!([{ "name": AGENT, "image": "x" }]);
     let p = pod(v);
     let err = plan(&p, &secrets_of(&p), &InjectConfig::default()).unwrap_err();

@@ -119,48 +119,87 @@ impl Scope {
     }
 
     /// The id the pod wrote.
-    pub fn check_id(&self, id: &str, namespace: &str) -> Result<(), String> {
+    pub fn check_id(&self, id: &str, namespace: &str) -> Result<(), ScopeError> {
         if namespace.is_empty() {
-            return Err("the request has no namespace".into());
+            return Err(ScopeError::NoNamespace);
         }
         if self.allows(id, namespace) {
             return Ok(());
         }
-        let wanted: Vec<String> = self.patterns(namespace, id.starts_with("arn:")).collect();
-        Err(format!(
-            "not in namespace {namespace}'s scope (allowed: {}); ask the platform team for a grant",
-            wanted.join(", ")
-        ))
+        Err(ScopeError::NotInScope {
+            namespace: namespace.to_string(),
+            allowed: self.patterns(namespace, id.starts_with("arn:")).collect(),
+        })
     }
 
     /// What the store says the id resolves to: name, ARN and, if configured, the namespace tag.
-    pub fn check_resolved(&self, meta: &SecretMeta, namespace: &str) -> Result<(), String> {
+    pub fn check_resolved(&self, meta: &SecretMeta, namespace: &str) -> Result<(), ScopeError> {
+        let ns = || namespace.to_string();
         if !self.allows(&meta.name, namespace) {
-            return Err(format!(
-                "its name {:?} is outside namespace {namespace}'s scope",
-                meta.name
-            ));
+            return Err(ScopeError::NameOutside {
+                name: meta.name.clone(),
+                namespace: ns(),
+            });
         }
         if !meta.arn.is_empty() && !self.allows(&meta.arn, namespace) {
-            return Err(format!("its ARN is outside namespace {namespace}'s scope"));
+            return Err(ScopeError::ArnOutside { namespace: ns() });
         }
         if let Some(tag) = &self.namespace_tag {
             match meta.tags.get(tag) {
                 Some(v) if v == namespace => {}
                 Some(v) => {
-                    return Err(format!(
-                        "its tag {tag}={v:?} does not name namespace {namespace}"
-                    ));
+                    return Err(ScopeError::TagMismatch {
+                        tag: tag.clone(),
+                        value: v.clone(),
+                        namespace: ns(),
+                    });
                 }
                 None => {
-                    return Err(format!(
-                        "it has no tag {tag}={namespace}; tag the secret with its namespace"
-                    ));
+                    return Err(ScopeError::TagMissing {
+                        tag: tag.clone(),
+                        namespace: ns(),
+                    });
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Why a secret is outside a namespace's scope (KURA002).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("the request has no namespace")]
+    NoNamespace,
+    #[error("not in namespace {namespace}'s scope (allowed: {}); ask the platform team for a grant", allowed.join(", "))]
+    NotInScope {
+        namespace: String,
+        allowed: Vec<String>,
+    },
+    #[error("its name {name:?} is outside namespace {namespace}'s scope")]
+    NameOutside { name: String, namespace: String },
+    #[error("its ARN is outside namespace {namespace}'s scope")]
+    ArnOutside { namespace: String },
+    #[error("its tag {tag}={value:?} does not name namespace {namespace}")]
+    TagMismatch {
+        tag: String,
+        value: String,
+        namespace: String,
+    },
+    #[error("it has no tag {tag}={namespace}; tag the secret with its namespace")]
+    TagMissing { tag: String, namespace: String },
+}
+
+/// Why a secret's encryption is not allowed (KURA003).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KmsError {
+    #[error(
+        "encrypted with the AWS managed key aws/secretsmanager; re-encrypt it with a customer-managed KMS key \
+         (aws secretsmanager update-secret --kms-key-id ...)"
+    )]
+    AwsManaged,
+    #[error("encrypted with KMS key {key}, which is not in the policy's allowed keys")]
+    KeyNotAllowed { key: String },
 }
 
 /// Encryption requirements (KURA003).
@@ -197,15 +236,11 @@ fn key_ref(k: &str) -> String {
 }
 
 impl KmsPolicy {
-    pub fn check(&self, meta: &SecretMeta) -> Result<(), String> {
+    pub fn check(&self, meta: &SecretMeta) -> Result<(), KmsError> {
         let key = meta.kms_key_id.as_deref().filter(|k| !k.is_empty());
         let aws_managed = key.is_none_or(|k| key_ref(k) == "alias/aws/secretsmanager");
         if self.require_customer_managed && aws_managed {
-            return Err(
-                "encrypted with the AWS managed key aws/secretsmanager; re-encrypt it with a customer-managed KMS key \
-                 (aws secretsmanager update-secret --kms-key-id ...)"
-                    .into(),
-            );
+            return Err(KmsError::AwsManaged);
         }
         if let (false, Some(k)) = (self.allowed_keys.is_empty(), key) {
             let have = key_ref(k);
@@ -214,9 +249,7 @@ impl KmsPolicy {
                 .iter()
                 .any(|a| a == k || key_ref(a) == have)
             {
-                return Err(format!(
-                    "encrypted with KMS key {k}, which is not in the policy's allowed keys"
-                ));
+                return Err(KmsError::KeyNotAllowed { key: k.to_string() });
             }
         }
         Ok(())
@@ -459,7 +492,8 @@ mod tests {
             "arn:aws:secretsmanager:eu-west-1:111122223333:secret:/production/db",
         ] {
             let e = s.check_id(bad, "prod").expect_err(bad);
-            assert!(e.contains("prod"), "{e}");
+            assert!(matches!(e, ScopeError::NotInScope { .. }), "{e:?}");
+            assert!(e.to_string().contains("prod"), "{e}");
         }
     }
 
@@ -476,6 +510,10 @@ mod tests {
         s.check_id("/shared/payments/key", "payments")
             .expect("granted");
         assert!(s.check_id("/shared/payments/key", "web").is_err());
+        assert_eq!(
+            s.check_id("/shared/payments/key", ""),
+            Err(ScopeError::NoNamespace)
+        );
     }
 
     #[test]
@@ -496,12 +534,13 @@ mod tests {
                 "prod",
             )
             .unwrap_err();
-        assert!(e.contains("does not name"), "{e}");
-        assert!(
-            s.check_resolved(&meta("/prod/db", arn, None, &[]), "prod")
-                .unwrap_err()
-                .contains("no tag")
-        );
+        assert!(matches!(e, ScopeError::TagMismatch { .. }), "{e:?}");
+        assert!(e.to_string().contains("does not name"), "{e}");
+        let e = s
+            .check_resolved(&meta("/prod/db", arn, None, &[]), "prod")
+            .unwrap_err();
+        assert!(matches!(e, ScopeError::TagMissing { .. }), "{e:?}");
+        assert!(e.to_string().contains("no tag"), "{e}");
         let other = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/dev/db-AbCdEf";
         assert!(
             s.check_resolved(
@@ -519,11 +558,12 @@ mod tests {
         assert!(
             k.check(&meta("/p", arn, None, &[]))
                 .unwrap_err()
+                .to_string()
                 .contains("AWS managed")
         );
-        assert!(
-            k.check(&meta("/p", arn, Some("alias/aws/secretsmanager"), &[]))
-                .is_err()
+        assert_eq!(
+            k.check(&meta("/p", arn, Some("alias/aws/secretsmanager"), &[])),
+            Err(KmsError::AwsManaged)
         );
         assert!(
             k.check(&meta(
@@ -568,6 +608,7 @@ mod tests {
             allowed
                 .check(&meta("/p", arn, Some("alias/other"), &[]))
                 .unwrap_err()
+                .to_string()
                 .contains("not in the policy")
         );
         let lax = KmsPolicy {

@@ -127,3 +127,98 @@ fn configured_actions_apply() {
     );
     assert!(d.findings.is_empty());
 }
+
+/// A pod with `annotations`, one app container, and `init` as its init containers.
+fn annotated(annotations: serde_json::Value, init: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": "p", "annotations": annotations },
+        "spec": { "containers": [{ "name": "app", "image": "x" }], "initContainers": init }
+    }))
+    .expect("pod")
+}
+
+fn judge(pod: &Pod, mode: Mode, stage: Stage) -> Decision {
+    let policy = Policy {
+        mode,
+        ..Policy::default()
+    };
+    let engine = PolicyEngine::new(policy, None);
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let parsed = kura_agent::annotations::parse(&annotations);
+    let declared = match &parsed {
+        Ok(s) => Ok(s.as_ref()),
+        Err(errors) => Err(errors.as_slice()),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(engine.judge(pod, declared, "prod", stage))
+}
+
+fn rules(d: &Decision) -> Vec<(Rule, Severity)> {
+    d.findings.iter().map(|f| (f.rule, f.severity)).collect()
+}
+
+#[test]
+fn malformed_annotations_are_kura001_and_deny_in_every_mode() {
+    let pod = annotated(
+        json!({ "kura.dev/inject": "true", "kura.dev/secret.db": "/prod/db", "kura.dev/agnet": "x" }),
+        json!([]),
+    );
+    for mode in [Mode::Enforce, Mode::Warn, Mode::Audit] {
+        let d = judge(&pod, mode, Stage::Submitted);
+        assert_eq!(
+            rules(&d),
+            [(Rule::Kura001, Severity::AlwaysDeny)],
+            "{mode:?}"
+        );
+        assert!(d.denies(), "{mode:?}");
+        assert!(d.message().contains("kura.dev/agnet"), "{}", d.message());
+    }
+}
+
+#[test]
+fn what_planning_cannot_inject_is_kura001() {
+    let mut d = Decision::new(Mode::Audit);
+    check_plan(
+        &[inject::Problem {
+            field: "container kura-agent".into(),
+            message: "reserved".into(),
+        }],
+        &mut d,
+    );
+    assert_eq!(rules(&d), [(Rule::Kura001, Severity::AlwaysDeny)]);
+    assert!(d.denies());
+    assert_eq!(d.message(), "[KURA001] container kura-agent: reserved");
+}
+
+#[test]
+fn an_opted_in_final_pod_without_the_agent_is_kura008() {
+    let opted_in = json!({ "kura.dev/inject": "true", "kura.dev/secret.db": "/prod/db" });
+    let bare = annotated(opted_in.clone(), json!([]));
+    let d = judge(&bare, Mode::Enforce, Stage::Final);
+    assert_eq!(rules(&d), [(Rule::Kura008, Severity::Deny)]);
+    assert_eq!(d.secrets, ["/prod/db"]);
+
+    // Before mutation the agent is still to come; a pod that has it, or did not opt in, passes.
+    assert!(
+        judge(&bare, Mode::Enforce, Stage::Submitted)
+            .findings
+            .is_empty()
+    );
+    let injected = annotated(
+        opted_in,
+        json!([{ "name": inject::AGENT, "image": "agent" }]),
+    );
+    assert!(
+        judge(&injected, Mode::Enforce, Stage::Final)
+            .findings
+            .is_empty()
+    );
+    let plain = annotated(json!({ "app": "x" }), json!([]));
+    assert!(
+        judge(&plain, Mode::Enforce, Stage::Final)
+            .findings
+            .is_empty()
+    );
+}
