@@ -25,10 +25,12 @@ fn root() -> &'static Path {
 }
 
 fn admission(rt: &tokio::runtime::Runtime, policy: Policy) -> Admission {
-    let setting: StoreSetting =
-        format!("file:{}", root().join("tests/fixtures/webhook-store.yaml").display())
-            .parse()
-            .unwrap();
+    let setting: StoreSetting = format!(
+        "file:{}",
+        root().join("tests/fixtures/webhook-store.yaml").display()
+    )
+    .parse()
+    .unwrap();
     let store = rt
         .block_on(Store::open(&setting, Duration::from_secs(2)))
         .unwrap();

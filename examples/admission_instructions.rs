@@ -25,9 +25,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse::<usize>().ok())
     else {
-        println!(
-            "usage: admission_instructions N (bench/admission-instructions.sh runs it)"
-        );
+        println!("usage: admission_instructions N (bench/admission-instructions.sh runs it)");
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -35,9 +33,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let setting: StoreSetting = format!("file:{}", root.join("tests/fixtures/webhook-store.yaml").display())
-        .parse()
-        .unwrap();
+    let setting: StoreSetting = format!(
+        "file:{}",
+        root.join("tests/fixtures/webhook-store.yaml").display()
+    )
+    .parse()
+    .unwrap();
     let store = rt
         .block_on(Store::open(&setting, Duration::from_secs(2)))
         .unwrap();

@@ -5,7 +5,11 @@
 //!
 //! What only one crate's tests need (the `kura serve` process, the agent's scratch area) stays
 //! in that crate's `tests/common/mod.rs`, which re-exports this crate.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
 pub mod k8s;
 pub mod metrics;
