@@ -1048,3 +1048,183 @@ fn subcommand_names(cmd: clap::Command) -> Vec<String> {
         .map(|s| s.get_name().to_string())
         .collect()
 }
+
+/// Paths the docs (and the comments of the files they describe) name exist.
+#[test]
+fn paths_the_docs_name_exist() {
+    let re = regex::Regex::new(
+        r"(^|[^\w./-])((?:deploy|webhook-config|iam|docker|docs|scripts)/[\w./-]*[\w/])(:?)",
+    )
+    .unwrap();
+    let mut files: Vec<PathBuf> = walk(&root().join("docs"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    assert!(!files.is_empty(), "no docs");
+    for top in ["webhook-config", "deploy", "docker", "iam"] {
+        files.extend(walk(&root().join(top)));
+    }
+    let mut p = Problems::default();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for line in text.lines() {
+            for c in re.captures_iter(line) {
+                let reference = c[2].trim_end_matches('/');
+                let image = !c[3].is_empty(); // docker/dockerfile:1.7 is an image
+                let kubectl_shorthand = reference.starts_with("deploy/")
+                    && reference.matches('/').count() == 1
+                    && line.contains("kubectl");
+                if image || kubectl_shorthand || reference.split('/').any(|s| s == "generated") {
+                    continue;
+                }
+                p.check(root().join(reference).exists(), || {
+                    format!(
+                        "{}: mentions {reference}, which does not exist",
+                        f.display()
+                    )
+                });
+            }
+        }
+    }
+    p.assert_none();
+}
+
+/// The IAM policy files grant what the code calls and no more: the webhook
+/// `secretsmanager:DescribeSecret`, an app role what the agent calls (GetSecretValue per secret,
+/// scoped to the namespace; BatchGetSecretValue, which takes no resource; kms:Decrypt through
+/// Secrets Manager only), and the trust policies bind the right principals.
+#[test]
+fn iam_policies_grant_what_kura_calls() {
+    let placeholders = [
+        "REGION",
+        "ACCOUNT_ID",
+        "CLUSTER_NAME",
+        "NAMESPACE",
+        "OIDC_PROVIDER",
+    ];
+    let token = regex::Regex::new(r"\b[A-Z][A-Z_]{2,}[A-Z]\b").unwrap();
+    let var = regex::Regex::new(r"\$\{([^}]*)\}").unwrap();
+    let mut p = Problems::default();
+    let files: Vec<PathBuf> = walk(&root().join("iam"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(!files.is_empty(), "no IAM policy files");
+    let ns = kura(&installs()[0].1).namespace;
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let statements = doc["Statement"].as_array().cloned().unwrap_or_default();
+        p.check(
+            doc["Version"] == "2012-10-17" && !statements.is_empty(),
+            || format!("{name}: needs Version 2012-10-17 and Statements"),
+        );
+        for t in token.find_iter(&text) {
+            p.check(placeholders.contains(&t.as_str()), || {
+                format!("{name}: unknown placeholder {}", t.as_str())
+            });
+        }
+        for v in var.captures_iter(&text) {
+            p.check(v[1].starts_with("aws:PrincipalTag/"), || {
+                format!("{name}: unexpected policy variable ${{{}}}", &v[1])
+            });
+        }
+        let sids: Vec<String> = statements.iter().map(|s| s["Sid"].to_string()).collect();
+        p.check(
+            sids.iter().collect::<BTreeSet<_>>().len() == sids.len(),
+            || format!("{name}: duplicate Sid"),
+        );
+        let actions = |s: &Value| -> Vec<String> {
+            match &s["Action"] {
+                Value::String(a) => vec![a.clone()],
+                other => strings(other),
+            }
+        };
+        let allows: Vec<&Value> = statements
+            .iter()
+            .filter(|s| s["Effect"] == "Allow")
+            .collect();
+        for s in &statements {
+            p.check(s["Effect"] == "Allow" || s["Effect"] == "Deny", || {
+                format!("{name}: Effect must be Allow or Deny")
+            });
+            for a in actions(s) {
+                p.check(!(a.contains('*') && s["Effect"] == "Allow"), || {
+                    format!("{name}: wildcard action {a}")
+                });
+            }
+        }
+        if name.contains("-trust-") {
+            for s in &allows {
+                let cond = s["Condition"].to_string();
+                let acts: BTreeSet<String> = actions(s).into_iter().collect();
+                if name.contains("pod-identity") {
+                    p.check(s["Principal"] == json!({"Service": "pods.eks.amazonaws.com"}) && acts == BTreeSet::from(["sts:AssumeRole".into(), "sts:TagSession".into()]), || format!("{name}: Pod Identity trust is pods.eks.amazonaws.com with sts:AssumeRole and sts:TagSession"));
+                    p.check(cond.contains("aws:SourceAccount"), || {
+                        format!(
+                            "{name}: Pod Identity trust without aws:SourceAccount (confused deputy)"
+                        )
+                    });
+                } else {
+                    p.check(acts == BTreeSet::from(["sts:AssumeRoleWithWebIdentity".into()]) && cond.contains(":sub") && cond.contains(":aud"), || format!("{name}: IRSA trust is sts:AssumeRoleWithWebIdentity conditioned on :sub and :aud"));
+                }
+            }
+            if name.starts_with("webhook-") {
+                p.check(text.contains(&ns), || {
+                    format!("{name}: the webhook's trust must name its namespace {ns}")
+                });
+            }
+            continue;
+        }
+        let granted: BTreeSet<String> = allows.iter().flat_map(|s| actions(s)).collect();
+        if name.starts_with("webhook-") {
+            p.check(granted == BTreeSet::from(["secretsmanager:DescribeSecret".into()]), || format!("{name}: the webhook needs secretsmanager:DescribeSecret only; grants {granted:?}"));
+            continue;
+        }
+        let want: BTreeSet<String> = [
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:BatchGetSecretValue",
+            "kms:Decrypt",
+        ]
+        .map(String::from)
+        .into();
+        p.check(granted == want, || {
+            format!("{name}: an app role grants {granted:?}, expected {want:?}")
+        });
+        for s in &allows {
+            let acts = actions(s);
+            let cond = s["Condition"].to_string();
+            if acts.iter().any(|a| a == "secretsmanager:GetSecretValue") {
+                let scoped = s["Resource"].to_string().contains("/NAMESPACE/")
+                    || (cond.contains("secretsmanager:ResourceTag/kubernetes-namespace")
+                        && cond.contains("${aws:PrincipalTag/kubernetes-namespace}"));
+                p.check(scoped, || {
+                    format!(
+                        "{name}: GetSecretValue is not scoped to the namespace (name prefix or tag)"
+                    )
+                });
+                if name.contains("abac") {
+                    p.check(
+                        cond.contains("${aws:PrincipalTag/eks-cluster-name}"),
+                        || format!("{name}: ABAC GetSecretValue is not scoped to the cluster"),
+                    );
+                }
+            }
+            if acts
+                .iter()
+                .any(|a| a == "secretsmanager:BatchGetSecretValue")
+            {
+                p.check(s["Resource"] == "*", || {
+                    format!("{name}: BatchGetSecretValue takes no resource: it must be on \"*\"")
+                });
+            }
+            if acts.iter().any(|a| a == "kms:Decrypt") {
+                p.check(cond.contains("kms:ViaService"), || {
+                    format!("{name}: kms:Decrypt without kms:ViaService")
+                });
+            }
+        }
+    }
+    p.assert_none();
+}
