@@ -476,8 +476,8 @@ fn check_mounts(p: &mut Problems, label: &str, docs: &[Value], k: &Kura, serve: 
     });
 }
 
-/// The Secret name `kura certs` writes into secret.yaml (run for real, in a temp dir).
-fn certs_secret_name() -> String {
+/// `kura certs --out-dir` with every other flag at its default, run for real in a temp dir.
+fn kura_certs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kura"))
         .args(["certs", "--out-dir"])
@@ -489,6 +489,12 @@ fn certs_secret_name() -> String {
         "kura certs: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    dir
+}
+
+/// The Secret name `kura certs` writes into secret.yaml.
+fn certs_secret_name() -> String {
+    let dir = kura_certs();
     let secret = &yaml_docs(&dir.path().join("secret.yaml"))[0];
     secret["metadata"]["name"].as_str().unwrap().to_string()
 }
@@ -502,17 +508,7 @@ fn kura_certs_defaults_fit_the_install() {
     let b64 = base64::engine::general_purpose::STANDARD;
     let docs = &installs()[0].1;
     let svc = find(docs, "Service", "kura");
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kura"))
-        .args(["certs", "--out-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kura certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = kura_certs();
     let certs = Cli::command();
     let certs = certs.find_subcommand("certs").unwrap();
     let default = |long: &str| {
