@@ -624,6 +624,11 @@ fn webhooks_reach_kura_and_cover_what_it_judges() {
             p.check(cc["url"].is_null(), || {
                 format!("{w}: clientConfig.url bypasses the Service")
             });
+            // cert-manager's cainjector or the kura-certs overlay fills caBundle in; a
+            // hand-set one would be overwritten or go stale.
+            p.check(cc["caBundle"].is_null(), || {
+                format!("{w}: caBundle is set in the sources")
+            });
             let sref = &cc["service"];
             p.check(
                 sref["name"] == svc["metadata"]["name"] && sref["namespace"] == svc["metadata"]["namespace"] && sref["path"] == path,
