@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use kura_agent::contract::env;
 use kura_agent::spec::{DEFAULT_FILE_MODE, FileMode, Format, SPEC_VERSION, SecretFile, Spec};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kura-agent");
@@ -104,12 +105,12 @@ impl Scratch {
         let mut c = Command::new(BIN);
         c.arg(mode)
             .env_clear()
-            .env("KURA_SPEC", spec)
-            .env("KURA_DIR", &self.dir)
-            .env("KURA_TERMINATION_LOG", &self.termination_log)
-            .env("KURA_ANNOTATIONS_FILE", &self.annotations)
+            .env(env::SPEC, spec)
+            .env(env::DIR, &self.dir)
+            .env(env::TERMINATION_LOG, &self.termination_log)
+            .env(env::ANNOTATIONS_FILE, &self.annotations)
             .env("KURA_LOG", LOG_FILTER)
-            .env("KURA_STORE_TIMEOUT", "5s");
+            .env(env::STORE_TIMEOUT, "5s");
         c
     }
 
