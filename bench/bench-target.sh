@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds the bench target $1 with profile $2 and prints its executable's path (cargo names it
+# Builds the example $1 (a program a bench script runs) with profile $2 and prints its executable's path (cargo names it
 # with a hash). Used by the bench scripts.
 set -euo pipefail
-cargo build --profile "$2" --bench "$1" --message-format=json 2>/dev/null |
+cargo build --profile "$2" --example "$1" --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

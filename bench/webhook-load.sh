@@ -2,13 +2,13 @@
 # Load benchmark of the admission webhook (issue 3's performance budget); not a test.
 #
 # Starts, each pinned to CPU 0 (`taskset -c 0`):
-#   - baseline: a minimal axum 0.8 + axum-server 0.7 rustls server (benches/baseline_server.rs)
+#   - baseline: a minimal axum 0.8 + axum-server 0.7 rustls server (examples/baseline_server.rs)
 #     that parses each AdmissionReview and answers with kura's own answer for it, fixed;
-#   - kura:     the release `kura serve`, built-in policy, file store (bench/webhook-store.yaml);
-#   - kura:     the same with bench/webhook-policy-relaxed.yaml (no plaintext detectors, no KMS
+#   - kura:     the release `kura serve`, built-in policy, file store (tests/fixtures/webhook-store.yaml);
+#   - kura:     the same with tests/fixtures/webhook-policy-relaxed.yaml (no plaintext detectors, no KMS
 #               rule), to see what those rules add to an admission;
 # warms kura's metadata cache, then drives each in turn with wrk on CPU 1: TLS, HTTP/1.1
-# keep-alive, 16 connections, POST /mutate of bench/webhook-review.json (a Deployment's pod
+# keep-alive, 16 connections, POST /mutate of tests/fixtures/webhook-review.json (a Deployment's pod
 # declaring 3 secrets). Rounds interleave the servers so a slow spell of the machine hits all
 # of them; the report takes the median.
 #
@@ -30,7 +30,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 PROFILE=${PROFILE:-release}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-REVIEW=$PWD/bench/webhook-review.json
+REVIEW=$PWD/tests/fixtures/webhook-review.json
 export REVIEW
 if [ "$(id -u)" = 0 ]; then PIN=(nice -n -10 taskset -c); else PIN=(taskset -c); fi
 
@@ -89,7 +89,7 @@ start_kura() {
     mport=$(free_port)
     "${PIN[@]}" "$SERVER_CPU" "$kura" serve --self-signed \
         --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
-        --store file:bench/webhook-store.yaml --watch-namespaces never --log-format json "$@" \
+        --store file:tests/fixtures/webhook-store.yaml --watch-namespaces never --log-format json "$@" \
         >"$work/kura-$port.log" 2>&1 &
     pid=$!
     wait_port "$port" >&2
@@ -115,7 +115,7 @@ measure_kura() {
 echo "== starting the servers on CPU $SERVER_CPU" >&2
 read -r default_pid default_port default_mport < <(start_kura)
 pids+=("$default_pid")
-read -r relaxed_pid relaxed_port relaxed_mport < <(start_kura --policy bench/webhook-policy-relaxed.yaml)
+read -r relaxed_pid relaxed_port relaxed_mport < <(start_kura --policy tests/fixtures/webhook-policy-relaxed.yaml)
 pids+=("$relaxed_pid")
 base_port=$(free_port)
 "${PIN[@]}" "$SERVER_CPU" "$baseline" --serve "127.0.0.1:$base_port" \

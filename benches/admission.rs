@@ -1,9 +1,9 @@
 //! Where one admission's CPU goes, without TLS and HTTP: the whole `/mutate` decision for the
-//! load benchmark's review (bench/webhook-review.json: a Deployment's pod declaring 3 secrets,
-//! warm metadata cache over bench/webhook-store.yaml), and its parts: decoding the pod (and the
+//! load benchmark's review (tests/fixtures/webhook-review.json: a Deployment's pod declaring 3 secrets,
+//! warm metadata cache over tests/fixtures/webhook-store.yaml), and its parts: decoding the pod (and the
 //! whole review through kube's types, for comparison), encoding the answer (kura's encoder, and
 //! plain serde for comparison). The same decision with
-//! bench/webhook-policy-relaxed.yaml shows what the plaintext and KMS rules cost.
+//! tests/fixtures/webhook-policy-relaxed.yaml shows what the plaintext and KMS rules cost.
 //!
 //! `cargo bench --bench admission`.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -25,10 +25,12 @@ fn root() -> &'static Path {
 }
 
 fn admission(rt: &tokio::runtime::Runtime, policy: Policy) -> Admission {
-    let setting: StoreSetting =
-        format!("file:{}", root().join("bench/webhook-store.yaml").display())
-            .parse()
-            .unwrap();
+    let setting: StoreSetting = format!(
+        "file:{}",
+        root().join("tests/fixtures/webhook-store.yaml").display()
+    )
+    .parse()
+    .unwrap();
     let store = rt
         .block_on(Store::open(&setting, Duration::from_secs(2)))
         .unwrap();
@@ -43,11 +45,11 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let body = std::fs::read(root().join("bench/webhook-review.json")).unwrap();
+    let body = std::fs::read(root().join("tests/fixtures/webhook-review.json")).unwrap();
     let default = admission(&rt, Policy::default());
     let relaxed = admission(
         &rt,
-        Policy::load(&root().join("bench/webhook-policy-relaxed.yaml")).unwrap(),
+        Policy::load(&root().join("tests/fixtures/webhook-policy-relaxed.yaml")).unwrap(),
     );
     // The floor the policy is measured against: no store lookups, no spec rules; only the
     // annotation parsing, the string scope check and the injection that admission always does.

@@ -317,7 +317,7 @@ mod tests {
     fn a_wire_pod_is_the_pod_without_what_kura_never_reads() {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/bench/webhook-review.json"
+            "/tests/fixtures/webhook-review.json"
         ))
         .expect("the bench review");
         let review: serde_json::Value = serde_json::from_str(&text).expect("JSON");

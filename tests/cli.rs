@@ -247,7 +247,7 @@ fn text_logs_to_a_pipe_are_plain() {
     let store = concat!(
         "file:",
         env!("CARGO_MANIFEST_DIR"),
-        "/bench/webhook-store.yaml"
+        "/tests/fixtures/webhook-store.yaml"
     );
     let mut child = Command::new(kura_bin())
         .args([

@@ -1,35 +1,13 @@
-//! Test harness: a moto server on a free loopback port, AWS clients pointed at it, schema
-//! validation through kubernetes-validate, and paths to the built binaries.
+//! Harness of kura's integration tests: the built binaries, certificates, the running `kura
+//! serve`, reviews and patches. What the agent's tests share too (moto, metrics scrapes, schema
+//! validation) is the `testkit` crate, re-exported here.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-#[path = "moto.rs"]
-mod moto;
-pub use moto::*;
-
-/// Validates Kubernetes objects against the OpenAPI schemas (strict; 1.29 and newest).
-pub fn validate_k8s(objects: &[serde_json::Value]) -> Result<(), String> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut files = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
-        let p = dir.path().join(format!("{i}.json"));
-        std::fs::write(&p, serde_json::to_vec(o).unwrap()).unwrap();
-        files.push(p);
-    }
-    let out = Command::new(venv().join("bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/validate-k8s.py"))
-        .args(&files)
-        .output()
-        .expect("python runs");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
-}
+pub use testkit::*;
 
 /// The built `kura-agent` binary (a sibling of this package's `kura`).
 pub fn agent_bin() -> PathBuf {
@@ -133,14 +111,7 @@ impl Webhook {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kura serve starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "kura serve did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, "kura serve");
         Webhook {
             url: format!("https://127.0.0.1:{port}"),
             metrics_url: format!("http://127.0.0.1:{mport}/metrics"),

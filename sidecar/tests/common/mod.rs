@@ -1,22 +1,17 @@
 //! Helpers for the agent's integration tests: the real `kura-agent` binary as a child process,
-//! specs, moto (also on a fixed port, to simulate an endpoint that goes away and comes back),
-//! metrics scraping and polling.
+//! specs, the scratch area it writes into, and polling. Moto and metrics scrapes are the
+//! `testkit` crate, re-exported here.
 #![allow(dead_code, clippy::unwrap_used)]
 
-#[path = "../../../tests/common/moto.rs"]
-pub mod moto;
+pub use testkit::*;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use kura_agent::contract::env;
 use kura_agent::spec::{DEFAULT_FILE_MODE, FileMode, Format, SPEC_VERSION, SecretFile, Spec};
-
-#[allow(unused_imports)]
-pub use moto::Moto;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kura-agent");
 
@@ -110,12 +105,12 @@ impl Scratch {
         let mut c = Command::new(BIN);
         c.arg(mode)
             .env_clear()
-            .env("KURA_SPEC", spec)
-            .env("KURA_DIR", &self.dir)
-            .env("KURA_TERMINATION_LOG", &self.termination_log)
-            .env("KURA_ANNOTATIONS_FILE", &self.annotations)
+            .env(env::SPEC, spec)
+            .env(env::DIR, &self.dir)
+            .env(env::TERMINATION_LOG, &self.termination_log)
+            .env(env::ANNOTATIONS_FILE, &self.annotations)
             .env("KURA_LOG", LOG_FILTER)
-            .env("KURA_STORE_TIMEOUT", "5s");
+            .env(env::STORE_TIMEOUT, "5s");
         c
     }
 
@@ -271,119 +266,7 @@ impl Scratch {
     }
 }
 
-/// moto's `UpdateSecretVersionStage` moves the `AWSCURRENT` label but not what an unversioned
-/// read returns (its `default_version_id` only follows `PutSecretValue`), while AWS always
-/// returns the version labelled `AWSCURRENT`. This keeps moto's own code and adds that one step,
-/// so that moving `AWSCURRENT` back (a rollback) can be tested against it.
-const MOTO_WITH_STAGE_FIX: &str = r#"
-import sys
-from moto.secretsmanager.models import SecretsManagerBackend
-_update = SecretsManagerBackend.update_secret_version_stage
-def update_secret_version_stage(self, secret_id, version_stage, remove_from_version_id, move_to_version_id):
-    out = _update(self, secret_id, version_stage, remove_from_version_id, move_to_version_id)
-    if version_stage == "AWSCURRENT" and move_to_version_id:
-        self.secrets[secret_id].set_default_version_id(move_to_version_id)
-    return out
-SecretsManagerBackend.update_secret_version_stage = update_secret_version_stage
-from moto.server import main
-main(["-H", "127.0.0.1", "-p", sys.argv[1]])
-"#;
-
-/// A moto server on a given port (to bring "the same endpoint" back after stopping one), with
-/// the rollback fix above.
-pub struct MotoOn {
-    pub endpoint: String,
-    child: Child,
-}
-
-impl MotoOn {
-    pub fn start(port: u16) -> MotoOn {
-        let child = Command::new(moto::venv().join("bin/python"))
-            .args(["-c", MOTO_WITH_STAGE_FIX, &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        MotoOn {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            child,
-        }
-    }
-
-    pub fn client(&self) -> aws_sdk_secretsmanager::Client {
-        client_for(&self.endpoint)
-    }
-
-    pub fn env(&self) -> Vec<(String, String)> {
-        aws_env(&self.endpoint)
-    }
-}
-
-impl Drop for MotoOn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The port of a `http://127.0.0.1:PORT` endpoint.
-pub fn port_of(endpoint: &str) -> u16 {
-    endpoint.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// The `/metrics` text of an agent, or `None` while it does not answer.
-pub fn scrape(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-/// One sample of a scrape, e.g. `sample(&text, "kura_agent_errors_total{kind=\"write\"}")`.
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// A sample of a live agent, `0` while it does not answer.
-pub fn metric(port: u16, series: &str) -> f64 {
-    scrape(port).and_then(|t| sample(&t, series)).unwrap_or(0.0)
-}
-
 /// A unique secret name for this test run.
 pub fn name(prefix: &str) -> String {
     format!("/kura-test/{prefix}-{}", fastrand::u32(..))
-}
-
-/// A Secrets Manager client for any endpoint (such as a [`MotoOn`]).
-pub fn client_for(endpoint: &str) -> aws_sdk_secretsmanager::Client {
-    let creds =
-        aws_sdk_secretsmanager::config::Credentials::new("testing", "testing", None, None, "test");
-    let conf = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(conf)
-}
-
-/// The environment that points an agent at `endpoint`, as [`Moto::env`] does.
-pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL".into(), endpoint.to_string()),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
-        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-    ]
 }

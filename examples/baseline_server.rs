@@ -6,7 +6,7 @@
 //! the same way; the difference is kura's decision.
 //!
 //! `baseline_server --serve 127.0.0.1:PORT --response FILE --cert-out FILE` serves until killed.
-//! `cargo bench` runs every bench target without arguments: then it says so and exits.
+//! Without those arguments it says so and exits.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -53,7 +53,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(response)) = (arg(&args, "--serve"), arg(&args, "--response")) else {
         println!(
-            "baseline_server: not a benchmark by itself; bench/webhook-load.sh runs it with --serve"
+            "usage: baseline_server --serve ADDR --response FILE [--cert-out FILE] (bench/webhook-load.sh runs it)"
         );
         return;
     };

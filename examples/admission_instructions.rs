@@ -2,11 +2,10 @@
 //! project is measured on drifts by ±15 % in speed, which hides changes of a few percent in
 //! timings; an instruction count (valgrind's callgrind) does not drift.
 //!
-//! `admission_instructions N` answers the load benchmark's review (bench/webhook-review.json,
-//! built-in policy, warm metadata cache over bench/webhook-store.yaml) once to warm up, then N
+//! `admission_instructions N` answers the load benchmark's review (tests/fixtures/webhook-review.json,
+//! built-in policy, warm metadata cache over tests/fixtures/webhook-store.yaml) once to warm up, then N
 //! times more, encoding each answer as the server does, with the server's allocator. The script
-//! runs it for two values of N and divides the difference. `cargo bench` runs every bench target
-//! without arguments: then it says so and exits.
+//! runs it for two values of N and divides the difference. Without N it says so and exits.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -26,9 +25,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse::<usize>().ok())
     else {
-        println!(
-            "admission_instructions: not a benchmark by itself; bench/admission-instructions.sh runs it"
-        );
+        println!("usage: admission_instructions N (bench/admission-instructions.sh runs it)");
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -36,9 +33,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let setting: StoreSetting = format!("file:{}", root.join("bench/webhook-store.yaml").display())
-        .parse()
-        .unwrap();
+    let setting: StoreSetting = format!(
+        "file:{}",
+        root.join("tests/fixtures/webhook-store.yaml").display()
+    )
+    .parse()
+    .unwrap();
     let store = rt
         .block_on(Store::open(&setting, Duration::from_secs(2)))
         .unwrap();
@@ -46,7 +46,7 @@ fn main() {
         InjectConfig::default(),
         PolicyEngine::new(Policy::default(), Some(store)),
     );
-    let body = std::fs::read(root.join("bench/webhook-review.json")).unwrap();
+    let body = std::fs::read(root.join("tests/fixtures/webhook-review.json")).unwrap();
     let out = rt
         .block_on(admission.review(Endpoint::Mutate, &body))
         .unwrap();

@@ -1,0 +1,30 @@
+//! The test harness both crates' integration tests share (a dev-dependency only, never
+//! published): a moto server (a real Secrets Manager/KMS API) on a loopback port with AWS
+//! clients and environments pointed at it, Prometheus scrapes, and Kubernetes schema
+//! validation through the Python venv `scripts/test` prepares.
+//!
+//! What only one crate's tests need (the `kura serve` process, the agent's scratch area) stays
+//! in that crate's `tests/common/mod.rs`, which re-exports this crate.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+pub mod k8s;
+pub mod metrics;
+pub mod moto;
+
+pub use k8s::validate_k8s;
+pub use metrics::{metric, sample, scrape};
+pub use moto::{Moto, MotoOn, aws_env, client_for, free_port, port_of, venv, wait_for_port};
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate's parent folder).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace root")
+        .to_path_buf()
+}
