@@ -450,11 +450,6 @@ async fn policy_reloads_and_keeps_the_last_good_one() {
         true,
         "the last good policy (audit) stays"
     );
-    let metrics = reqwest::get(&hook.metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hook.metrics().await;
     assert!(metrics.contains("result=\"policy-refused\""), "{metrics}");
 }

@@ -536,12 +536,7 @@ async fn certificate_reload_takes_a_new_pair_and_keeps_the_last_good_one() {
         "no key material in logs"
     );
 
-    let metrics = reqwest::get(&hook.metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hook.metrics().await;
     assert!(
         metrics.contains(r#"kura_reloads_total{result="cert-ok"} 1"#),
         "{metrics}"
@@ -585,12 +580,7 @@ async fn bodies_over_3_mib_get_413_with_a_message() {
     assert_eq!(resp.status, 413);
     assert!(String::from_utf8_lossy(&resp.body).contains("larger than 3 MiB"));
 
-    let metrics = reqwest::get(&hook.metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hook.metrics().await;
     assert!(
         metrics
             .contains(r#"kura_admission_requests_total{endpoint="mutate",decision="too-large"} 1"#),
@@ -733,29 +723,9 @@ async fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(130), "{status:?}");
 }
 
-async fn metrics_text(hook: &Webhook) -> String {
-    let resp = reqwest::get(&hook.metrics_url).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .contains("text")
-    );
-    resp.text().await.unwrap()
-}
-
 /// The value of the sample whose line starts with `series` (name and labels).
 fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    testkit::sample(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 /// A pod with a literal credential in its env: KURA005, denied by the default policy.
@@ -801,7 +771,7 @@ async fn metrics_count_requests_latency_rule_hits_and_injections() {
         "no agent on /validate: KURA008"
     );
 
-    let m = metrics_text(&hook).await;
+    let m = hook.metrics().await;
     assert_eq!(
         sample(
             &m,

@@ -118,6 +118,21 @@ impl Webhook {
             child,
         }
     }
+
+    /// The `/metrics` text, checked to be a 200 answer with a text content type.
+    pub async fn metrics(&self) -> String {
+        let resp = reqwest::get(&self.metrics_url)
+            .await
+            .expect("metrics answer");
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .expect("ascii content type")
+                .contains("text")
+        );
+        resp.text().await.expect("metrics text")
+    }
 }
 
 impl Drop for Webhook {
