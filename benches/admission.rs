@@ -16,7 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kura::admission::{Admission, Endpoint, Verdict};
-use kura::config::InjectConfig;
+use kura::inject::InjectConfig;
 use kura::policy::{Policy, PolicyEngine};
 use kura_agent::store::{Store, StoreSetting};
 

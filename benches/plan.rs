@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Pod;
-use kura::config::InjectConfig;
+use kura::inject::InjectConfig;
 use serde_json::json;
 
 /// A Deployment-style pod: each container has env, a port, resources, a security context and the

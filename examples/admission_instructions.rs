@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kura::admission::{Admission, Endpoint};
-use kura::config::InjectConfig;
+use kura::inject::InjectConfig;
 use kura::policy::{Policy, PolicyEngine};
 use kura_agent::store::{Store, StoreSetting};
 

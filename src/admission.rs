@@ -16,7 +16,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use serde_json::value::RawValue;
 use tracing::{Instrument, info, warn};
 
-use crate::config::InjectConfig;
+use crate::inject::InjectConfig;
 use crate::inject::{self, Declarations, Declared};
 use crate::policy::{self, Decision, Finding, PolicyEngine, Rule, Stage};
 use crate::wire::{self, PatchText, review::WireReview};

@@ -7,68 +7,8 @@ use std::time::Duration;
 
 use kura_agent::store::StoreSetting;
 
+use crate::inject::InjectConfig;
 use crate::policy::{Policy, PolicyError};
-
-/// Default agent image; manifests under `deploy/` use the same tag.
-pub const DEFAULT_AGENT_IMAGE: &str =
-    concat!("ghcr.io/kura-dev/kura-agent:", env!("CARGO_PKG_VERSION"));
-/// Cluster default for `kura.dev/refresh-interval`.
-pub const DEFAULT_REFRESH_SECS: u64 = 120;
-
-/// Where the agent runs when it must keep refreshing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum SidecarMode {
-    /// Kubernetes 1.29+: an init container with `restartPolicy: Always`.
-    #[default]
-    Native,
-    /// Before 1.29: an init container for the first fetch plus a regular sidecar container.
-    Legacy,
-}
-
-/// Requests and limits of the injected containers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resources {
-    pub cpu_request: String,
-    pub memory_request: String,
-    pub memory_limit: String,
-    pub cpu_limit: Option<String>,
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Resources {
-            cpu_request: "5m".into(),
-            memory_request: "16Mi".into(),
-            memory_limit: "32Mi".into(),
-            cpu_limit: None,
-        }
-    }
-}
-
-/// What shapes an injection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InjectConfig {
-    pub agent_image: String,
-    pub sidecar_mode: SidecarMode,
-    pub default_refresh_secs: u64,
-    pub volume_size_limit: String,
-    pub resources: Resources,
-    /// `KURA_STORE` for the agent; `None` leaves its default (`aws`).
-    pub agent_store: Option<String>,
-}
-
-impl Default for InjectConfig {
-    fn default() -> Self {
-        InjectConfig {
-            agent_image: DEFAULT_AGENT_IMAGE.into(),
-            sidecar_mode: SidecarMode::Native,
-            default_refresh_secs: DEFAULT_REFRESH_SECS,
-            volume_size_limit: "4Mi".into(),
-            resources: Resources::default(),
-            agent_store: None,
-        }
-    }
-}
 
 /// The policy file's policy, or the built-in one without a file.
 pub fn load_policy(path: Option<&Path>) -> Result<Policy, PolicyError> {
@@ -121,6 +61,8 @@ pub enum Error {
     Policy(#[from] PolicyError),
 }
 
+// The injection's settings are the inject module's; what the command line can get wrong
+// about them is checked here, with the other settings.
 impl InjectConfig {
     /// Checks what the API server would otherwise refuse only when a pod is created: the
     /// resource quantities, the agent image and the agent's store setting.

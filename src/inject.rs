@@ -15,11 +15,12 @@ use kura_agent::contract::{self, AGENT_BINARY, AgentCommand, PODINFO_DIR};
 use kura_agent::spec::AgentMode;
 use sha2::{Digest, Sha256};
 
-use crate::config::{InjectConfig, SidecarMode};
 use crate::wire::PatchText;
 
+mod config;
 mod declared;
 mod shape;
+pub use config::{DEFAULT_AGENT_IMAGE, DEFAULT_REFRESH_SECS, InjectConfig, Resources, SidecarMode};
 pub use declared::{Declarations, Declared};
 
 pub const VOLUME: &str = "kura-secrets";

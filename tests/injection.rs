@@ -11,7 +11,7 @@ use common::{apply_patch, patch_bytes, review, validate_k8s};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kura::admission::{Admission, Endpoint, Verdict};
-use kura::config::{InjectConfig, SidecarMode};
+use kura::inject::{InjectConfig, SidecarMode};
 use kura::policy::{Policy, PolicyEngine};
 use kura_agent::store::{Store, StoreSetting};
 use serde_json::{Value, json};

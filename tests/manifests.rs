@@ -1,5 +1,5 @@
 //! What a platform team applies agrees with the code it deploys. Every fact has one source:
-//! the version is the crate's, the agent image `kura::config::DEFAULT_AGENT_IMAGE`, flags,
+//! the version is the crate's, the agent image `kura::inject::DEFAULT_AGENT_IMAGE`, flags,
 //! env twins, defaults and accepted values `kura::cli::Cli::command()`, the policy schema
 //! `kura::policy::Policy::from_yaml`, the workload kinds `kura::workload::WORKLOAD_KINDS`, the
 //! toolchain `rust-toolchain.toml`, the runtime uid the Dockerfiles' `USER`; the manifests
@@ -14,7 +14,7 @@ use std::process::Command;
 
 use clap::CommandFactory;
 use kura::cli::Cli;
-use kura::config::DEFAULT_AGENT_IMAGE;
+use kura::inject::DEFAULT_AGENT_IMAGE;
 use kura::policy::Policy;
 use kura_agent::contract::AgentCommand;
 use serde::Deserialize;

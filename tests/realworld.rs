@@ -9,7 +9,7 @@ use std::path::Path;
 use kura::admission::Admission;
 use kura::cli::lint::check;
 use kura::cli::manifests::parse_documents;
-use kura::config::InjectConfig;
+use kura::inject::InjectConfig;
 use kura::policy::{Policy, PolicyEngine, Rule};
 
 fn corpus() -> &'static Path {

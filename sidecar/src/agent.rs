@@ -295,7 +295,7 @@ fn read_refresh_now(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     // The downward API writes one `key="value"` a line.
     text.lines().find_map(|l| {
-        l.strip_prefix(crate::contract::REFRESH_NOW)?
+        l.strip_prefix(crate::annotations::REFRESH_NOW)?
             .strip_prefix('=')
             .map(str::to_string)
     })

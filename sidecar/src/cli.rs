@@ -171,11 +171,10 @@ async fn serve_metrics(listen: Option<SocketAddr>, agent: &Agent) -> Result<(), 
         .await
         .map_err(|e| agent::Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
     info!(%addr, "serving metrics at /metrics");
-    tokio::spawn(metrics::serve(
-        listener,
-        agent.metrics.clone(),
-        agent.store.clone(),
-    ));
+    let store = agent.store.clone();
+    tokio::spawn(metrics::serve(listener, agent.metrics.clone(), move || {
+        store.api_calls()
+    }));
     Ok(())
 }
 

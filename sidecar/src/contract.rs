@@ -13,11 +13,9 @@ pub const DEFAULT_DIR: &str = "/var/run/secrets/kura";
 pub const PODINFO_DIR: &str = "/var/run/kura/podinfo";
 
 /// The pod's annotations file inside [`PODINFO_DIR`] (how `kura.dev/refresh-now` reaches the
-/// agent).
+/// agent). The annotations themselves, `refresh-now` included, are defined once in the
+/// catalogue ([`crate::annotations::CATALOGUE`]).
 pub const ANNOTATIONS_FILE: &str = "/var/run/kura/podinfo/annotations";
-
-/// The annotation whose change asks running agents to refresh at once.
-pub const REFRESH_NOW: &str = crate::annotations::REFRESH_NOW;
 
 /// Environment variables the webhook sets on the agent container, each the twin of an agent flag.
 pub mod env {

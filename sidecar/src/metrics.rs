@@ -15,8 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::store::Store;
-
 /// Declares [`ErrorKind`] from one list: the variants, their labels and [`ErrorKind::ALL`] cannot
 /// disagree.
 macro_rules! error_kinds {
@@ -221,12 +219,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `GET /metrics` until the runtime stops. Other paths get 404.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store) {
+/// Serves `GET /metrics` until the runtime stops. Other paths get 404. `api_calls` reads the
+/// store's call counter at each scrape.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    api_calls: impl Fn() -> u64 + Send + 'static,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let body = metrics.render(store.api_calls());
+                let body = metrics.render(api_calls());
                 tokio::spawn(answer(stream, body));
             }
             Err(e) => {
@@ -378,10 +381,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let metrics = Arc::new(Metrics::default());
         metrics.refreshed(1);
-        let tmp = tempfile::NamedTempFile::new().expect("tmp");
-        std::fs::write(tmp.path(), "secrets: []\n").expect("store");
-        let store = Store::File(crate::store::FileStore::open(tmp.path()).expect("store"));
-        tokio::spawn(serve(listener, metrics, store));
+        tokio::spawn(serve(listener, metrics, || 7));
         let get = |path: &'static str| async move {
             let mut s = TcpStream::connect(addr).await.expect("connect");
             s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -398,6 +398,10 @@ mod tests {
             "{ok}"
         );
         assert!(ok.contains("\nkura_agent_refreshes_total 1\n"), "{ok}");
+        assert!(
+            ok.contains("\nkura_agent_aws_calls_total 7\n"),
+            "the store's counter is read at the scrape: {ok}"
+        );
         let missing = get("/").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         assert!(bind("0.0.0.0:0".parse().expect("addr")).await.is_err());

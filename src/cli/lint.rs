@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::manifests::{self, Document, is_checked_kind, review_for};
 use super::{Error, Result};
 use crate::admission::{Admission, Endpoint, Outcome};
-use crate::config::InjectConfig;
+use crate::inject::InjectConfig;
 use crate::policy::{Rule, Severity};
 
 /// How `kura lint` prints its reports.

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::{Error, Result};
 use crate::admission::Admission;
-use crate::config::{InjectConfig, load_policy};
+use crate::config::load_policy;
+use crate::inject::InjectConfig;
 use crate::policy::PolicyEngine;
 use crate::workload::WORKLOAD_KINDS;
 

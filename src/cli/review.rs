@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::manifests::{self, is_checked_kind, review_for};
 use super::{Error, Result};
 use crate::admission::Endpoint;
-use crate::config::{DEFAULT_AGENT_IMAGE, InjectConfig, SidecarMode};
+use crate::inject::{DEFAULT_AGENT_IMAGE, InjectConfig, SidecarMode};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -12,9 +12,9 @@ use tracing::{info, warn};
 
 use super::Result;
 use crate::admission::Admission;
-use crate::config::{
-    self, Config, DEFAULT_AGENT_IMAGE, DEFAULT_REFRESH_SECS, InjectConfig, Resources, SidecarMode,
-    TlsSource,
+use crate::config::{self, Config, TlsSource};
+use crate::inject::{
+    DEFAULT_AGENT_IMAGE, DEFAULT_REFRESH_SECS, InjectConfig, Resources, SidecarMode,
 };
 use crate::policy::PolicyEngine;
 use crate::server::{self, AppState};

@@ -1,7 +1,7 @@
 //! Table-driven tests: the (op, path) pairs for each pod shape, and every patch applied.
 
 use super::*;
-use crate::config::InjectConfig;
+use crate::inject::InjectConfig;
 use serde_json::{Value, json};
 
 fn pod(v: Value) -> Pod {
