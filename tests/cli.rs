@@ -36,18 +36,7 @@ fn verify(ca_pem: &str, cert_pem: &str, name: &str) -> Result<(), rustls::Error>
 #[test]
 fn certs_verify_for_the_service_and_renewal_keeps_the_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let run = || {
-        let out = Command::new(kura_bin())
-            .args(["certs", "--out-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = || common::kura_certs(dir.path());
     run();
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
     let (ca, cert) = (read("ca.crt"), read("tls.crt"));

@@ -8,9 +8,10 @@
 //! Kubernetes schemas is `scripts/check-manifests`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clap::CommandFactory;
 use kura::cli::Cli;
@@ -479,16 +480,7 @@ fn check_mounts(p: &mut Problems, label: &str, docs: &[Value], k: &Kura, serve: 
 /// `kura certs --out-dir` with every other flag at its default, run for real in a temp dir.
 fn kura_certs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kura"))
-        .args(["certs", "--out-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kura certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::kura_certs(dir.path());
     dir
 }
 

@@ -278,3 +278,18 @@ pub async fn post(
         .unwrap();
     resp["response"].clone()
 }
+
+/// Runs `kura certs --out-dir DIR` with every other flag at its default; fails the test with
+/// its stderr when it fails.
+pub fn kura_certs(dir: &Path) {
+    let out = Command::new(kura_bin())
+        .args(["certs", "--out-dir"])
+        .arg(dir)
+        .output()
+        .expect("kura certs runs");
+    assert!(
+        out.status.success(),
+        "kura certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
