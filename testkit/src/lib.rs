@@ -14,6 +14,7 @@
 pub mod k8s;
 pub mod metrics;
 pub mod moto;
+pub mod podman;
 pub mod tls_proxy;
 
 pub use k8s::validate_k8s;

@@ -1,0 +1,373 @@
+//! The images users run, built from the Dockerfiles' final stages and run as real OCI
+//! containers with podman (testkit::podman; no registry, no Docker engine):
+//!
+//! - the images agree with `docker/*.Dockerfile`: base contents, binary, user, entrypoint,
+//!   command, ports, labels, CA bundle; no shell; the binary runs under a read-only root;
+//! - the injected pod, through `/mutate` and the applied patch: the agent with its security
+//!   context, memory limit, env and command, the memory volume as a tmpfs of its `sizeLimit`, the
+//!   downward-API annotations, beside an app container with its read-only mount, against moto on
+//!   the host: files before the app starts, rotation and both reload hooks reaching the app,
+//!   SIGTERM, the files' owner and group, and peak memory with 20 secrets;
+//! - the webhook container as `deploy/` runs it: its args, probes and security context, TLS
+//!   from a Secret-style mounted certificate reloaded on a `..data` swap, draining on SIGTERM.
+//!
+//! The binaries are `$KURA_IMAGE_BINARIES/{kura,kura-agent}` when set (`scripts/test` builds the
+//! release binaries, what ships, and sets it), else this build's. Every test skips, printing
+//! why, only when no container can run here at all (`testkit::podman::available`).
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use testkit::podman::{self, FinalStage, Image, PodRun};
+
+struct Images {
+    kura: Image,
+    agent: Image,
+    app: Image,
+}
+
+fn binaries_dir() -> PathBuf {
+    std::env::var_os("KURA_IMAGE_BINARIES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| kura_bin().parent().unwrap().to_path_buf())
+}
+
+/// The images, built once per test run; `None` (with the reason printed) where no container
+/// runtime works.
+fn images() -> Option<&'static Images> {
+    static IMAGES: OnceLock<Result<Images, String>> = OnceLock::new();
+    let built = IMAGES.get_or_init(|| {
+        podman::available()?;
+        let dir = binaries_dir();
+        eprintln!("container tests: binaries from {}", dir.display());
+        let app_bin = kura_bin().parent().unwrap().join("examples/pod_app");
+        assert!(
+            app_bin.exists(),
+            "{} is missing: `cargo test` builds the examples",
+            app_bin.display()
+        );
+        let app_stage = FinalStage {
+            base: "scratch".into(),
+            instructions: vec![
+                "COPY --from=build --chown=0:0 --chmod=0555 /pod_app /pod_app".into(),
+                "USER 65532:65532".into(),
+                "ENTRYPOINT [\"/pod_app\"]".into(),
+            ],
+        };
+        Ok(Images {
+            kura: Image::build("kura", &dir.join("kura")),
+            agent: Image::build("kura-agent", &dir.join("kura-agent")),
+            app: Image::assemble("kura-pod-app", app_stage, &app_bin),
+        })
+    });
+    match built {
+        Ok(images) => Some(images),
+        Err(why) => {
+            eprintln!("SKIPPED: no container runtime can run here: {why}");
+            None
+        }
+    }
+}
+
+fn json_list(instr: Option<&str>) -> Value {
+    instr.map_or(Value::Null, |s| serde_json::from_str(s).unwrap())
+}
+
+/// The base the Dockerfiles name, and what the local images put in its place: distroless/cc on
+/// Debian 12 brings glibc (libc6) and libgcc (libgcc-s1); the host that assembles the images
+/// must be that Debian release, so the libraries are the same package versions' files.
+#[test]
+fn images_are_the_dockerfiles_final_stage() {
+    let Some(images) = images() else { return };
+    let os = std::fs::read_to_string("/etc/os-release").unwrap();
+    assert!(
+        os.lines().any(|l| l == "VERSION_ID=\"12\""),
+        "the images are assembled from this machine's Debian 12 libraries (distroless cc-debian12); this is not Debian 12:\n{os}"
+    );
+    for image in [&images.kura, &images.agent] {
+        let stage = &image.stage;
+        let tag = &image.tag;
+        assert!(
+            stage.base.starts_with("gcr.io/distroless/cc-debian12:nonroot"),
+            "{tag}: the Dockerfile's base is {}, the local image reproduces distroless/cc-debian12:nonroot",
+            stage.base
+        );
+        let cfg = &image.inspect()["Config"];
+        assert_eq!(cfg["User"], stage.get("USER").unwrap(), "{tag}: user");
+        assert_eq!(cfg["Entrypoint"], json_list(stage.get("ENTRYPOINT")), "{tag}: entrypoint");
+        assert_eq!(cfg["Cmd"], json_list(stage.get("CMD")), "{tag}: cmd");
+        let exposed: Vec<String> = stage
+            .get("EXPOSE")
+            .map(|e| e.split_whitespace().map(|p| format!("{p}/tcp")).collect())
+            .unwrap_or_default();
+        let mut got: Vec<String> = cfg["ExposedPorts"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        got.sort();
+        assert_eq!(got, exposed, "{tag}: exposed ports");
+        let labels = stage.get("LABEL").unwrap();
+        for pair in labels.split("\" ") {
+            let (k, v) = pair.split_once('=').unwrap();
+            assert_eq!(cfg["Labels"][k], v.trim_matches('"'), "{tag}: label {k}");
+        }
+        let user: Vec<u32> = stage
+            .get("USER")
+            .unwrap()
+            .split(':')
+            .map(|n| n.parse().expect("a numeric USER"))
+            .collect();
+        assert!(user.len() == 2 && user.iter().all(|&n| n != 0), "{tag}: USER {user:?}");
+
+        let files = image.files();
+        let (_, binary) = stage.binary();
+        assert_eq!(
+            files.get(&binary).map(String::as_str),
+            Some("-r-xr-xr-x 0:0"),
+            "{tag}: {binary} as COPY --chown=0:0 --chmod=0555 makes it"
+        );
+        assert!(files.contains_key(podman::CA_BUNDLE), "{tag}: CA bundle");
+        for lib in &image.libraries {
+            let lib = lib.to_str().unwrap();
+            assert!(files.contains_key(lib), "{tag}: {lib}");
+            let owner = std::process::Command::new("dpkg")
+                .args(["-S", lib])
+                .output()
+                .unwrap();
+            let pkg = String::from_utf8_lossy(&owner.stdout);
+            assert!(
+                pkg.starts_with("libc6:") || pkg.starts_with("libgcc-s1:"),
+                "{tag}: links {lib} ({}), which distroless/cc does not have",
+                pkg.trim()
+            );
+        }
+        for shell in ["/bin/sh", "/bin/bash", "/bin/busybox", "/usr/bin/sh"] {
+            assert!(!files.contains_key(shell), "{tag}: has {shell}");
+        }
+        let passwd = podman::podman(&["run", "--rm", "--entrypoint", &binary, tag, "--version"]);
+        assert!(!passwd.is_empty(), "{tag}: --version printed nothing");
+        // Read-only root, no capabilities, the image's own user: the binary starts.
+        let out = podman::podman_output(&[
+            "run",
+            "--rm",
+            "--read-only",
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            tag,
+            "--help",
+        ]);
+        assert!(out.status.success(), "{tag} --help under a read-only root");
+        let sh = podman::podman_output(&["run", "--rm", "--entrypoint", "/bin/sh", tag, "-c", "true"]);
+        assert!(!sh.status.success(), "{tag}: a shell ran");
+    }
+}
+
+const SECRETS: usize = 20;
+const APP_UID: i64 = 1000;
+const APP_GID: i64 = 3000;
+
+/// The pod a developer writes: `SECRETS` secrets, a reload hook, the app reading `s00`.
+fn app_pod(images: &Images, run: &str, reload: &str, share_pid: bool) -> Value {
+    let mut ann = serde_json::Map::new();
+    ann.insert("kura.dev/inject".into(), json!("true"));
+    ann.insert("kura.dev/reload".into(), json!(reload));
+    for i in 0..SECRETS {
+        ann.insert(
+            format!("kura.dev/secret.s{i:02}"),
+            json!(format!("/demo/{run}/s{i:02}")),
+        );
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "generateName": "app-", "namespace": "demo", "annotations": ann },
+        "spec": {
+            "shareProcessNamespace": share_pid,
+            "securityContext": { "runAsUser": APP_UID, "runAsGroup": APP_GID, "runAsNonRoot": true },
+            "containers": [{
+                "name": "app",
+                "image": images.app.tag,
+                "command": ["/pod_app", "/var/run/secrets/kura/s00", "8080"],
+                "securityContext": {
+                    "readOnlyRootFilesystem": true,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": { "drop": ["ALL"] }
+                }
+            }]
+        }
+    })
+}
+
+async fn admitted(hook: &Webhook, ca: &str, pod: &Value) -> Value {
+    let mut review = example_review();
+    review["request"]["namespace"] = json!("demo");
+    review["request"]["object"] = pod.clone();
+    let resp = post(&https_client(ca), &format!("{}/mutate", hook.url), &review).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let patched = apply_patch(pod, &patch_bytes(&resp["patch"]).expect("a patch"));
+    validate_k8s(std::slice::from_ref(&patched)).unwrap();
+    patched
+}
+
+fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// The host's loopback as the pod's network (slirp4netns) reaches it.
+fn from_pod(endpoint: &str) -> String {
+    endpoint.replace("127.0.0.1", "10.0.2.2")
+}
+
+async fn put(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
+    client
+        .put_secret_value()
+        .secret_id(id)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Runs the injected pod with one reload hook and checks everything the issue names.
+async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
+    let Some(images) = images() else { return };
+    let moto = Moto::start();
+    let client = moto.client().await;
+    let key = moto.create_kms_key().await;
+    let run = format!("r{}", std::process::id());
+    for i in 0..SECRETS {
+        client
+            .create_secret()
+            .name(format!("/demo/{run}/s{i:02}"))
+            .kms_key_id(&key)
+            .secret_string(format!("value-{i:02}-v1"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let certs = test_certs();
+    let hook = Webhook::start(
+        &certs,
+        &["--agent-image", &images.agent.tag],
+        &moto.env(),
+    );
+    let pod = admitted(&hook, &certs.ca, &app_pod(images, &run, reload, share_pid)).await;
+    let agent = &pod["spec"]["initContainers"][0];
+    assert_eq!(agent["name"], "kura-agent");
+    assert_eq!(agent["restartPolicy"], "Always");
+
+    let p = PodRun::create(&pod);
+    let aws = aws_env(&from_pod(&moto.endpoint));
+    p.start("kura-agent", &aws);
+    // As the kubelet does for a native sidecar: the app starts once the startup probe passes.
+    let probe: Vec<&str> = agent["startupProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let ready = wait_until("the agent's startup probe", Duration::from_secs(60), || {
+        p.exec("kura-agent", &probe)
+    });
+    println!("agent ready (startup probe passed) {ready:?} after start, {SECRETS} secrets");
+    p.start("app", &[]);
+    let expect_start = format!(
+        "start content=value-00-v1 uid={APP_UID} gid={APP_GID} mode=400"
+    );
+    wait_until("the app's first line", Duration::from_secs(20), || {
+        p.logs("app").contains("start ")
+    });
+    assert!(
+        p.logs("app").contains(&expect_start),
+        "app: {}\nagent: {}",
+        p.logs("app"),
+        p.logs("kura-agent")
+    );
+
+    // Rotation, noticed at once through kura.dev/refresh-now in the downward-API file.
+    put(&client, &format!("/demo/{run}/s00"), "value-00-v2").await;
+    let ann_file = p.host_dir.path().join("kura-podinfo/annotations");
+    let mut text = std::fs::read_to_string(&ann_file).unwrap();
+    text.push_str("kura.dev/refresh-now=\"1\"\n");
+    let tmp = ann_file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &ann_file).unwrap();
+    let want = format!("{expect_reload} content=value-00-v2 uid={APP_UID} gid={APP_GID}");
+    wait_until("the reload hook reaching the app", Duration::from_secs(20), || {
+        p.logs("app").contains(&want)
+    });
+
+    let limit = podman::quantity_bytes(agent["resources"]["limits"]["memory"].as_str().unwrap());
+    let peak = p.peak_memory("kura-agent");
+    println!(
+        "agent peak memory (cgroup, tmpfs pages included), {SECRETS} secrets: {:.2} MiB of a {:.0} MiB limit",
+        peak as f64 / f64::from(1 << 20),
+        limit as f64 / f64::from(1 << 20)
+    );
+    assert!(peak < limit, "peak {peak} over the limit {limit}");
+
+    // SIGTERM: the agent exits 0 within a second and the app still reads its files.
+    p.kill("kura-agent", "TERM");
+    let stopped = wait_until("the agent stopping on SIGTERM", Duration::from_secs(5), || {
+        p.inspect("kura-agent", "{{.State.Running}}") == "false"
+    });
+    println!("agent stopped {stopped:?} after SIGTERM");
+    assert!(stopped < Duration::from_secs(1), "SIGTERM took {stopped:?}");
+    assert_eq!(p.inspect("kura-agent", "{{.State.ExitCode}}"), "0");
+    p.kill("app", "HUP");
+    wait_until("the app reading after the agent stopped", Duration::from_secs(10), || {
+        p.logs("app")
+            .contains(&format!("reload-signal content=value-00-v2 uid={APP_UID}"))
+    });
+    let log = p.logs("kura-agent");
+    for i in 0..SECRETS {
+        assert!(!log.contains(&format!("value-{i:02}")), "a value in the agent's log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_pod_with_an_http_reload_hook() {
+    injected_pod("http://127.0.0.1:8080/reload", false, "reload-http method=POST").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_pod_with_a_signal_reload_hook_and_a_shared_pid_namespace() {
+    injected_pod("signal:SIGHUP:pod_app", true, "reload-signal").await;
+}
+
+/// `deploy/base/deployment.yaml`'s kura container.
+fn deployed_container() -> Value {
+    let text = std::fs::read_to_string(workspace_root().join("deploy/base/deployment.yaml")).unwrap();
+    let d: Value = serde_yaml_ng::from_str(&text).unwrap();
+    d["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+fn secret_style_certs(dir: &Path, version: &str, cert: &str, key: &str) {
+    // As the kubelet projects a Secret: ..<version>/ files, ..data -> ..<version>, and
+    // tls.crt -> ..data/tls.crt.
+    let v = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("tls.crt"), cert).unwrap();
+    std::fs::write(v.join("tls.key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+        }
+    }
+}
