@@ -47,7 +47,10 @@ async fn main() {
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            say(format!("reload-http method={method} {}", describe(&http_file)));
+            say(format!(
+                "reload-http method={method} {}",
+                describe(&http_file)
+            ));
             let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
         }
     });

@@ -94,13 +94,19 @@ fn images_are_the_dockerfiles_final_stage() {
         let stage = &image.stage;
         let tag = &image.tag;
         assert!(
-            stage.base.starts_with("gcr.io/distroless/cc-debian12:nonroot"),
+            stage
+                .base
+                .starts_with("gcr.io/distroless/cc-debian12:nonroot"),
             "{tag}: the Dockerfile's base is {}, the local image reproduces distroless/cc-debian12:nonroot",
             stage.base
         );
         let cfg = &image.inspect()["Config"];
         assert_eq!(cfg["User"], stage.get("USER").unwrap(), "{tag}: user");
-        assert_eq!(cfg["Entrypoint"], json_list(stage.get("ENTRYPOINT")), "{tag}: entrypoint");
+        assert_eq!(
+            cfg["Entrypoint"],
+            json_list(stage.get("ENTRYPOINT")),
+            "{tag}: entrypoint"
+        );
         assert_eq!(cfg["Cmd"], json_list(stage.get("CMD")), "{tag}: cmd");
         let exposed: Vec<String> = stage
             .get("EXPOSE")
@@ -123,7 +129,10 @@ fn images_are_the_dockerfiles_final_stage() {
             .split(':')
             .map(|n| n.parse().expect("a numeric USER"))
             .collect();
-        assert!(user.len() == 2 && user.iter().all(|&n| n != 0), "{tag}: USER {user:?}");
+        assert!(
+            user.len() == 2 && user.iter().all(|&n| n != 0),
+            "{tag}: USER {user:?}"
+        );
 
         let files = image.files();
         let (_, binary) = stage.binary();
@@ -163,7 +172,8 @@ fn images_are_the_dockerfiles_final_stage() {
             "--help",
         ]);
         assert!(out.status.success(), "{tag} --help under a read-only root");
-        let sh = podman::podman_output(&["run", "--rm", "--entrypoint", "/bin/sh", tag, "-c", "true"]);
+        let sh =
+            podman::podman_output(&["run", "--rm", "--entrypoint", "/bin/sh", tag, "-c", "true"]);
         assert!(!sh.status.success(), "{tag}: a shell ran");
     }
 }
@@ -257,11 +267,7 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
             .unwrap();
     }
     let certs = test_certs();
-    let hook = Webhook::start(
-        &certs,
-        &["--agent-image", &images.agent.tag],
-        &moto.env(),
-    );
+    let hook = Webhook::start(&certs, &["--agent-image", &images.agent.tag], &moto.env());
     let pod = admitted(&hook, &certs.ca, &app_pod(images, &run, reload, share_pid)).await;
     let agent = &pod["spec"]["initContainers"][0];
     assert_eq!(agent["name"], "kura-agent");
@@ -282,9 +288,7 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
     });
     println!("agent ready (startup probe passed) {ready:?} after start, {SECRETS} secrets");
     p.start("app", &[]);
-    let expect_start = format!(
-        "start content=value-00-v1 uid={APP_UID} gid={APP_GID} mode=400"
-    );
+    let expect_start = format!("start content=value-00-v1 uid={APP_UID} gid={APP_GID} mode=400");
     wait_until("the app's first line", Duration::from_secs(20), || {
         p.logs("app").contains("start ")
     });
@@ -304,9 +308,11 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &ann_file).unwrap();
     let want = format!("{expect_reload} content=value-00-v2 uid={APP_UID} gid={APP_GID}");
-    wait_until("the reload hook reaching the app", Duration::from_secs(20), || {
-        p.logs("app").contains(&want)
-    });
+    wait_until(
+        "the reload hook reaching the app",
+        Duration::from_secs(20),
+        || p.logs("app").contains(&want),
+    );
 
     let limit = podman::quantity_bytes(agent["resources"]["limits"]["memory"].as_str().unwrap());
     let peak = p.peak_memory("kura-agent");
@@ -319,26 +325,40 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
 
     // SIGTERM: the agent exits 0 within a second and the app still reads its files.
     p.kill("kura-agent", "TERM");
-    let stopped = wait_until("the agent stopping on SIGTERM", Duration::from_secs(5), || {
-        p.inspect("kura-agent", "{{.State.Running}}") == "false"
-    });
+    let stopped = wait_until(
+        "the agent stopping on SIGTERM",
+        Duration::from_secs(5),
+        || p.inspect("kura-agent", "{{.State.Running}}") == "false",
+    );
     println!("agent stopped {stopped:?} after SIGTERM");
     assert!(stopped < Duration::from_secs(1), "SIGTERM took {stopped:?}");
     assert_eq!(p.inspect("kura-agent", "{{.State.ExitCode}}"), "0");
     p.kill("app", "HUP");
-    wait_until("the app reading after the agent stopped", Duration::from_secs(10), || {
-        p.logs("app")
-            .contains(&format!("reload-signal content=value-00-v2 uid={APP_UID}"))
-    });
+    wait_until(
+        "the app reading after the agent stopped",
+        Duration::from_secs(10),
+        || {
+            p.logs("app")
+                .contains(&format!("reload-signal content=value-00-v2 uid={APP_UID}"))
+        },
+    );
     let log = p.logs("kura-agent");
     for i in 0..SECRETS {
-        assert!(!log.contains(&format!("value-{i:02}")), "a value in the agent's log");
+        assert!(
+            !log.contains(&format!("value-{i:02}")),
+            "a value in the agent's log"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn injected_pod_with_an_http_reload_hook() {
-    injected_pod("http://127.0.0.1:8080/reload", false, "reload-http method=POST").await;
+    injected_pod(
+        "http://127.0.0.1:8080/reload",
+        false,
+        "reload-http method=POST",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,20 +366,19 @@ async fn injected_pod_with_a_signal_reload_hook_and_a_shared_pid_namespace() {
     injected_pod("signal:SIGHUP:pod_app", true, "reload-signal").await;
 }
 
-/// `deploy/base/deployment.yaml`'s kura container.
-fn deployed_container() -> Value {
-    let text = std::fs::read_to_string(workspace_root().join("deploy/base/deployment.yaml")).unwrap();
-    let d: Value = serde_yaml_ng::from_str(&text).unwrap();
-    d["spec"]["template"]["spec"]["containers"][0].clone()
-}
-
-fn secret_style_certs(dir: &Path, version: &str, cert: &str, key: &str) {
-    // As the kubelet projects a Secret: ..<version>/ files, ..data -> ..<version>, and
-    // tls.crt -> ..data/tls.crt.
+/// Writes a certificate and key as the kubelet projects a Secret: `..<version>/` files,
+/// `..data -> ..<version>` swapped by a rename, `tls.crt -> ..data/tls.crt`; owned by root and
+/// group 65532 (the pod's fsGroup), mode 0440 (the volume's defaultMode).
+fn secret_style_certs(dir: &Path, version: &str, cert: &Path, key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     let v = dir.join(format!("..{version}"));
     std::fs::create_dir_all(&v).unwrap();
-    std::fs::write(v.join("tls.crt"), cert).unwrap();
-    std::fs::write(v.join("tls.key"), key).unwrap();
+    for (from, name) in [(cert, "tls.crt"), (key, "tls.key")] {
+        let to = v.join(name);
+        std::fs::copy(from, &to).unwrap();
+        std::os::unix::fs::chown(&to, Some(0), Some(65532)).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o440)).unwrap();
+    }
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
@@ -370,4 +389,161 @@ fn secret_style_certs(dir: &Path, version: &str, cert: &str, key: &str) {
             std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
         }
     }
+}
+
+/// The webhook as `deploy/` runs it, from the Deployment's pod template: args, ports, probes,
+/// security context, the TLS Secret and policy ConfigMap as the kubelet projects them.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_container_as_deployed() {
+    let Some(images) = images() else { return };
+    let text =
+        std::fs::read_to_string(workspace_root().join("deploy/base/deployment.yaml")).unwrap();
+    let deployment: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": deployment["spec"]["template"]["metadata"].clone(),
+        "spec": deployment["spec"]["template"]["spec"].clone(),
+    });
+    pod["spec"]["containers"][0]["image"] = json!(images.kura.tag);
+    let c = pod["spec"]["containers"][0].clone();
+    let port_of = |probe: &str| -> u16 {
+        let named = c[probe]["httpGet"]["port"].as_str().unwrap();
+        let p = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == named)
+            .unwrap();
+        u16::try_from(p["containerPort"].as_i64().unwrap()).unwrap()
+    };
+    let https = port_of("readinessProbe");
+    assert_eq!(https, port_of("livenessProbe"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+
+    let moto = Moto::start();
+    let client = moto.client().await;
+    let key = moto.create_kms_key().await;
+    let run = format!("w{}", std::process::id());
+    let secret = format!("/demo/{run}/db");
+    client
+        .create_secret()
+        .name(&secret)
+        .kms_key_id(&key)
+        .secret_string("v")
+        .send()
+        .await
+        .unwrap();
+
+    let host_port = free_port();
+    let p = PodRun::create_publishing(&pod, &[(host_port, https)]);
+    // The Secret and the ConfigMap, projected as the kubelet does (..data symlink swap), the
+    // key group-readable by fsGroup and not world-readable (defaultMode 0440).
+    let first = test_certs();
+    let tls = p.host_dir.path().join("tls");
+    secret_style_certs(&tls, "1", &first.cert, &first.key);
+    let policy_dir = p.host_dir.path().join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    let cm: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(workspace_root().join("deploy/base/policy-configmap.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    for (file, content) in cm["data"].as_object().unwrap() {
+        std::fs::write(policy_dir.join(file), content.as_str().unwrap()).unwrap();
+    }
+    p.start("kura", &aws_env(&from_pod(&moto.endpoint)));
+
+    let url = url_of(host_port);
+    let probe = |client: reqwest::Client, path: String| async move {
+        client
+            .get(format!("{}{path}", url_of(host_port)))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let readiness = c["readinessProbe"]["httpGet"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let liveness = c["livenessProbe"]["httpGet"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let trusting_first = https_client(&first.ca);
+    let start = Instant::now();
+    while probe(trusting_first.clone(), readiness.clone()).await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "readiness probe never passed: {}",
+            p.logs("kura")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(probe(trusting_first.clone(), liveness.clone()).await, 200);
+
+    let mut review = review(
+        "demo",
+        &[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.db", secret.as_str()),
+        ],
+    );
+    review["request"]["object"]["metadata"]["namespace"] = json!("demo");
+    let resp = post(&trusting_first, &format!("{url}/mutate"), &review).await;
+    assert_eq!(resp["allowed"], true, "{resp}\n{}", p.logs("kura"));
+    assert!(
+        resp["patch"].is_string() || resp["patch"].is_array(),
+        "{resp}"
+    );
+
+    // A renewed certificate from another CA, swapped in as the kubelet updates a Secret.
+    let second = test_certs();
+    secret_style_certs(&tls, "2", &second.cert, &second.key);
+    let trusting_second = https_client(&second.ca);
+    let start = Instant::now();
+    while probe(trusting_second.clone(), liveness.clone()).await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the renewed certificate was never served: {}",
+            p.logs("kura")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "renewed certificate served {:?} after the ..data swap",
+        start.elapsed()
+    );
+
+    // SIGTERM: not ready at once (endpoints drop the pod), still answering admissions while
+    // draining, exit 0 within the pod's grace period.
+    p.kill("kura", "TERM");
+    let start = Instant::now();
+    while probe(trusting_second.clone(), readiness.clone()).await == 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still ready after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = post(&trusting_second, &format!("{url}/mutate"), &review).await;
+    assert_eq!(resp["allowed"], true, "admissions while draining: {resp}");
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let stopped = wait_until("kura stopping", Duration::from_secs(grace), || {
+        p.inspect("kura", "{{.State.Running}}") == "false"
+    });
+    println!("kura drained and stopped {stopped:?} after SIGTERM (grace {grace}s)");
+    assert_eq!(
+        p.inspect("kura", "{{.State.ExitCode}}"),
+        "0",
+        "{}",
+        p.logs("kura")
+    );
+}
+
+fn url_of(port: u16) -> String {
+    format!("https://127.0.0.1:{port}")
 }

@@ -167,8 +167,11 @@ impl Image {
         let mut file = String::from("FROM scratch\nCOPY rootfs/ /\n");
         for l in &stage.instructions {
             let l = if l.starts_with("COPY --from=build ") {
-                l.replacen("COPY --from=build ", "COPY ", 1)
-                    .replacen(&format!(" {src} "), &format!(" {local_src} "), 1)
+                l.replacen("COPY --from=build ", "COPY ", 1).replacen(
+                    &format!(" {src} "),
+                    &format!(" {local_src} "),
+                    1,
+                )
             } else {
                 l.clone()
             };
@@ -267,7 +270,9 @@ pub struct PodRun {
     pod: Value,
     /// emptyDir memory volumes: tmpfs mounts under `host_dir`.
     tmpfs: Vec<PathBuf>,
-    /// Host directory for downward-API files and termination logs.
+    /// Host directory for downward-API files, termination logs and tmpfs volumes; a directory
+    /// `<volume name>` the test puts here stands for any other volume (a Secret, a ConfigMap),
+    /// mounted read-only.
     pub host_dir: tempfile::TempDir,
 }
 
@@ -276,6 +281,12 @@ impl PodRun {
     /// reaches a node-local endpoint) and its volumes. The Pod's images must be local ones
     /// (`localhost/...`: the webhook's `--agent-image`, the app's `image`).
     pub fn create(pod: &Value) -> PodRun {
+        PodRun::create_publishing(pod, &[])
+    }
+
+    /// Like [`PodRun::create`], with `(host loopback port, container port)` pairs published, as
+    /// the node reaches a pod's ports (probes, the API server calling a webhook).
+    pub fn create_publishing(pod: &Value, ports: &[(u16, u16)]) -> PodRun {
         let name = format!(
             "kura-test-{}-{}",
             std::process::id(),
@@ -286,7 +297,7 @@ impl PodRun {
         if spec["shareProcessNamespace"] == true {
             share.push_str(",pid");
         }
-        podman(&[
+        let mut args: Vec<String> = [
             "pod",
             "create",
             "--name",
@@ -295,7 +306,13 @@ impl PodRun {
             "slirp4netns:allow_host_loopback=true",
             "--share",
             &share,
-        ]);
+        ]
+        .map(String::from)
+        .to_vec();
+        for (host, container) in ports {
+            args.push(format!("--publish=127.0.0.1:{host}:{container}"));
+        }
+        podman(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let mut run = PodRun {
             name,
             pod: pod.clone(),
@@ -388,7 +405,11 @@ impl PodRun {
             args.push(format!("--user={uid}:{gid}"));
         }
         if sc["runAsNonRoot"] == true || pod_sc["runAsNonRoot"] == true {
-            assert_ne!(field("runAsUser"), Some(0), "{name}: runAsNonRoot with uid 0");
+            assert_ne!(
+                field("runAsUser"),
+                Some(0),
+                "{name}: runAsNonRoot with uid 0"
+            );
         }
         if let Some(g) = pod_sc["fsGroup"].as_i64() {
             args.push(format!("--group-add={g}"));
@@ -497,9 +518,12 @@ impl PodRun {
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         for line in cgroups.lines() {
             let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+            let (_, controllers, path) =
+                (parts.next(), parts.next().unwrap(), parts.next().unwrap());
             let candidates = if controllers.split(',').any(|c| c == "memory") {
-                vec![format!("/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes")]
+                vec![format!(
+                    "/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes"
+                )]
             } else if controllers.is_empty() {
                 vec![format!("/sys/fs/cgroup{path}/memory.peak")]
             } else {
