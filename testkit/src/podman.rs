@@ -49,8 +49,15 @@ pub fn podman_output(args: &[&str]) -> Output {
 }
 
 /// `Err(reason)` when no container can run on this machine: podman missing or unable to reach
-/// its runtime. The tests print the reason and skip only then; any later failure is a failure.
+/// its runtime, or not root (the kubelet's part needs it). The tests print the reason and skip
+/// only then; any later failure is a failure.
 pub fn available() -> Result<(), String> {
+    let uid = Command::new("id").arg("-u").output().expect("id runs");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("the pod harness mounts tmpfs volumes and projects files as the kubelet \
+                    does, which needs root"
+            .into());
+    }
     let probe = podman_output(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]);
     if !probe.status.success() {
         return Err(format!(
