@@ -54,9 +54,11 @@ pub fn podman_output(args: &[&str]) -> Output {
 pub fn available() -> Result<(), String> {
     let uid = Command::new("id").arg("-u").output().expect("id runs");
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err("the pod harness mounts tmpfs volumes and projects files as the kubelet \
+        return Err(
+            "the pod harness mounts tmpfs volumes and projects files as the kubelet \
                     does, which needs root"
-            .into());
+                .into(),
+        );
     }
     let probe = podman_output(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]);
     if !probe.status.success() {
