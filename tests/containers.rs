@@ -182,10 +182,30 @@ const SECRETS: usize = 20;
 const APP_UID: i64 = 1000;
 const APP_GID: i64 = 3000;
 
+/// How the pod gives the files a group: the app's `runAsGroup` (files `0400`), only an
+/// `fsGroup` (the app runs with group 0, as containerd leaves it; files `0440` for the group),
+/// or neither (the agent takes its uid as group, never 0).
+#[derive(Clone, Copy)]
+enum Group {
+    RunAsGroup,
+    FsGroup,
+    Neither,
+}
+
 /// The pod a developer writes: `SECRETS` secrets, a reload hook, the app reading `s00`.
-fn app_pod(images: &Images, run: &str, reload: &str, share_pid: bool) -> Value {
+fn app_pod(images: &Images, run: &str, reload: &str, share_pid: bool, group: Group) -> Value {
     let mut ann = serde_json::Map::new();
     ann.insert("kura.dev/inject".into(), json!("true"));
+    let pod_sc = match group {
+        Group::RunAsGroup => {
+            json!({ "runAsUser": APP_UID, "runAsGroup": APP_GID, "runAsNonRoot": true })
+        }
+        Group::FsGroup => {
+            ann.insert("kura.dev/file-mode".into(), json!("0440"));
+            json!({ "runAsUser": APP_UID, "fsGroup": APP_GID, "runAsNonRoot": true })
+        }
+        Group::Neither => json!({ "runAsUser": APP_UID, "runAsNonRoot": true }),
+    };
     ann.insert("kura.dev/reload".into(), json!(reload));
     for i in 0..SECRETS {
         ann.insert(
@@ -199,7 +219,7 @@ fn app_pod(images: &Images, run: &str, reload: &str, share_pid: bool) -> Value {
         "metadata": { "generateName": "app-", "namespace": "demo", "annotations": ann },
         "spec": {
             "shareProcessNamespace": share_pid,
-            "securityContext": { "runAsUser": APP_UID, "runAsGroup": APP_GID, "runAsNonRoot": true },
+            "securityContext": pod_sc,
             "containers": [{
                 "name": "app",
                 "image": images.app.tag,
@@ -250,7 +270,7 @@ async fn put(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
 }
 
 /// Runs the injected pod with one reload hook and checks everything the issue names.
-async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
+async fn injected_pod(reload: &str, share_pid: bool, group: Group, expect_reload: &str) {
     let Some(images) = images() else { return };
     let moto = Moto::start();
     let client = moto.client().await;
@@ -268,7 +288,12 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
     }
     let certs = test_certs();
     let hook = Webhook::start(&certs, &["--agent-image", &images.agent.tag], &moto.env());
-    let pod = admitted(&hook, &certs.ca, &app_pod(images, &run, reload, share_pid)).await;
+    let pod = admitted(
+        &hook,
+        &certs.ca,
+        &app_pod(images, &run, reload, share_pid, group),
+    )
+    .await;
     let agent = &pod["spec"]["initContainers"][0];
     assert_eq!(agent["name"], "kura-agent");
     assert_eq!(agent["restartPolicy"], "Always");
@@ -288,7 +313,12 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
     });
     println!("agent ready (startup probe passed) {ready:?} after start, {SECRETS} secrets");
     p.start("app", &[]);
-    let expect_start = format!("start content=value-00-v1 uid={APP_UID} gid={APP_GID} mode=400");
+    let (gid, mode) = match group {
+        Group::RunAsGroup => (APP_GID, "400"),
+        Group::FsGroup => (APP_GID, "440"),
+        Group::Neither => (APP_UID, "400"),
+    };
+    let expect_start = format!("start content=value-00-v1 uid={APP_UID} gid={gid} mode={mode}");
     wait_until("the app's first line", Duration::from_secs(20), || {
         p.logs("app").contains("start ")
     });
@@ -307,7 +337,7 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
     let tmp = ann_file.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &ann_file).unwrap();
-    let want = format!("{expect_reload} content=value-00-v2 uid={APP_UID} gid={APP_GID}");
+    let want = format!("{expect_reload} content=value-00-v2 uid={APP_UID} gid={gid}");
     wait_until(
         "the reload hook reaching the app",
         Duration::from_secs(20),
@@ -352,18 +382,36 @@ async fn injected_pod(reload: &str, share_pid: bool, expect_reload: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn injected_pod_with_an_http_reload_hook() {
+async fn injected_pod_with_an_http_reload_hook_and_run_as_group() {
     injected_pod(
         "http://127.0.0.1:8080/reload",
         false,
+        Group::RunAsGroup,
         "reload-http method=POST",
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn injected_pod_with_a_signal_reload_hook_and_a_shared_pid_namespace() {
-    injected_pod("signal:SIGHUP:pod_app", true, "reload-signal").await;
+async fn injected_pod_without_a_group_has_files_of_the_uid_group() {
+    injected_pod(
+        "http://127.0.0.1:8080/reload",
+        false,
+        Group::Neither,
+        "reload-http method=POST",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_pod_with_a_signal_reload_hook_a_shared_pid_namespace_and_fs_group() {
+    injected_pod(
+        "signal:SIGHUP:pod_app",
+        true,
+        Group::FsGroup,
+        "reload-signal",
+    )
+    .await;
 }
 
 /// Writes a certificate and key as the kubelet projects a Secret: `..<version>/` files,
