@@ -159,8 +159,8 @@ fn images_are_the_dockerfiles_final_stage() {
         for shell in ["/bin/sh", "/bin/bash", "/bin/busybox", "/usr/bin/sh"] {
             assert!(!files.contains_key(shell), "{tag}: has {shell}");
         }
-        let passwd = podman::podman(&["run", "--rm", "--entrypoint", &binary, tag, "--version"]);
-        assert!(!passwd.is_empty(), "{tag}: --version printed nothing");
+        let version = podman::podman(&["run", "--rm", "--entrypoint", &binary, tag, "--version"]);
+        assert!(!version.is_empty(), "{tag}: --version printed nothing");
         // Read-only root, no capabilities, the image's own user: the binary starts.
         let out = podman::podman_output(&[
             "run",
@@ -541,10 +541,17 @@ async fn webhook_container_as_deployed() {
     review["request"]["object"]["metadata"]["namespace"] = json!("demo");
     let resp = post(&trusting_first, &format!("{url}/mutate"), &review).await;
     assert_eq!(resp["allowed"], true, "{resp}\n{}", p.logs("kura"));
-    assert!(
-        resp["patch"].is_string() || resp["patch"].is_array(),
-        "{resp}"
+    let patched = apply_patch(
+        &review["request"]["object"],
+        &patch_bytes(&resp["patch"]).expect("a patch"),
     );
+    let agent_image = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("--agent-image="))
+        .unwrap();
+    assert_eq!(patched["spec"]["initContainers"][0]["image"], agent_image);
 
     // A renewed certificate from another CA, swapped in as the kubelet updates a Secret.
     let second = test_certs();

@@ -126,7 +126,7 @@ impl FinalStage {
 /// A local image built from a Dockerfile's final stage.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// `localhost/<name>:test`
+    /// `localhost/<name>:test-<hash of the binary and the Containerfile>`
     pub tag: String,
     pub stage: FinalStage,
     /// The C libraries the binary links, as put into the image.
@@ -138,14 +138,14 @@ pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl Image {
     /// Builds `docker/<name>.Dockerfile`'s final stage around `binary`, tagged
-    /// `localhost/<name>:test`.
+    /// `localhost/<name>:test-<hash>`.
     pub fn build(name: &str, binary: &Path) -> Image {
         let dockerfile = workspace_root().join(format!("docker/{name}.Dockerfile"));
         Image::assemble(name, FinalStage::read(&dockerfile), binary)
     }
 
     /// Builds `stage` (whose `COPY --from=build` names the binary) around `binary`, on the files
-    /// distroless/cc contributes, tagged `localhost/<name>:test`.
+    /// distroless/cc contributes, tagged `localhost/<name>:test-<hash>`.
     pub fn assemble(name: &str, stage: FinalStage, binary: &Path) -> Image {
         let ctx = tempfile::tempdir().unwrap();
         let root = ctx.path().join("rootfs");
@@ -188,7 +188,15 @@ impl Image {
             file.push('\n');
         }
         write(&ctx.path().join("Containerfile"), &file);
-        let tag = format!("localhost/{name}:test");
+        // Named by content, so that test runs in other worktrees on this machine (podman's
+        // storage is shared) never swap an image under this one.
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&std::fs::read(binary).unwrap(), &mut h);
+        std::hash::Hash::hash(&file, &mut h);
+        let tag = format!(
+            "localhost/{name}:test-{:016x}",
+            std::hash::Hasher::finish(&h)
+        );
         let ctx_dir = ctx.path().to_str().unwrap();
         let out = podman_output(&["build", "--quiet", "-t", &tag, ctx_dir]);
         assert!(
