@@ -14,7 +14,11 @@ async fn an_untrusted_store_certificate_is_named_in_kura009_and_the_log() {
     let moto = Moto::start();
     let proxy = UntrustedTls::in_front_of(&moto.endpoint);
     let certs = test_certs();
-    let mut hook = Webhook::start(&certs, &[], &aws_env(&proxy.endpoint));
+    let mut hook = Webhook::start(
+        &certs,
+        &["--shutdown-grace", "1s"],
+        &aws_env(&proxy.endpoint),
+    );
     let client = https_client(&certs.ca);
     let resp = post(
         &client,
