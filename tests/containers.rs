@@ -186,25 +186,25 @@ const APP_GID: i64 = 3000;
 /// `fsGroup` (the app runs with group 0, as containerd leaves it; files `0440` for the group),
 /// or neither (the agent takes its uid as group, never 0).
 #[derive(Clone, Copy)]
-enum Group {
+enum GroupSource {
     RunAsGroup,
     FsGroup,
     Neither,
 }
 
 /// The pod a developer writes: `SECRETS` secrets, a reload hook, the app reading `s00`.
-fn app_pod(images: &Images, run: &str, reload: &str, share_pid: bool, group: Group) -> Value {
+fn app_pod(images: &Images, run: &str, reload: &str, share_pid: bool, group: GroupSource) -> Value {
     let mut ann = serde_json::Map::new();
     ann.insert("kura.dev/inject".into(), json!("true"));
     let pod_sc = match group {
-        Group::RunAsGroup => {
+        GroupSource::RunAsGroup => {
             json!({ "runAsUser": APP_UID, "runAsGroup": APP_GID, "runAsNonRoot": true })
         }
-        Group::FsGroup => {
+        GroupSource::FsGroup => {
             ann.insert("kura.dev/file-mode".into(), json!("0440"));
             json!({ "runAsUser": APP_UID, "fsGroup": APP_GID, "runAsNonRoot": true })
         }
-        Group::Neither => json!({ "runAsUser": APP_UID, "runAsNonRoot": true }),
+        GroupSource::Neither => json!({ "runAsUser": APP_UID, "runAsNonRoot": true }),
     };
     ann.insert("kura.dev/reload".into(), json!(reload));
     for i in 0..SECRETS {
@@ -270,7 +270,7 @@ async fn put(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
 }
 
 /// Runs the injected pod with one reload hook and checks everything the issue names.
-async fn injected_pod(reload: &str, share_pid: bool, group: Group, expect_reload: &str) {
+async fn injected_pod(reload: &str, share_pid: bool, group: GroupSource, expect_reload: &str) {
     let Some(images) = images() else { return };
     let moto = Moto::start();
     let client = moto.client().await;
@@ -314,9 +314,9 @@ async fn injected_pod(reload: &str, share_pid: bool, group: Group, expect_reload
     println!("agent ready (startup probe passed) {ready:?} after start, {SECRETS} secrets");
     p.start("app", &[]);
     let (gid, mode) = match group {
-        Group::RunAsGroup => (APP_GID, "400"),
-        Group::FsGroup => (APP_GID, "440"),
-        Group::Neither => (APP_UID, "400"),
+        GroupSource::RunAsGroup => (APP_GID, "400"),
+        GroupSource::FsGroup => (APP_GID, "440"),
+        GroupSource::Neither => (APP_UID, "400"),
     };
     let expect_start = format!("start content=value-00-v1 uid={APP_UID} gid={gid} mode={mode}");
     wait_until("the app's first line", Duration::from_secs(20), || {
@@ -386,7 +386,7 @@ async fn injected_pod_with_an_http_reload_hook_and_run_as_group() {
     injected_pod(
         "http://127.0.0.1:8080/reload",
         false,
-        Group::RunAsGroup,
+        GroupSource::RunAsGroup,
         "reload-http method=POST",
     )
     .await;
@@ -397,7 +397,7 @@ async fn injected_pod_without_a_group_has_files_of_the_uid_group() {
     injected_pod(
         "http://127.0.0.1:8080/reload",
         false,
-        Group::Neither,
+        GroupSource::Neither,
         "reload-http method=POST",
     )
     .await;
@@ -408,7 +408,7 @@ async fn injected_pod_with_a_signal_reload_hook_a_shared_pid_namespace_and_fs_gr
     injected_pod(
         "signal:SIGHUP:pod_app",
         true,
-        Group::FsGroup,
+        GroupSource::FsGroup,
         "reload-signal",
     )
     .await;
