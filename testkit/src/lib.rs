@@ -1,7 +1,9 @@
 //! The test harness both crates' integration tests share (a dev-dependency only, never
 //! published): a moto server (a real Secrets Manager/KMS API) on a loopback port with AWS
-//! clients and environments pointed at it, Prometheus scrapes, and Kubernetes schema
-//! validation through the Python venv `scripts/test` prepares.
+//! clients and environments pointed at it, a TLS proxy with an untrusted certificate in front
+//! of it (`tls_proxy`), Prometheus scrapes, Kubernetes schema validation through the Python
+//! venv `scripts/test` prepares, and real containers with podman (`podman`: the images from the
+//! Dockerfiles' final stages, pods run as a patched Pod object says).
 //!
 //! What only one crate's tests need (the `kura serve` process, the agent's scratch area) stays
 //! in that crate's `tests/common/mod.rs`, which re-exports this crate.

@@ -38,6 +38,11 @@ pub fn podman(args: &[&str]) -> String {
 
 /// Runs podman and returns its output, whatever its status.
 pub fn podman_output(args: &[&str]) -> Output {
+    podman_command().args(args).output().expect("podman runs")
+}
+
+/// podman with `scripts/containers.conf` unless `$CONTAINERS_CONF` names another.
+fn podman_command() -> Command {
     let mut cmd = Command::new("podman");
     if std::env::var_os("CONTAINERS_CONF").is_none() {
         cmd.env(
@@ -45,7 +50,7 @@ pub fn podman_output(args: &[&str]) -> Output {
             workspace_root().join("scripts/containers.conf"),
         );
     }
-    cmd.args(args).output().expect("podman runs")
+    cmd
 }
 
 /// `Err(reason)` when no container can run on this machine: podman missing or unable to reach
@@ -60,7 +65,10 @@ pub fn available() -> Result<(), String> {
                 .into(),
         );
     }
-    let probe = podman_output(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]);
+    let probe = podman_command()
+        .args(["info", "--format", "{{.Host.OCIRuntime.Name}}"])
+        .output()
+        .map_err(|e| format!("podman: {e} (scripts/test installs it)"))?;
     if !probe.status.success() {
         return Err(format!(
             "podman does not work here: {}",
