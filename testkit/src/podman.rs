@@ -583,3 +583,30 @@ impl Drop for PodRun {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes("32Mi"), 32 << 20);
+        assert_eq!(quantity_bytes("4Mi"), 4 << 20);
+        assert_eq!(quantity_bytes("64M"), 64_000_000);
+        assert_eq!(quantity_bytes("1Gi"), 1 << 30);
+        assert_eq!(quantity_bytes("1024"), 1024);
+    }
+
+    #[test]
+    fn the_final_stage_of_the_agent_dockerfile() {
+        let stage = FinalStage::read(&workspace_root().join("docker/kura-agent.Dockerfile"));
+        assert!(stage.base.starts_with("gcr.io/distroless/"), "{stage:?}");
+        assert_eq!(stage.get("USER"), Some("65532:65532"));
+        assert_eq!(stage.get("ENTRYPOINT"), Some("[\"/kura-agent\"]"));
+        assert_eq!(
+            stage.binary(),
+            ("/kura-agent".to_string(), "/kura-agent".to_string())
+        );
+        assert!(stage.instructions.iter().all(|l| !l.starts_with("RUN ")));
+    }
+}

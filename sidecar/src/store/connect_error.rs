@@ -23,9 +23,9 @@ pub(crate) fn certificate_problem(
         return None;
     };
     Some(format!(
-        "TLS certificate problem with {service} at {endpoint}: the certificate it presented is not \
-         trusted ({why:?}); is a proxy intercepting TLS, or is the endpoint's CA missing from the \
-         CA bundle?"
+        "TLS certificate problem with {service} at {endpoint}: the certificate it presented was \
+         refused ({why:?}); is a proxy intercepting TLS, is the endpoint's CA missing from the CA \
+         bundle, or is the clock wrong?"
     ))
 }
 
