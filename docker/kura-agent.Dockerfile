@@ -1,38 +1,27 @@
 # syntax=docker/dockerfile:1.7
 #
-# The kura agent injected into pods. Build from the repository root:
+# The kura-agent image. Build from the repository root:
 #
 #   docker buildx build -f docker/kura-agent.Dockerfile -t ghcr.io/kura-dev/kura-agent:0.1.0 .
 #   docker buildx build -f docker/kura-agent.Dockerfile --platform linux/amd64,linux/arm64 ...
 #
-# A static musl binary on distroless/static: no libc to patch, no shell or package manager
-# for an attacker to use, CA certificates and /etc/passwd with the nonroot user included.
+# A glibc release binary on distroless/cc: the builder and the base are both Debian 12
+# (bookworm), so the binary runs on exactly the C libraries it was linked against. No shell, no
+# package manager; CA certificates and /etc/passwd with the nonroot user come with the base.
+# The test command assembles the same files into a local image and runs it (docs/images.md).
 
 FROM rust:1.95-bookworm AS build
-# Set by buildx from --platform. The build runs on the target platform (emulated when it is
-# not the host's) rather than cross-compiling, because aws-lc-sys compiles C and Debian's
-# musl-tools only targets the host architecture.
-ARG TARGETARCH=amd64
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools cmake \
- && rm -rf /var/lib/apt/lists/*
-RUN case "$TARGETARCH" in \
-      amd64) echo x86_64-unknown-linux-musl ;; \
-      arm64) echo aarch64-unknown-linux-musl ;; \
-      *) echo "unsupported TARGETARCH $TARGETARCH" >&2; exit 1 ;; \
-    esac > /rust-target \
- && rustup target add "$(cat /rust-target)"
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir across builds without putting them in a
-# layer. --locked: the image is built from exactly the reviewed Cargo.lock.
+# layer. --locked: the image is built from exactly the reviewed Cargo.lock. Built natively on
+# each platform (emulated when it is not the host's): aws-lc-sys compiles C.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    target="$(cat /rust-target)" \
- && cargo build --release --locked --target "$target" -p kura-agent --bin kura-agent \
- && cp "target/$target/release/kura-agent" /kura-agent
+    cargo build --release --locked -p kura-agent --bin kura-agent \
+ && cp target/release/kura-agent /kura-agent
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.source="https://github.com/kura-dev/kura" \
       org.opencontainers.image.title="kura-agent" \
       org.opencontainers.image.description="Agent that fetches AWS Secrets Manager values into an in-memory volume and keeps them fresh" \

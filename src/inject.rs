@@ -380,14 +380,18 @@ fn select_containers<'a>(
     }
 }
 
-/// The uid (and gid) the agent runs as: the annotation, else the app containers' runAsUser, else
-/// the pod's, else 65532. The files are then owned by the user that reads them, so 0400 works.
+/// The uid and gid the agent runs as. The uid: the annotation, else the app containers'
+/// runAsUser, else the pod's, else 65532; the files are then owned by the user that reads them,
+/// so 0400 works. The gid is never left to the runtime (containerd's default is group 0): the
+/// reading container's runAsGroup (its own or the pod's) when set, so 0440 files belong to the
+/// app's group; else the pod's fsGroup, the group the kubelet gives the volume and every
+/// container; else the uid itself, the distroless convention (65532:65532).
 fn agent_identity(
     pod: &Pod,
     targets: &[(&Container, &'static str, usize)],
     secrets: &PodSecrets,
     problems: &mut Vec<Problem>,
-) -> (i64, Option<i64>) {
+) -> (i64, i64) {
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let pod_uid = pod_sc.and_then(|s| s.run_as_user);
     let pod_gid = pod_sc.and_then(|s| s.run_as_group);
@@ -405,8 +409,15 @@ fn agent_identity(
             .or(pod_gid)
     };
 
+    let group = |c: Option<&Container>, uid: i64| {
+        c.and_then(gid_of)
+            .filter(|g| *g != 0)
+            .or(fs_group.filter(|g| *g != 0))
+            .unwrap_or(uid)
+    };
+
     if let Some(uid) = secrets.run_as_user {
-        return (uid, targets.first().and_then(|(c, _, _)| gid_of(c)));
+        return (uid, group(targets.first().map(|t| t.0), uid));
     }
     // Containers without a runAsUser run as their image's user, which kura cannot know; only
     // explicit, differing users are a conflict.
@@ -449,7 +460,7 @@ fn agent_identity(
         .and_then(effective)
         .filter(|u| *u != 0)
         .unwrap_or(DEFAULT_UID);
-    (uid, first.and_then(gid_of))
+    (uid, group(first, uid))
 }
 
 /// The AWS identity the app containers carry, to give to the agent.
@@ -519,7 +530,7 @@ struct AgentShape<'a> {
     mount_path: &'a str,
     spec_json: &'a str,
     uid: i64,
-    gid: Option<i64>,
+    gid: i64,
     identity: &'a Identity,
 }
 

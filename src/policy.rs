@@ -352,6 +352,8 @@ impl PolicyEngine {
     }
 
     fn store_failure(&self, policy: &Policy, decision: &mut Decision, id: &str, why: &str) {
+        // The operator's view: the denial reaches only the developer who applied the pod.
+        tracing::warn!(secret = %id, error = %why, "store lookup failed");
         let mut f = Finding::new(
             Rule::Kura009,
             format!(

@@ -947,8 +947,10 @@ fn dockerfile_user(path: &str) -> u64 {
 }
 
 /// The Dockerfiles build this workspace's binaries with the toolchain rust-toolchain.toml pins,
-/// statically, into a shell-less non-root runtime whose entrypoint is the binary and whose
-/// default command is one of its subcommands.
+/// in release and `--locked`, on the Debian release of their distroless/cc runtime (glibc
+/// binaries run on the C library they were linked against), into a shell-less non-root runtime
+/// whose entrypoint is the binary and whose default command is one of its subcommands. The
+/// container tests (tests/containers.rs) build and run what these final stages describe.
 #[test]
 fn dockerfiles_build_the_workspace_binaries() {
     let toolchain = std::fs::read_to_string(root().join("rust-toolchain.toml")).unwrap();
@@ -991,14 +993,26 @@ fn dockerfiles_build_the_workspace_binaries() {
             .collect();
         p.check(stages.len() >= 2, || format!("{file}: must be multi-stage"));
         let builder = lines[stages[0]];
-        p.check(builder.starts_with(&format!("FROM rust:{minor}")), || {
-            format!("{file}: builder {builder}, rust-toolchain.toml pins {channel}")
-        });
+        p.check(
+            builder.starts_with(&format!("FROM rust:{minor}-bookworm ")),
+            || {
+                format!(
+                    "{file}: builder {builder}; rust-toolchain.toml pins {channel}, and the \
+                     runtime is Debian 12 (bookworm)"
+                )
+            },
+        );
         let last = *stages.last().unwrap();
         let from = lines[last].split_whitespace().nth(1).unwrap();
         p.check(
-            from == "scratch" || from.starts_with("gcr.io/distroless/static-debian12:nonroot"),
-            || format!("{file}: runtime base {from}"),
+            from == "gcr.io/distroless/cc-debian12:nonroot"
+                || from.starts_with("gcr.io/distroless/cc-debian12:nonroot@sha256:"),
+            || {
+                format!(
+                    "{file}: runtime base {from}; the container tests reproduce \
+                     gcr.io/distroless/cc-debian12:nonroot (optionally pinned by digest)"
+                )
+            },
         );
         let runtime = &lines[last + 1..];
         let instr = |name: &str| {
@@ -1021,10 +1035,21 @@ fn dockerfiles_build_the_workspace_binaries() {
             format!("{file}: {binary} has no subcommand {cmd}")
         });
         p.check(
-            text.contains(&format!("-p {package} "))
-                && text.contains(&format!("--bin {binary}"))
-                && text.contains("linux-musl"),
-            || format!("{file}: must build -p {package} --bin {binary} for a linux-musl target"),
+            text.contains(&format!(
+                "cargo build --release --locked -p {package} --bin {binary} "
+            )) && !text.contains("--target"),
+            || {
+                format!(
+                    "{file}: must build `cargo build --release --locked -p {package} --bin \
+                     {binary}` for the build platform (target/release/{binary})"
+                )
+            },
+        );
+        p.check(
+            runtime
+                .iter()
+                .any(|l| *l == format!("COPY --from=build --chown=0:0 --chmod=0555 /{binary} /{binary}")),
+            || format!("{file}: the runtime stage must COPY --from=build --chown=0:0 --chmod=0555 /{binary} /{binary}"),
         );
         p.check(
             instr("USER").is_some_and(|u| {

@@ -5,6 +5,7 @@
 //! `Debug`, log line or error message can carry one.
 
 mod aws;
+mod connect_error;
 mod file;
 
 use std::collections::BTreeMap;

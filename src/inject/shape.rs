@@ -109,8 +109,7 @@ pub struct Quantities<'a> {
 pub struct SecurityContext {
     pub run_as_non_root: bool,
     pub run_as_user: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_as_group: Option<i64>,
+    pub run_as_group: i64,
     pub allow_privilege_escalation: bool,
     pub read_only_root_filesystem: bool,
     pub privileged: bool,

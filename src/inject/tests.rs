@@ -300,6 +300,46 @@ fn agent_runs_as_the_reading_user() {
     );
 }
 
+/// The agent's group is never left to the runtime, whose default (containerd) is group 0.
+#[test]
+fn agent_group_is_never_root() {
+    let agent_ids = |v: &Value| {
+        let (doc, _) = apply(v, &plan_for(v, &InjectConfig::default()).patch);
+        let sc = &doc["spec"]["initContainers"][0]["securityContext"];
+        (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64())
+    };
+    let uid = Some(DEFAULT_UID);
+    // Nothing set: the distroless convention, gid = uid.
+    assert_eq!(agent_ids(&opted_in(&[])), (uid, uid));
+    let mut v = opted_in(&[]);
+    v["spec"]["containers"][0]["securityContext"] = json!({ "runAsUser": 1000 });
+    assert_eq!(agent_ids(&v), (Some(1000), Some(1000)));
+    // The reading container's own group, over the pod's.
+    v["spec"]["securityContext"] = json!({ "runAsGroup": 3000 });
+    assert_eq!(agent_ids(&v), (Some(1000), Some(3000)));
+    v["spec"]["containers"][0]["securityContext"]["runAsGroup"] = json!(4000);
+    assert_eq!(agent_ids(&v), (Some(1000), Some(4000)));
+    // An explicit group 0 is the runtime default again: fsGroup, else the uid.
+    v["spec"]["containers"][0]["securityContext"]["runAsGroup"] = json!(0);
+    v["spec"]["securityContext"] = json!({ "fsGroup": 5000 });
+    assert_eq!(agent_ids(&v), (Some(1000), Some(5000)));
+    v["spec"]["securityContext"] = json!({});
+    assert_eq!(agent_ids(&v), (Some(1000), Some(1000)));
+    // The annotation's uid.
+    assert_eq!(
+        agent_ids(&opted_in(&[("kura.dev/run-as-user", "4321")])),
+        (Some(4321), Some(4321))
+    );
+    // Several users sharing group-readable files: the fsGroup that makes them readable.
+    let mut v = opted_in(&[("kura.dev/file-mode", "0440")]);
+    v["spec"]["containers"] = json!([
+        { "name": "a", "image": "a", "securityContext": { "runAsUser": 1000 } },
+        { "name": "b", "image": "b", "securityContext": { "runAsUser": 2000 } }
+    ]);
+    v["spec"]["securityContext"] = json!({ "fsGroup": 3000 });
+    assert_eq!(agent_ids(&v), (Some(1000), Some(3000)));
+}
+
 #[test]
 fn several_app_users_need_fs_group_and_group_readable_files() {
     let mut v = opted_in(&[]);

@@ -21,6 +21,8 @@ pub const BATCH_SIZE: usize = 20;
 pub struct AwsStore {
     client: Client,
     calls: Arc<AtomicU64>,
+    /// Where requests go, for errors that people read.
+    endpoint: Arc<str>,
 }
 
 impl AwsStore {
@@ -69,9 +71,22 @@ impl AwsStore {
             .retry_config(RetryConfig::standard().with_max_attempts(3))
             .load()
             .await;
+        // The SDK resolves the service's own variable per client; it wins over the general one.
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+            .ok()
+            .or_else(|| conf.endpoint_url().map(str::to_string))
+            .unwrap_or_else(|| {
+                let region = conf.region().map_or("<no region>", |r| r.as_ref());
+                format!("https://secretsmanager.{region}.amazonaws.com")
+            });
         AwsStore {
-            client: Client::new(&conf),
+            client: Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(&conf)
+                    .retry_classifier(super::connect_error::CertificateErrorsAreFinal)
+                    .build(),
+            ),
             calls: Arc::new(AtomicU64::new(0)),
+            endpoint: endpoint.into(),
         }
     }
 
@@ -87,7 +102,7 @@ impl AwsStore {
             .secret_id(secret)
             .send()
             .await
-            .map_err(|e| map_err(secret, &e))?;
+            .map_err(|e| map_err(&self.endpoint, secret, &e))?;
         let tags: BTreeMap<String, String> = out
             .tags()
             .iter()
@@ -188,7 +203,7 @@ impl AwsStore {
             Ok(out) => out,
             Err(e) => {
                 for &i in chunk {
-                    results[i] = Some(Err(map_err(&requests[i].secret, &e)));
+                    results[i] = Some(Err(map_err(&self.endpoint, &requests[i].secret, &e)));
                 }
                 return;
             }
@@ -248,7 +263,7 @@ impl AwsStore {
             .set_version_stage(req.version_stage.clone())
             .send()
             .await
-            .map_err(|e| match map_err(&req.secret, &e) {
+            .map_err(|e| match map_err(&self.endpoint, &req.secret, &e) {
                 StoreError::NotFound { secret } if req.is_pinned() => StoreError::VersionNotFound {
                     secret,
                     version: req.version_label(),
@@ -287,7 +302,8 @@ fn clone_value(v: &SecretValue) -> SecretValue {
     }
 }
 
-fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug + 'static>(
+    endpoint: &str,
     secret: &str,
     err: &SdkError<E, R>,
 ) -> StoreError {
@@ -297,7 +313,11 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
             message: "timed out waiting for Secrets Manager".into(),
         },
         SdkError::DispatchFailure(d) => {
-            let message = if d.is_timeout() {
+            let message = if let Some(cert) =
+                super::connect_error::certificate_problem("Secrets Manager", endpoint, err)
+            {
+                cert
+            } else if d.is_timeout() {
                 "timed out connecting to Secrets Manager".to_string()
             } else if d.is_io() {
                 "could not connect to Secrets Manager".to_string()
