@@ -57,6 +57,8 @@ macro_rules! judged_container {
             name: $c.name,
             env: $c.env,
             env_from: $c.env_from,
+            command: $c.command,
+            args: $c.args,
             volume_mounts: $c.volume_mounts,
             security_context: $c.security_context,
             $($rest)*
@@ -70,6 +72,9 @@ struct WireContainer {
     name: String,
     env: Option<Vec<EnvVar>>,
     env_from: Option<Vec<EnvFromSource>>,
+    /// Judged for credentials on the command line (KURA005).
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
     volume_mounts: Option<Vec<VolumeMount>>,
     security_context: Option<SecurityContext>,
 }
@@ -162,7 +167,7 @@ impl From<Volume> for WireVolume {
 }
 
 /// The part of a pod spec kura judges and plans from, and nothing else: per container (init,
-/// app and ephemeral) its name, env, envFrom, volumeMounts and securityContext; per volume its
+/// app and ephemeral) its name, env, envFrom, command, args, volumeMounts and securityContext; per volume its
 /// name, its `secret` source and the secrets among its projected sources; the pod's
 /// securityContext. Every pod kura judges is reduced to this, whether it came off the wire
 /// ([`WirePod`]) or whole (`kura lint`, `kura review`), so both see the same pod, and an

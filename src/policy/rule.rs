@@ -71,6 +71,10 @@ rules! {
         "opted-in pod whose final spec lacks the agent (`/validate`)";
     Kura009 => "KURA009", store: false,
         "the store could not be asked within `storeTimeout`";
+    Kura010 => "KURA010", store: false,
+        "Kubernetes Secret manifest with values in `data`/`stringData` (`kura lint`; not empty placeholders, not service-account tokens)";
+    Kura011 => "KURA011", store: false,
+        "secret source usable outside its namespace: a ClusterSecretStore without `conditions`, a cluster-wide or namespace-wide SealedSecret";
 }
 
 #[cfg(test)]
