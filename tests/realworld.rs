@@ -16,9 +16,13 @@ fn corpus() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realworld"))
 }
 
-/// (file, kind/name) of every document LABELS.md expects denied, and the document count.
-fn labels() -> (BTreeSet<(String, String)>, usize) {
-    let text = std::fs::read_to_string(corpus().join("LABELS.md")).unwrap();
+fn holdout() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realworld-holdout"))
+}
+
+/// (file, kind/name) of every document a LABELS.md expects denied, and the document count.
+fn labels(dir: &Path) -> (BTreeSet<(String, String)>, usize) {
+    let text = std::fs::read_to_string(dir.join("LABELS.md")).unwrap();
     let section = text
         .split("## 1.")
         .nth(1)
@@ -41,21 +45,16 @@ fn labels() -> (BTreeSet<(String, String)>, usize) {
     (deny, docs)
 }
 
-#[tokio::test]
-async fn default_policy_denies_exactly_the_labelled_documents() {
-    let (expected, labelled_docs) = labels();
-    assert_eq!(
-        expected.len(),
-        7,
-        "LABELS.md lists 7 documents with plaintext credentials"
-    );
+/// Lints every document of a corpus with the default policy: (denied documents, documents
+/// checked). Each denial must be KURA005's alone.
+async fn denied_in(dir: &Path) -> (BTreeSet<(String, String)>, usize) {
     let admission = Admission::new(
         InjectConfig::default(),
         PolicyEngine::new(Policy::default(), None),
     );
     let mut denied = BTreeSet::new();
     let mut checked = 0;
-    let mut files: Vec<_> = std::fs::read_dir(corpus())
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
@@ -97,9 +96,36 @@ async fn default_policy_denies_exactly_the_labelled_documents() {
             }
         }
     }
+    (denied, checked)
+}
+
+#[tokio::test]
+async fn default_policy_denies_exactly_the_labelled_documents() {
+    let (expected, labelled_docs) = labels(corpus());
+    assert_eq!(
+        expected.len(),
+        7,
+        "LABELS.md lists 7 documents with plaintext credentials"
+    );
+    let (denied, checked) = denied_in(corpus()).await;
     assert_eq!(checked, labelled_docs, "every workload document is checked");
     assert_eq!(checked, 69);
     assert_eq!(denied, expected);
+}
+
+/// The held-out corpus (projects the detector was not tuned on, labelled before tuning): no
+/// false denial, and every labelled credential found. The README reports these numbers.
+#[tokio::test]
+async fn held_out_corpus_precision_and_recall() {
+    let (expected, labelled_docs) = labels(holdout());
+    assert!(labelled_docs >= 60, "{labelled_docs}");
+    let (denied, checked) = denied_in(holdout()).await;
+    assert_eq!(checked, labelled_docs, "every workload document is checked");
+    let false_denials: Vec<_> = denied.difference(&expected).collect();
+    let missed: Vec<_> = expected.difference(&denied).collect();
+    assert!(false_denials.is_empty(), "false denials: {false_denials:?}");
+    assert!(missed.is_empty(), "missed: {missed:?}");
+    assert_eq!((checked, expected.len()), (64, 8));
 }
 
 #[tokio::test]
