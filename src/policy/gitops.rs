@@ -45,6 +45,11 @@ impl Kind {
     /// `None` for objects these rules do not look at.
     pub fn of(api_version: &str, kind: &str) -> Option<Kind> {
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        Kind::of_group(group, kind)
+    }
+
+    /// [`Kind::of`] from an API group (empty for the core group), as an AdmissionReview names it.
+    pub fn of_group(group: &str, kind: &str) -> Option<Kind> {
         Some(match (group, kind) {
             ("", "Secret") => Kind::Secret,
             (ESO_GROUP, "ExternalSecret") => Kind::ExternalSecret,
