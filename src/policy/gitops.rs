@@ -30,6 +30,17 @@ const SEALED_SCOPES: [&str; 2] = [
     "sealedsecrets.bitnami.com/namespace-wide",
 ];
 
+/// The resources `/validate` judges besides pods and workloads, as (API group, resource,
+/// kind): what the `deploy/components/gitops-resources` component sends to kura
+/// (`tests/manifests.rs` checks that the two agree).
+pub const ADMISSION_RESOURCES: [(&str, &str, Kind); 5] = [
+    (ESO_GROUP, "externalsecrets", Kind::ExternalSecret),
+    (ESO_GROUP, "clusterexternalsecrets", Kind::ClusterExternalSecret),
+    (ESO_GROUP, "pushsecrets", Kind::PushSecret),
+    (ESO_GROUP, "clustersecretstores", Kind::ClusterSecretStore),
+    (SEALED_GROUP, "sealedsecrets", Kind::SealedSecret),
+];
+
 /// What kind of GitOps resource an object is, from its `apiVersion` and `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -71,6 +82,23 @@ impl Kind {
     /// operators create in the cluster legitimately (KURA010 is about Git).
     pub fn at_admission(self) -> bool {
         self != Kind::Secret
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every resource the component sends is one [`Kind::of_group`] recognises, judged at
+    /// admission, under its own kind name.
+    #[test]
+    fn admission_resources_are_judged_kinds() {
+        for (group, resource, kind) in ADMISSION_RESOURCES {
+            let name = format!("{kind:?}");
+            assert_eq!(Kind::of_group(group, &name), Some(kind));
+            assert!(kind.at_admission());
+            assert_eq!(resource, format!("{}s", name.to_lowercase()));
+        }
     }
 }
 
