@@ -463,8 +463,10 @@ mod tests {
                     &had.security_context
                 )
             );
+            // Credentials on the command line are judged too (KURA005).
+            assert_eq!((&kept.command, &kept.args), (&had.command, &had.args));
             assert!(had.env.is_some() && had.env_from.is_some() && had.security_context.is_some());
-            assert!(kept.image.is_none() && kept.args.is_none() && kept.liveness_probe.is_none());
+            assert!(kept.image.is_none() && kept.liveness_probe.is_none());
         }
         let (kept, had) = (
             &spec.ephemeral_containers.as_ref().expect("ephemeral")[0],

