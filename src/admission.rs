@@ -262,7 +262,11 @@ impl Admission {
         object: Option<Object>,
     ) -> Outcome {
         let namespace = req.namespace.clone().unwrap_or_default();
-        let name = if req.name.is_empty() { "<unnamed>".to_string() } else { req.name.clone() };
+        let name = if req.name.is_empty() {
+            "<unnamed>".to_string()
+        } else {
+            req.name.clone()
+        };
         let span = tracing::info_span!("admission", uid = %req.uid, %namespace, pod = %name, kind = %req.kind.kind, endpoint = ?Endpoint::Validate);
         let names = Names {
             req,
@@ -274,7 +278,11 @@ impl Admission {
             Some(Err(e)) => {
                 return invalid(
                     &names,
-                    format!("the {} is not valid JSON: {}", req.kind.kind, kura_agent::redact::scalars(&e)),
+                    format!(
+                        "the {} is not valid JSON: {}",
+                        req.kind.kind,
+                        kura_agent::redact::scalars(&e)
+                    ),
                 );
             }
             Some(Ok(v)) => v,

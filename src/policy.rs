@@ -1,4 +1,4 @@
-//! Admission policy: the policy file, every rule (KURA001–KURA009), modes, and the decision
+//! Admission policy: the policy file, every rule (KURA001–KURA011; the GitOps ones in [`gitops`]), modes, and the decision
 //! they build. [`PolicyEngine::judge`] runs them all over a pod; the catalogue of ids and
 //! summaries is [`Rule`].
 //!
@@ -472,7 +472,11 @@ fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
     }
     let lists = [
         ("container", "containers", Some(&spec.containers)),
-        ("initContainer", "initContainers", spec.init_containers.as_ref()),
+        (
+            "initContainer",
+            "initContainers",
+            spec.init_containers.as_ref(),
+        ),
     ];
     for (what, field, list) in lists {
         for (i, c) in list.into_iter().flatten().enumerate() {

@@ -330,11 +330,20 @@ fn lint_reads_yaml_as_kubectl_and_reports_lines() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("<stdin>:12 Deployment/web (document 1, namespace shop): DENY [KURA005] container app args[1]: the --db-password flag"), "{out}");
     assert!(out.contains("<stdin>:17 Deployment/web (document 1, namespace shop): DENY [KURA005] container app env DB_PASSWORD"), "{out}");
-    assert!(!out.contains("TOKEN_EXPIRY_SECONDS"), "a lifetime is not a credential: {out}");
+    assert!(
+        !out.contains("TOKEN_EXPIRY_SECONDS"),
+        "a lifetime is not a credential: {out}"
+    );
     assert!(out.contains("<stdin>:24 document 2: UNREADABLE"), "{out}");
-    assert!(out.contains("<stdin>:30 Secret/web-db (document 3, namespace shop): DENY [KURA010]"), "{out}");
+    assert!(
+        out.contains("<stdin>:30 Secret/web-db (document 3, namespace shop): DENY [KURA010]"),
+        "{out}"
+    );
     assert!(!out.contains("hunter2"), "never a value: {out}");
-    assert!(out.ends_with("3 document(s) checked, 2 denied, 1 unreadable\n"), "{out}");
+    assert!(
+        out.ends_with("3 document(s) checked, 2 denied, 1 unreadable\n"),
+        "{out}"
+    );
 
     let (code, out) = lint(&["-o", "json", "-"], Some(MIXED));
     assert_eq!(code, 1);
@@ -345,18 +354,36 @@ fn lint_reads_yaml_as_kubectl_and_reports_lines() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["rule"].as_str().unwrap().to_string(), f["line"].as_u64().unwrap(), f["field"].as_str().unwrap().to_string()))
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+                f["field"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         lines,
         [
-            ("KURA005".to_string(), 12, "/spec/template/spec/containers/0/args/1".to_string()),
-            ("KURA005".to_string(), 17, "/spec/template/spec/containers/0/env/1/value".to_string()),
+            (
+                "KURA005".to_string(),
+                12,
+                "/spec/template/spec/containers/0/args/1".to_string()
+            ),
+            (
+                "KURA005".to_string(),
+                17,
+                "/spec/template/spec/containers/0/env/1/value".to_string()
+            ),
         ]
     );
     assert_eq!(reports[1]["unreadable"], true);
     assert_eq!(reports[1]["decision"], "unreadable");
-    assert!(reports[1]["error"].as_str().unwrap().contains("line 24"), "{}", reports[1]);
+    assert!(
+        reports[1]["error"].as_str().unwrap().contains("line 24"),
+        "{}",
+        reports[1]
+    );
 }
 
 /// `-o sarif`: a SARIF 2.1.0 log GitHub code scanning accepts: one run, kura's rules, a
@@ -379,7 +406,10 @@ fn lint_writes_sarif_for_code_scanning() {
         .iter()
         .map(|r| {
             let index = r["ruleIndex"].as_u64().unwrap() as usize;
-            assert_eq!(rules[index]["id"], r["ruleId"], "ruleIndex points at the rule");
+            assert_eq!(
+                rules[index]["id"], r["ruleId"],
+                "ruleIndex points at the rule"
+            );
             assert!(!r["message"]["text"].as_str().unwrap().is_empty());
             let loc = &r["locations"][0]["physicalLocation"];
             assert_eq!(loc["artifactLocation"]["uri"], "<stdin>");
@@ -398,7 +428,10 @@ fn lint_writes_sarif_for_code_scanning() {
     ];
     let mut got_sorted = got.clone();
     got_sorted.sort_by_key(|g| g.2);
-    let mut want: Vec<(String, String, u64)> = want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), *c)).collect();
+    let mut want: Vec<(String, String, u64)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), *c))
+        .collect();
     want.sort_by_key(|w| w.2);
     assert_eq!(got_sorted, want);
 }
@@ -406,7 +439,11 @@ fn lint_writes_sarif_for_code_scanning() {
 /// The pre-commit hooks run `kura lint` on the files pre-commit passes.
 #[test]
 fn pre_commit_hooks_run_kura_lint() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.pre-commit-hooks.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/.pre-commit-hooks.yaml"
+    ))
+    .unwrap();
     let hooks: Vec<serde_json::Value> = serde_yaml_ng::from_str(&text).unwrap();
     assert!(!hooks.is_empty());
     for h in &hooks {

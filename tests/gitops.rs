@@ -78,7 +78,11 @@ fn external_secret(namespace: &str, keys: &[&str]) -> Value {
     })
 }
 
-async fn validate(admission: &Admission, object: &Value, resource: &str) -> kura::admission::Outcome {
+async fn validate(
+    admission: &Admission,
+    object: &Value,
+    resource: &str,
+) -> kura::admission::Outcome {
     admission
         .review(Endpoint::Validate, &review(object, resource))
         .await
@@ -96,7 +100,12 @@ fn message(o: &kura::admission::Outcome) -> String {
 #[tokio::test]
 async fn external_secrets_follow_the_namespace_scope_on_validate() {
     let a = offline();
-    let ok = validate(&a, &external_secret("demo", &["/demo/orders/db"]), "externalsecrets").await;
+    let ok = validate(
+        &a,
+        &external_secret("demo", &["/demo/orders/db"]),
+        "externalsecrets",
+    )
+    .await;
     assert!(!ok.denied, "{}", message(&ok));
     let out = validate(
         &a,
@@ -107,7 +116,10 @@ async fn external_secrets_follow_the_namespace_scope_on_validate() {
     assert!(out.denied);
     assert_eq!(out.rules, [Rule::Kura002]);
     let msg = message(&out);
-    assert!(msg.contains("/payments/stripe") && msg.contains("[KURA002]"), "{msg}");
+    assert!(
+        msg.contains("/payments/stripe") && msg.contains("[KURA002]"),
+        "{msg}"
+    );
     assert!(msg.contains("ExternalSecret orders-db"), "{msg}");
 }
 
@@ -121,8 +133,18 @@ async fn external_secrets_get_the_kms_and_existence_rules_with_a_store() {
     )
     .await;
     assert!(out.denied);
-    assert_eq!(out.rules, [Rule::Kura003, Rule::Kura004], "{}", message(&out));
-    let ok = validate(&a, &external_secret("demo", &["/demo/orders/db"]), "externalsecrets").await;
+    assert_eq!(
+        out.rules,
+        [Rule::Kura003, Rule::Kura004],
+        "{}",
+        message(&out)
+    );
+    let ok = validate(
+        &a,
+        &external_secret("demo", &["/demo/orders/db"]),
+        "externalsecrets",
+    )
+    .await;
     assert!(!ok.denied, "{}", message(&ok));
 }
 
@@ -132,9 +154,17 @@ async fn find_without_a_path_and_cluster_external_secrets() {
     let mut es = external_secret("demo", &[]);
     es["spec"]["dataFrom"] = json!([{"find": {"name": {"regexp": ".*"}}}, {"find": {"path": "/demo/"}}, {"extract": {"key": "/other/x"}}]);
     let out = validate(&a, &es, "externalsecrets").await;
-    assert_eq!(out.rules, [Rule::Kura002, Rule::Kura002], "{}", message(&out));
+    assert_eq!(
+        out.rules,
+        [Rule::Kura002, Rule::Kura002],
+        "{}",
+        message(&out)
+    );
     let msg = message(&out);
-    assert!(msg.contains("without a path") && msg.contains("/other/x"), "{msg}");
+    assert!(
+        msg.contains("without a path") && msg.contains("/other/x"),
+        "{msg}"
+    );
 
     let ces = json!({
         "apiVersion": "external-secrets.io/v1",
@@ -149,7 +179,10 @@ async fn find_without_a_path_and_cluster_external_secrets() {
     let out = validate(&a, &ces, "clusterexternalsecrets").await;
     assert!(out.denied);
     let msg = message(&out);
-    assert!(msg.contains("in namespace payments") && !msg.contains("in namespace demo"), "{msg}");
+    assert!(
+        msg.contains("in namespace payments") && !msg.contains("in namespace demo"),
+        "{msg}"
+    );
 
     let push = json!({
         "apiVersion": "external-secrets.io/v1alpha1",
@@ -178,7 +211,10 @@ async fn sealed_secrets_are_accepted_and_wide_scopes_warn() {
     assert!(!out.denied);
     assert_eq!(out.rules, [Rule::Kura011]);
     let warnings = out.review.response.unwrap().warnings.unwrap();
-    assert!(warnings[0].starts_with("KURA011: SealedSecret db"), "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("KURA011: SealedSecret db"),
+        "{warnings:?}"
+    );
     assert!(warnings[0].chars().count() <= kura::policy::MAX_WARNING);
 
     let store = json!({

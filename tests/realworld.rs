@@ -17,7 +17,10 @@ fn corpus() -> &'static Path {
 }
 
 fn holdout() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realworld-holdout"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/realworld-holdout"
+    ))
 }
 
 /// (file, kind/name) of every document a LABELS.md expects denied, and the document count.

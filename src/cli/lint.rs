@@ -348,7 +348,10 @@ fn text_report(reports: &[Report], denied: usize, unreadable: usize) -> String {
         let head = format!("{}:{} {what}", r.file, r.line);
         if r.unreadable {
             let e = r.error.as_deref().unwrap_or_default();
-            out.push_str(&format!("{}:{} document {}: UNREADABLE {e}\n", r.file, r.line, r.document));
+            out.push_str(&format!(
+                "{}:{} document {}: UNREADABLE {e}\n",
+                r.file, r.line, r.document
+            ));
         } else if let Some(e) = &r.error {
             out.push_str(&format!("{head}: ERROR {e}\n"));
         }

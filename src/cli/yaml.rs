@@ -190,7 +190,11 @@ impl Builder {
         }
     }
 
-    fn event(&mut self, event: Event<'_>, span: Span) -> Result<Option<(Loaded, usize)>, Unreadable> {
+    fn event(
+        &mut self,
+        event: Event<'_>,
+        span: Span,
+    ) -> Result<Option<(Loaded, usize)>, Unreadable> {
         match event {
             Event::DocumentStart(_) => {
                 self.start_line = self.line(&span);
@@ -319,7 +323,12 @@ impl Builder {
         Ok(None)
     }
 
-    fn key(&mut self, key: String, merge_key: bool, span: &Span) -> Result<Option<(Loaded, usize)>, Unreadable> {
+    fn key(
+        &mut self,
+        key: String,
+        merge_key: bool,
+        span: &Span,
+    ) -> Result<Option<(Loaded, usize)>, Unreadable> {
         let line = self.line(span);
         let Some(Frame::Map {
             map,
@@ -379,7 +388,11 @@ fn resolve(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Value {
             "str" | "binary" | "timestamp" => return Value::String(text.to_string()),
             "int" | "float" | "bool" | "null" => {
                 let v = resolve_plain(text);
-                return if v.is_string() { Value::String(text.to_string()) } else { v };
+                return if v.is_string() {
+                    Value::String(text.to_string())
+                } else {
+                    v
+                };
             }
             _ => {}
         }
@@ -513,7 +526,9 @@ mod tests {
 
     #[test]
     fn lines_by_json_pointer() {
-        let docs = documents("# c\n---\nkind: Pod\nspec:\n  containers:\n  - name: a\n    env:\n    - name: X\n      value: y\n");
+        let docs = documents(
+            "# c\n---\nkind: Pod\nspec:\n  containers:\n  - name: a\n    env:\n    - name: X\n      value: y\n",
+        );
         let d = docs[0].result.as_ref().expect("readable");
         assert_eq!(docs[0].line, 2);
         assert_eq!(d.lines["/kind"], 3);
@@ -526,12 +541,18 @@ mod tests {
         let docs = documents("a: 1\n---\nb: [1, 2\n---\nc: 3\nc: 4\n---\nd: 4\n");
         assert_eq!(docs.len(), 4);
         assert!(docs[0].result.is_ok());
-        let e = docs[1].result.as_ref().expect_err("unterminated flow sequence");
+        let e = docs[1]
+            .result
+            .as_ref()
+            .expect_err("unterminated flow sequence");
         assert!(e.line >= 3, "{e}");
         let e = docs[2].result.as_ref().expect_err("duplicate key");
         assert_eq!(e.line, 6);
         assert!(e.reason.contains("already defined"), "{e}");
-        assert_eq!(docs[3].result.as_ref().map(|d| d.value.clone()), Ok(json!({"d": 4})));
+        assert_eq!(
+            docs[3].result.as_ref().map(|d| d.value.clone()),
+            Ok(json!({"d": 4}))
+        );
         assert_eq!(docs[3].index, 4);
     }
 

@@ -59,7 +59,14 @@ const SECRET_TOKENS: &[&str] = &[
 ];
 
 /// Tokens that make a name password-like: a number under such a name can be a password.
-const PASSWORD_TOKENS: &[&str] = &["PASSWORD", "PASSWORDS", "PASSWD", "PWD", "PASS", "PASSPHRASE"];
+const PASSWORD_TOKENS: &[&str] = &[
+    "PASSWORD",
+    "PASSWORDS",
+    "PASSWD",
+    "PWD",
+    "PASS",
+    "PASSPHRASE",
+];
 
 /// Tokens that make a name key-like: credentials when the value is high-entropy.
 const KEYISH_TOKENS: &[&str] = &["KEY", "KEYS", "SALT", "SIGNATURE", "HMAC"];
@@ -215,7 +222,10 @@ fn name_class(name: &str) -> NameClass {
     let Some(last) = t.last() else {
         return NameClass::Plain;
     };
-    if DESCRIPTIVE_SUFFIXES.contains(&last.as_str()) || t.first().is_some_and(|f| f == "MAX" || f == "MIN" || f == "NUM") {
+    if DESCRIPTIVE_SUFFIXES.contains(&last.as_str())
+        || t.first()
+            .is_some_and(|f| f == "MAX" || f == "MIN" || f == "NUM")
+    {
         return NameClass::Plain;
     }
     let mut class = NameClass::Plain;
@@ -224,7 +234,8 @@ fn name_class(name: &str) -> NameClass {
         let c = if PASSWORD_TOKENS.contains(&tok) {
             NameClass::Password
         } else if SECRET_TOKENS.contains(&tok)
-            || (tok == "KEY" && (t.len() == 1 || (i > 0 && KEY_QUALIFIERS.contains(&t[i - 1].as_str()))))
+            || (tok == "KEY"
+                && (t.len() == 1 || (i > 0 && KEY_QUALIFIERS.contains(&t[i - 1].as_str()))))
         {
             NameClass::Secret
         } else if KEYISH_TOKENS.contains(&tok) {
@@ -345,7 +356,11 @@ impl PlaintextPolicy {
         }
         let class = if self.ignore_names.iter().any(|r| r.is_match(name)) {
             NameClass::Plain
-        } else if self.extra_secret_like_names.iter().any(|r| r.is_match(name)) {
+        } else if self
+            .extra_secret_like_names
+            .iter()
+            .any(|r| r.is_match(name))
+        {
             NameClass::Secret.max(name_class(name))
         } else {
             name_class(name)
@@ -381,10 +396,13 @@ impl PlaintextPolicy {
 
 /// A value shaped like a credential, whatever its name.
 fn shape(value: &str) -> Option<Detection> {
-    SHAPES.iter().find(|s| s.re.is_match(value)).map(|s| Detection {
-        reason: format!("the value looks like {}", s.name),
-        action: Action::Deny,
-    })
+    SHAPES
+        .iter()
+        .find(|s| s.re.is_match(value))
+        .map(|s| Detection {
+            reason: format!("the value looks like {}", s.name),
+            action: Action::Deny,
+        })
 }
 
 /// Why a literal is not a credential, or `None` when it may be one. `password`: the name says
@@ -461,7 +479,11 @@ pub struct ArgHit {
 /// `redis-cli -a`.
 fn short_password_flag(program: &str) -> Option<&'static str> {
     let base = program.rsplit('/').next().unwrap_or(program);
-    if base.starts_with("mysql") || base.starts_with("mariadb") || base.starts_with("mongo") || base == "sshpass" {
+    if base.starts_with("mysql")
+        || base.starts_with("mariadb")
+        || base.starts_with("mongo")
+        || base == "sshpass"
+    {
         Some("-p")
     } else if base == "redis-cli" {
         Some("-a")
@@ -471,8 +493,10 @@ fn short_password_flag(program: &str) -> Option<&'static str> {
 }
 
 static ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?:^|[\s;&|(])(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=("[^"]*"|'[^']*'|[^\s;&|)]*)"#)
-        .expect("valid regex")
+    Regex::new(
+        r#"(?:^|[\s;&|(])(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=("[^"]*"|'[^']*'|[^\s;&|)]*)"#,
+    )
+    .expect("valid regex")
 });
 
 impl PlaintextPolicy {
@@ -551,7 +575,9 @@ impl PlaintextPolicy {
                 out.push((
                     at,
                     Detection {
-                        reason: format!("a database client's {short} flag is given a literal password"),
+                        reason: format!(
+                            "a database client's {short} flag is given a literal password"
+                        ),
                         action: Action::Deny,
                     },
                 ));
@@ -577,10 +603,13 @@ impl PlaintextPolicy {
             .split(|c: char| c.is_whitespace() || c == ';')
             .filter(|w| !w.is_empty())
             .collect();
-        self.flags(&words).into_iter().next().map(|(_, d)| Detection {
-            reason: format!("in the script, {}", d.reason),
-            action: d.action,
-        })
+        self.flags(&words)
+            .into_iter()
+            .next()
+            .map(|(_, d)| Detection {
+                reason: format!("in the script, {}", d.reason),
+                action: d.action,
+            })
     }
 }
 
@@ -742,7 +771,10 @@ mod tests {
             ("API_KEY_SECRET_REF", "payments-api-keys"),
             ("TOKEN_SELECTOR", "app.kubernetes.io/name=vault"),
             ("SECRET_LABEL", "team=payments"),
-            ("REDIS_PASSWORD_HOST", "redis-master.cache.svc.cluster.local"),
+            (
+                "REDIS_PASSWORD_HOST",
+                "redis-master.cache.svc.cluster.local",
+            ),
             ("TOKEN_SERVER", "auth.example.com:8443"),
             ("CLIENT_SECRET", "${CLIENT_SECRET}"),
             ("API_TOKEN", "1"),
@@ -751,9 +783,18 @@ mod tests {
         }
         assert_eq!(not_a_credential("2048", false), Some("a number"));
         assert_eq!(not_a_credential("30s", false), Some("a duration"));
-        assert_eq!(not_a_credential("db.internal.example.com", false), Some("a host name"));
-        assert_eq!(not_a_credential("db-credentials", false), Some("the name of a Secret object"));
-        assert_eq!(not_a_credential("app=web,tier=db", false), Some("a label selector"));
+        assert_eq!(
+            not_a_credential("db.internal.example.com", false),
+            Some("a host name")
+        );
+        assert_eq!(
+            not_a_credential("db-credentials", false),
+            Some("the name of a Secret object")
+        );
+        assert_eq!(
+            not_a_credential("app=web,tier=db", false),
+            Some("a label selector")
+        );
     }
 
     /// Demo passwords stay credentials: numbers under password names, words, and `fake_password`.
@@ -776,20 +817,37 @@ mod tests {
     #[test]
     fn erlang_cookies_and_storage_account_keys() {
         let p = policy();
-        let d = p.detect("RABBITMQ_ERLANG_COOKIE", "mycookie").expect("a cookie");
+        let d = p
+            .detect("RABBITMQ_ERLANG_COOKIE", "mycookie")
+            .expect("a cookie");
         assert!(d.reason.contains("secret-like name"), "{}", d.reason);
-        assert!(p.detect("RELEASE_COOKIE", "secret-cookie-change-me").is_some());
+        assert!(
+            p.detect("RELEASE_COOKIE", "secret-cookie-change-me")
+                .is_some()
+        );
         assert_eq!(p.detect("SESSION_COOKIE_SECURE", "true"), None);
         assert_eq!(p.detect("COOKIE_NAME", "session"), None);
         let key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-        let d = p.detect("AZURE_STORAGE_ACCOUNT_KEY", key).expect("an account key");
+        let d = p
+            .detect("AZURE_STORAGE_ACCOUNT_KEY", key)
+            .expect("an account key");
         assert!(d.reason.contains("high-entropy"), "{}", d.reason);
-        assert_eq!(p.detect("AZURE_STORAGE_ACCOUNT_KEY", "$(STORAGE_KEY)"), None);
+        assert_eq!(
+            p.detect("AZURE_STORAGE_ACCOUNT_KEY", "$(STORAGE_KEY)"),
+            None
+        );
         // A key-like name with a word or a list is not a key.
         assert_eq!(p.detect("PARTITION_KEY", "customerId"), None);
-        assert_eq!(p.detect("SORT_KEYS", "created_at,updated_at,deleted_at"), None);
-        let conn = format!("DefaultEndpointsProtocol=https;AccountName=store;AccountKey={key};EndpointSuffix=core.windows.net");
-        let d = p.detect("STORAGE_CONNECTION", &conn).expect("a connection string");
+        assert_eq!(
+            p.detect("SORT_KEYS", "created_at,updated_at,deleted_at"),
+            None
+        );
+        let conn = format!(
+            "DefaultEndpointsProtocol=https;AccountName=store;AccountKey={key};EndpointSuffix=core.windows.net"
+        );
+        let d = p
+            .detect("STORAGE_CONNECTION", &conn)
+            .expect("a connection string");
         assert!(d.reason.contains("account key"), "{}", d.reason);
         assert!(!d.reason.contains(key));
     }
@@ -801,11 +859,17 @@ mod tests {
     #[test]
     fn credentials_in_args_and_commands() {
         let p = policy();
-        let hits = p.detect_argv(&[], &argv(&["--username", "username", "--password", "password"]));
+        let hits = p.detect_argv(
+            &[],
+            &argv(&["--username", "username", "--password", "password"]),
+        );
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert_eq!(hits[0].index, 3);
         assert!(hits[0].detection.reason.contains("--password"), "{hits:?}");
-        let hits = p.detect_argv(&argv(&["server"]), &argv(&["--db-password=hunter2", "--port=8080"]));
+        let hits = p.detect_argv(
+            &argv(&["server"]),
+            &argv(&["--db-password=hunter2", "--port=8080"]),
+        );
         assert_eq!(hits.iter().map(|h| h.index).collect::<Vec<_>>(), [1]);
         let hits = p.detect_argv(&argv(&["mysql", "-uroot", "-psecret", "-h", "db"]), &[]);
         assert_eq!(hits.iter().map(|h| h.index).collect::<Vec<_>>(), [2]);
@@ -818,14 +882,24 @@ mod tests {
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert!(hits[0].detection.reason.contains("PASSWORD"), "{hits:?}");
         let hits = p.detect_argv(
-            &argv(&["/bin/bash", "-c", "until mysqladmin ping -uroot -proot; do sleep 1; done"]),
+            &argv(&[
+                "/bin/bash",
+                "-c",
+                "until mysqladmin ping -uroot -proot; do sleep 1; done",
+            ]),
             &[],
         );
         assert_eq!(hits.len(), 1, "{hits:?}");
-        let hits = p.detect_argv(&argv(&["sh", "-c", "export API_TOKEN=abcdef0123456789\nexec app"]), &[]);
+        let hits = p.detect_argv(
+            &argv(&["sh", "-c", "export API_TOKEN=abcdef0123456789\nexec app"]),
+            &[],
+        );
         assert_eq!(hits.len(), 1, "{hits:?}");
         let hits = p.detect_argv(&[], &argv(&["--endpoint=postgres://u:pw@db:5432/app"]));
-        assert!(hits[0].detection.reason.contains("URL with a password"), "{hits:?}");
+        assert!(
+            hits[0].detection.reason.contains("URL with a password"),
+            "{hits:?}"
+        );
     }
 
     #[test]
@@ -835,13 +909,36 @@ mod tests {
             (vec!["redis-cli"], vec!["-p", "6379", "ping"]),
             (vec!["ssh"], vec!["-p", "22", "host"]),
             (vec!["mysqladmin"], vec!["ping", "-p$(MYSQL_ROOT_PASSWORD)"]),
-            (vec!["sh", "-c"], vec!["mysql -uroot -p\"$MYSQL_ROOT_PASSWORD\" -e 'SELECT 1'"]),
-            (vec!["sh", "-c"], vec!["PASSWORD=$(cat /run/secrets/pw) exec /app"]),
-            (vec!["/cloud_sql_proxy"], vec!["-credential_file=/secrets/cloudsql/key.json"]),
-            (vec!["app"], vec!["--token-file=/var/run/secrets/token", "--max-tokens=4096"]),
-            (vec!["app"], vec!["--password-file", "/etc/app/pw", "--secret-name", "app-secret"]),
+            (
+                vec!["sh", "-c"],
+                vec!["mysql -uroot -p\"$MYSQL_ROOT_PASSWORD\" -e 'SELECT 1'"],
+            ),
+            (
+                vec!["sh", "-c"],
+                vec!["PASSWORD=$(cat /run/secrets/pw) exec /app"],
+            ),
+            (
+                vec!["/cloud_sql_proxy"],
+                vec!["-credential_file=/secrets/cloudsql/key.json"],
+            ),
+            (
+                vec!["app"],
+                vec!["--token-file=/var/run/secrets/token", "--max-tokens=4096"],
+            ),
+            (
+                vec!["app"],
+                vec![
+                    "--password-file",
+                    "/etc/app/pw",
+                    "--secret-name",
+                    "app-secret",
+                ],
+            ),
             (vec!["app"], vec!["--token", "--verbose"]),
-            (vec!["vault"], vec!["agent", "-config=/etc/vault/config.hcl"]),
+            (
+                vec!["vault"],
+                vec!["agent", "-config=/etc/vault/config.hcl"],
+            ),
         ] {
             let hits = p.detect_argv(&argv(&command), &argv(&args));
             assert!(hits.is_empty(), "{command:?} {args:?}: {hits:?}");

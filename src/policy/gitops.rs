@@ -17,9 +17,7 @@
 
 use serde_json::Value;
 
-use super::{
-    Action, Decision, Finding, PolicyEngine, Rule, Scope, SecretRef, Severity, push_at,
-};
+use super::{Action, Decision, Finding, PolicyEngine, Rule, Scope, SecretRef, Severity, push_at};
 
 const ESO_GROUP: &str = "external-secrets.io";
 const SEALED_GROUP: &str = "bitnami.com";
@@ -35,7 +33,11 @@ const SEALED_SCOPES: [&str; 2] = [
 /// (`tests/manifests.rs` checks that the two agree).
 pub const ADMISSION_RESOURCES: [(&str, &str, Kind); 5] = [
     (ESO_GROUP, "externalsecrets", Kind::ExternalSecret),
-    (ESO_GROUP, "clusterexternalsecrets", Kind::ClusterExternalSecret),
+    (
+        ESO_GROUP,
+        "clusterexternalsecrets",
+        Kind::ClusterExternalSecret,
+    ),
     (ESO_GROUP, "pushsecrets", Kind::PushSecret),
     (ESO_GROUP, "clustersecretstores", Kind::ClusterSecretStore),
     (SEALED_GROUP, "sealedsecrets", Kind::SealedSecret),
@@ -85,23 +87,6 @@ impl Kind {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every resource the component sends is one [`Kind::of_group`] recognises, judged at
-    /// admission, under its own kind name.
-    #[test]
-    fn admission_resources_are_judged_kinds() {
-        for (group, resource, kind) in ADMISSION_RESOURCES {
-            let name = format!("{kind:?}");
-            assert_eq!(Kind::of_group(group, &name), Some(kind));
-            assert!(kind.at_admission());
-            assert_eq!(resource, format!("{}s", name.to_lowercase()));
-        }
-    }
-}
-
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
 }
@@ -121,12 +106,9 @@ pub async fn judge(
     let policy = engine.policy();
     let name = str_at(obj, "/metadata/name").unwrap_or("<unnamed>");
     match kind {
-        Kind::Secret if !admission => check_secret(
-            obj,
-            name,
-            policy.plaintext.secret_manifests,
-            &mut decision,
-        ),
+        Kind::Secret if !admission => {
+            check_secret(obj, name, policy.plaintext.secret_manifests, &mut decision)
+        }
         Kind::Secret => {}
         Kind::ExternalSecret => {
             let refs = external_refs(
@@ -244,17 +226,28 @@ fn check_secret(obj: &Value, name: &str, action: Action, decision: &mut Decision
     let mut keys = Vec::new();
     let mut first = None;
     for field in ["data", "stringData"] {
-        for (k, v) in obj.get(field).and_then(Value::as_object).into_iter().flatten() {
+        for (k, v) in obj
+            .get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             let empty = v.is_null() || v.as_str() == Some("");
             if !empty {
-                first.get_or_insert_with(|| format!("/{field}/{}", k.replace('~', "~0").replace('/', "~1")));
+                first.get_or_insert_with(|| {
+                    format!("/{field}/{}", k.replace('~', "~0").replace('/', "~1"))
+                });
                 keys.push(k.as_str());
             }
         }
     }
     let Some(first) = first else { return };
     let shown: Vec<&str> = keys.iter().take(5).copied().collect();
-    let more = if keys.len() > shown.len() { ", …" } else { "" };
+    let more = if keys.len() > shown.len() {
+        ", …"
+    } else {
+        ""
+    };
     push_at(
         decision,
         action,
@@ -346,4 +339,21 @@ fn push_refs(obj: &Value) -> Vec<SecretRef<'_>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every resource the component sends is one [`Kind::of_group`] recognises, judged at
+    /// admission, under its own kind name.
+    #[test]
+    fn admission_resources_are_judged_kinds() {
+        for (group, resource, kind) in ADMISSION_RESOURCES {
+            let name = format!("{kind:?}");
+            assert_eq!(Kind::of_group(group, &name), Some(kind));
+            assert!(kind.at_admission());
+            assert_eq!(resource, format!("{}s", name.to_lowercase()));
+        }
+    }
 }
