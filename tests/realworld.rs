@@ -1,6 +1,8 @@
-//! The real-world corpus (tests/realworld, copied from 25 public projects with its LABELS.md):
-//! under the default policy kura denies exactly the documents labelled as carrying plaintext
-//! credentials, and nothing else.
+//! The real-world corpora, each with its LABELS.md: tests/realworld (69 documents of 25 public
+//! files, the set the detector was first tuned on, shared with ../shared/realworld) and
+//! tests/realworld-holdout (64 documents of 5 other projects, labelled before the detector was
+//! tuned again). Under the default policy kura denies exactly the documents labelled as carrying
+//! plaintext credentials, and nothing else: precision and recall 1 on both, as the README states.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
