@@ -561,4 +561,18 @@ mod tests {
         assert!(documents("").is_empty());
         assert_eq!(documents("---\n# only a comment\n---\na: 1\n").len(), 1);
     }
+
+    proptest::proptest! {
+        /// Any text, and text made of YAML's own punctuation, is read or reported: never a panic.
+        #[test]
+        fn never_panics(text in "\\PC{0,200}", yamlish in "[-:?,\\[\\]{}#&*!|>'\"%@<~ a-z0-9\n]{0,300}") {
+            let _ = documents(&text);
+            let _ = documents(&yamlish);
+        }
+
+        #[test]
+        fn integers_round_trip(n in proptest::num::i64::ANY) {
+            proptest::prop_assert_eq!(one(&format!("a: {n}\n"))["a"].clone(), json!(n));
+        }
+    }
 }
