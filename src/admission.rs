@@ -111,6 +111,15 @@ enum Object {
 }
 
 impl Object {
+    /// The object as JSON, for the resources judged without a pod ([`policy::gitops`]).
+    fn into_json(self) -> Result<serde_json::Value, String> {
+        match self {
+            Object::Typed(_) => Err("a pod is not a GitOps resource".into()),
+            Object::Raw(raw) => serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
+            Object::Dynamic(o) => serde_json::to_value(*o).map_err(|e| e.to_string()),
+        }
+    }
+
     fn into_pod(self, kind: &str) -> Result<Option<Box<Pod>>, String> {
         let pod = match self {
             Object::Typed(pod) => Ok(Some(Pod::from(*pod))),
@@ -213,6 +222,12 @@ impl Admission {
         object: Option<Object>,
         old: Option<Object>,
     ) -> Result<Outcome, Error> {
+        // External Secrets and Sealed Secrets are judged as they are, on /validate.
+        let gitops = policy::gitops::Kind::of_group(&req.kind.group, &req.kind.kind)
+            .filter(|k| k.at_admission() && endpoint == Endpoint::Validate);
+        if gitops.is_some() && !matches!(req.operation, Operation::Delete | Operation::Connect) {
+            return Ok(self.answer_resource(&req, object).await);
+        }
         // Decoded before the span opens, so that the span can name a pod that has only a
         // generateName.
         let target = if matches!(req.operation, Operation::Delete | Operation::Connect) {
@@ -236,6 +251,48 @@ impl Admission {
             .answer(endpoint, &names, target, old)
             .instrument(span)
             .await)
+    }
+
+    /// A GitOps resource (ExternalSecret, ClusterExternalSecret, PushSecret,
+    /// ClusterSecretStore, SealedSecret) on /validate: judged by [`policy::gitops`], never
+    /// mutated.
+    async fn answer_resource(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        object: Option<Object>,
+    ) -> Outcome {
+        let namespace = req.namespace.clone().unwrap_or_default();
+        let name = if req.name.is_empty() {
+            "<unnamed>".to_string()
+        } else {
+            req.name.clone()
+        };
+        let span = tracing::info_span!("admission", uid = %req.uid, %namespace, pod = %name, kind = %req.kind.kind, endpoint = ?Endpoint::Validate);
+        let names = Names {
+            req,
+            namespace: &namespace,
+            pod: &name,
+        };
+        let value = match object.map(Object::into_json) {
+            None => return invalid(&names, "the request has no object".into()),
+            Some(Err(e)) => {
+                return invalid(
+                    &names,
+                    format!(
+                        "the {} is not valid JSON: {}",
+                        req.kind.kind,
+                        kura_agent::redact::scalars(&e)
+                    ),
+                );
+            }
+            Some(Ok(v)) => v,
+        };
+        async {
+            let decision = policy::gitops::judge(&self.policy, &value, &namespace, true).await;
+            wrap(&names, decision, None)
+        }
+        .instrument(span)
+        .await
     }
 
     /// decode → judge → plan → wrap.

@@ -10,6 +10,7 @@ pub mod lint;
 pub mod manifests;
 pub mod review;
 pub mod serve;
+pub mod yaml;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,7 +73,7 @@ pub enum Error {
     Document {
         file: String,
         index: usize,
-        source: serde_yaml_ng::Error,
+        source: yaml::Unreadable,
     },
     /// An input that is not the Kubernetes object it must be.
     #[error("not {what}: {source}")]

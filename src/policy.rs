@@ -1,4 +1,4 @@
-//! Admission policy: the policy file, every rule (KURA001–KURA009), modes, and the decision
+//! Admission policy: the policy file, every rule (KURA001–KURA011; the GitOps ones in [`gitops`]), modes, and the decision
 //! they build. [`PolicyEngine::judge`] runs them all over a pod; the catalogue of ids and
 //! summaries is [`Rule`].
 //!
@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod detect;
 mod file;
+pub mod gitops;
 mod glob;
 mod rule;
 pub mod watch;
@@ -76,6 +77,9 @@ pub struct Finding {
     pub rule: Rule,
     pub message: String,
     pub severity: Severity,
+    /// The offending field as a JSON pointer into the judged object (`/spec/containers/0/env/2`
+    /// for a pod), when there is one: `kura lint` turns it into a line number.
+    pub field: Option<String>,
 }
 
 impl Finding {
@@ -84,7 +88,14 @@ impl Finding {
             rule,
             message,
             severity: Severity::Deny,
+            field: None,
         }
+    }
+
+    /// The finding about the field at `pointer`.
+    pub fn at(mut self, pointer: String) -> Self {
+        self.field = Some(pointer);
+        self
     }
 }
 
@@ -270,15 +281,42 @@ impl PolicyEngine {
         namespace: &str,
         decision: &mut Decision,
     ) {
-        let ids = secrets.secrets();
+        let refs: Vec<SecretRef<'_>> = secrets
+            .secrets()
+            .into_iter()
+            .map(|id| SecretRef {
+                id,
+                field: None,
+                must_exist: true,
+            })
+            .collect();
+        self.check_refs(policy, &refs, namespace, decision).await;
+    }
+
+    /// KURA002–KURA004 and KURA009 for the secrets named by a pod or another resource
+    /// ([`gitops`]): the string written must be in the namespace's scope, and, with a store,
+    /// what it resolves to too, encrypted with an allowed key and existing.
+    pub(crate) async fn check_refs(
+        &self,
+        policy: &Policy,
+        refs: &[SecretRef<'_>],
+        namespace: &str,
+        decision: &mut Decision,
+    ) {
+        let at = |f: Finding, r: &SecretRef<'_>| match &r.field {
+            Some(p) => f.at(p.clone()),
+            None => f,
+        };
         // The string the pod wrote must be in scope; so must what the store says it resolves to.
         let mut in_scope = Vec::new();
-        for id in &ids {
+        for r in refs {
+            let id = r.id;
             match policy.scope.check_id(id, namespace) {
-                Ok(()) => in_scope.push(*id),
-                Err(why) => {
-                    decision.push(Finding::new(Rule::Kura002, format!("secret {id:?}: {why}")))
-                }
+                Ok(()) => in_scope.push(r),
+                Err(why) => decision.push(at(
+                    Finding::new(Rule::Kura002, format!("secret {id:?}: {why}")),
+                    r,
+                )),
             }
         }
         let Some(cache) = &self.cache else { return };
@@ -286,67 +324,71 @@ impl PolicyEngine {
         // Warm answers are taken as they are; only misses are asked, concurrently and bounded.
         let mut lookups = Vec::with_capacity(in_scope.len());
         let mut misses = Vec::new();
-        for id in &in_scope {
-            match cache.cached(id) {
-                Some(r) => lookups.push((*id, Ok(r))),
-                None => misses.push(*id),
+        for (i, r) in in_scope.iter().enumerate() {
+            match cache.cached(r.id) {
+                Some(m) => lookups.push((i, Ok(m))),
+                None => misses.push(i),
             }
         }
         if !misses.is_empty() {
+            let in_scope = &in_scope;
             lookups.extend(
-                futures_util::future::join_all(misses.iter().map(|id| async move {
-                    let r = tokio::time::timeout(deadline, cache.describe(id)).await;
-                    (*id, r)
+                futures_util::future::join_all(misses.iter().map(|&i| async move {
+                    let r = tokio::time::timeout(deadline, cache.describe(in_scope[i].id)).await;
+                    (i, r)
                 }))
                 .await,
             );
             // Findings in declaration order, whichever answers were cached.
-            lookups.sort_by_key(|(id, _)| in_scope.iter().position(|x| x == id));
+            lookups.sort_by_key(|(i, _)| *i);
         }
-        for (id, result) in lookups {
+        for (i, result) in lookups {
+            let r = in_scope[i];
+            let id = r.id;
+            let mut found = Decision::new(decision.mode);
             let meta = match result {
                 Err(_) => {
                     self.store_failure(
                         policy,
-                        decision,
+                        &mut found,
                         id,
                         &format!("no answer within {}ms", deadline.as_millis()),
                     );
-                    continue;
+                    None
                 }
+                Ok(Err(StoreError::NotFound { .. })) if !r.must_exist => None,
                 Ok(Err(StoreError::NotFound { .. })) => {
-                    decision.push(Finding::new(
+                    found.push(Finding::new(
                         Rule::Kura004,
                         format!("secret {id:?} does not exist in Secrets Manager (or kura may not describe it); create it first"),
                     ));
-                    continue;
-                }
-                Ok(Err(e))
-                    if e.is_store_failure() || matches!(e, StoreError::AccessDenied { .. }) =>
-                {
-                    self.store_failure(policy, decision, id, &e.to_string());
-                    continue;
+                    None
                 }
                 Ok(Err(e)) => {
-                    self.store_failure(policy, decision, id, &e.to_string());
-                    continue;
+                    self.store_failure(policy, &mut found, id, &e.to_string());
+                    None
                 }
-                Ok(Ok(m)) => m,
+                Ok(Ok(m)) => Some(m),
             };
-            if meta.deleted {
-                decision.push(Finding::new(
-                    Rule::Kura004,
-                    format!("secret {id:?} is scheduled for deletion; restore it or point the pod at its replacement"),
-                ));
+            if let Some(meta) = meta {
+                if meta.deleted {
+                    found.push(Finding::new(
+                        Rule::Kura004,
+                        format!("secret {id:?} is scheduled for deletion; restore it or point the pod at its replacement"),
+                    ));
+                }
+                if let Err(why) = policy.scope.check_resolved(&meta, namespace) {
+                    found.push(Finding::new(
+                        Rule::Kura002,
+                        format!("secret {id:?} resolves to {}: {why}", meta.arn),
+                    ));
+                }
+                if let Err(why) = policy.kms.check(&meta) {
+                    found.push(Finding::new(Rule::Kura003, format!("secret {id:?}: {why}")));
+                }
             }
-            if let Err(why) = policy.scope.check_resolved(&meta, namespace) {
-                decision.push(Finding::new(
-                    Rule::Kura002,
-                    format!("secret {id:?} resolves to {}: {why}", meta.arn),
-                ));
-            }
-            if let Err(why) = policy.kms.check(&meta) {
-                decision.push(Finding::new(Rule::Kura003, format!("secret {id:?}: {why}")));
+            for f in found.findings {
+                decision.push(at(f, r));
             }
         }
     }
@@ -365,6 +407,16 @@ impl PolicyEngine {
         }
         decision.push(f);
     }
+}
+
+/// A secret named by a pod or a resource, for [`PolicyEngine::check_refs`].
+#[derive(Debug, Clone)]
+pub(crate) struct SecretRef<'a> {
+    pub id: &'a str,
+    /// Where it is named (a JSON pointer into the object), when not in annotations.
+    pub field: Option<String>,
+    /// `false` for a secret the resource creates (a PushSecret's target): KURA004 does not apply.
+    pub must_exist: bool,
 }
 
 /// How far admission has gone with the pod that is judged.
@@ -411,43 +463,46 @@ fn check_agent(pod: &Pod, stage: Stage, decision: &mut Decision) {
 /// Rules that need only the pod spec: KURA005, KURA006, KURA007.
 fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
     let Some(spec) = &pod.spec else { return };
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| (c, "initContainer"));
-    let eph = spec.ephemeral_containers.iter().flatten().map(|e| {
-        // Ephemeral containers share the fields kura looks at.
-        (e, "ephemeralContainer")
-    });
-    let mut containers: Vec<(&Container, &str)> =
-        spec.containers.iter().map(|c| (c, "container")).collect();
-    containers.extend(init);
-    for (c, what) in containers {
-        check_container(
-            policy,
-            &c.name,
-            what,
-            c.env.as_deref(),
-            c.env_from.as_deref(),
-            decision,
-        );
+    fn as_view(c: &Container) -> ContainerView<'_> {
+        ContainerView {
+            name: c.name.as_str(),
+            env: c.env.as_deref(),
+            env_from: c.env_from.as_deref(),
+            command: c.command.as_deref(),
+            args: c.args.as_deref(),
+        }
     }
-    for (e, what) in eph {
-        check_container(
-            policy,
-            &e.name,
-            what,
-            e.env.as_deref(),
-            e.env_from.as_deref(),
-            decision,
-        );
+    let lists = [
+        ("container", "containers", Some(&spec.containers)),
+        (
+            "initContainer",
+            "initContainers",
+            spec.init_containers.as_ref(),
+        ),
+    ];
+    for (what, field, list) in lists {
+        for (i, c) in list.into_iter().flatten().enumerate() {
+            let base = format!("/spec/{field}/{i}");
+            check_container(policy, what, &base, as_view(c), decision);
+        }
+    }
+    for (i, e) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        // Ephemeral containers share the fields kura looks at.
+        let view = ContainerView {
+            name: e.name.as_str(),
+            env: e.env.as_deref(),
+            env_from: e.env_from.as_deref(),
+            command: e.command.as_deref(),
+            args: e.args.as_deref(),
+        };
+        let base = format!("/spec/ephemeralContainers/{i}");
+        check_container(policy, "ephemeralContainer", &base, view, decision);
     }
     if policy.native_secrets != Action::Ignore {
-        for v in spec.volumes.iter().flatten() {
+        for (i, v) in spec.volumes.iter().flatten().enumerate() {
             if let Some(s) = &v.secret {
                 let name = s.secret_name.as_deref().unwrap_or("");
-                push_action(
+                push_at(
                     decision,
                     policy.native_secrets,
                     Rule::Kura007,
@@ -455,12 +510,13 @@ fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
                         "volume {} mounts native Secret {name:?}; declare it with kura.dev/secret.<file> instead",
                         v.name
                     ),
+                    Some(format!("/spec/volumes/{i}")),
                 );
             }
             if let Some(p) = &v.projected {
                 for src in p.sources.iter().flatten() {
                     if let Some(s) = &src.secret {
-                        push_action(
+                        push_at(
                             decision,
                             policy.native_secrets,
                             Rule::Kura007,
@@ -468,6 +524,7 @@ fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
                                 "projected volume {} includes native Secret {:?}; declare it with kura.dev/secret.<file> instead",
                                 v.name, s.name
                             ),
+                            Some(format!("/spec/volumes/{i}")),
                         );
                     }
                 }
@@ -476,7 +533,14 @@ fn check_spec(policy: &Policy, pod: &Pod, decision: &mut Decision) {
     }
 }
 
-fn push_action(decision: &mut Decision, action: Action, rule: Rule, message: String) {
+/// Pushes a finding whose severity is the policy's `action` for it (nothing for `ignore`).
+pub(crate) fn push_at(
+    decision: &mut Decision,
+    action: Action,
+    rule: Rule,
+    message: String,
+    field: Option<String>,
+) {
     let severity = match action {
         Action::Deny => Severity::Deny,
         Action::Warn => Severity::Warn,
@@ -486,23 +550,54 @@ fn push_action(decision: &mut Decision, action: Action, rule: Rule, message: Str
         rule,
         message,
         severity,
+        field,
     });
+}
+
+/// What the rules read of a container (app, init or ephemeral).
+struct ContainerView<'a> {
+    name: &'a str,
+    env: Option<&'a [k8s_openapi::api::core::v1::EnvVar]>,
+    env_from: Option<&'a [k8s_openapi::api::core::v1::EnvFromSource]>,
+    command: Option<&'a [String]>,
+    args: Option<&'a [String]>,
 }
 
 fn check_container(
     policy: &Policy,
-    name: &str,
     what: &str,
-    env: Option<&[k8s_openapi::api::core::v1::EnvVar]>,
-    env_from: Option<&[k8s_openapi::api::core::v1::EnvFromSource]>,
+    base: &str,
+    c: ContainerView<'_>,
     decision: &mut Decision,
 ) {
-    for e in env.into_iter().flatten() {
+    let name = c.name;
+    if policy.plaintext.enabled {
+        let command = c.command.unwrap_or_default();
+        let args = c.args.unwrap_or_default();
+        for hit in policy.plaintext.detect_argv(command, args) {
+            let (field, i) = if hit.index < command.len() {
+                ("command", hit.index)
+            } else {
+                ("args", hit.index - command.len())
+            };
+            push_at(
+                decision,
+                hit.detection.action,
+                Rule::Kura005,
+                format!(
+                    "{what} {name} {field}[{i}]: {}; store it in Secrets Manager and pass it with kura.dev/secret.<file>",
+                    hit.detection.reason
+                ),
+                Some(format!("{base}/{field}/{i}")),
+            );
+        }
+    }
+    for (i, e) in c.env.into_iter().flatten().enumerate() {
         if let Some(value) = &e.value
             && policy.plaintext.enabled
             && let Some(why) = policy.plaintext.detect(&e.name, value)
         {
-            push_action(
+            push_at(
                 decision,
                 why.action,
                 Rule::Kura005,
@@ -510,13 +605,14 @@ fn check_container(
                     "{what} {name} env {}: {}; store it in Secrets Manager and use kura.dev/secret.<file>",
                     e.name, why.reason
                 ),
+                Some(format!("{base}/env/{i}/value")),
             );
         }
         let Some(from) = &e.value_from else { continue };
         if let Some(cm) = &from.config_map_key_ref
             && policy.plaintext.is_secret_like(&e.name)
         {
-            push_action(
+            push_at(
                 decision,
                 policy.config_map_secret_like,
                 Rule::Kura006,
@@ -524,10 +620,11 @@ fn check_container(
                     "{what} {name} env {} reads a secret-like value from ConfigMap {:?} key {:?}; ConfigMaps are not encrypted secrets",
                     e.name, cm.name, cm.key
                 ),
+                Some(format!("{base}/env/{i}/valueFrom")),
             );
         }
         if let Some(s) = &from.secret_key_ref {
-            push_action(
+            push_at(
                 decision,
                 policy.native_secrets,
                 Rule::Kura007,
@@ -535,12 +632,13 @@ fn check_container(
                     "{what} {name} env {} reads native Secret {:?}; use kura.dev/secret.<file> instead",
                     e.name, s.name
                 ),
+                Some(format!("{base}/env/{i}/valueFrom")),
             );
         }
     }
-    for f in env_from.into_iter().flatten() {
+    for (i, f) in c.env_from.into_iter().flatten().enumerate() {
         if let Some(s) = &f.secret_ref {
-            push_action(
+            push_at(
                 decision,
                 policy.native_secrets,
                 Rule::Kura007,
@@ -548,6 +646,7 @@ fn check_container(
                     "{what} {name} envFrom reads native Secret {:?}; use kura.dev/secret.<file> instead",
                     s.name
                 ),
+                Some(format!("{base}/envFrom/{i}")),
             );
         }
     }

@@ -57,6 +57,8 @@ macro_rules! judged_container {
             name: $c.name,
             env: $c.env,
             env_from: $c.env_from,
+            command: $c.command,
+            args: $c.args,
             volume_mounts: $c.volume_mounts,
             security_context: $c.security_context,
             $($rest)*
@@ -70,6 +72,9 @@ struct WireContainer {
     name: String,
     env: Option<Vec<EnvVar>>,
     env_from: Option<Vec<EnvFromSource>>,
+    /// Judged for credentials on the command line (KURA005).
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
     volume_mounts: Option<Vec<VolumeMount>>,
     security_context: Option<SecurityContext>,
 }
@@ -162,7 +167,7 @@ impl From<Volume> for WireVolume {
 }
 
 /// The part of a pod spec kura judges and plans from, and nothing else: per container (init,
-/// app and ephemeral) its name, env, envFrom, volumeMounts and securityContext; per volume its
+/// app and ephemeral) its name, env, envFrom, command, args, volumeMounts and securityContext; per volume its
 /// name, its `secret` source and the secrets among its projected sources; the pod's
 /// securityContext. Every pod kura judges is reduced to this, whether it came off the wire
 /// ([`WirePod`]) or whole (`kura lint`, `kura review`), so both see the same pod, and an
@@ -458,8 +463,10 @@ mod tests {
                     &had.security_context
                 )
             );
+            // Credentials on the command line are judged too (KURA005).
+            assert_eq!((&kept.command, &kept.args), (&had.command, &had.args));
             assert!(had.env.is_some() && had.env_from.is_some() && had.security_context.is_some());
-            assert!(kept.image.is_none() && kept.args.is_none() && kept.liveness_probe.is_none());
+            assert!(kept.image.is_none() && kept.liveness_probe.is_none());
         }
         let (kept, had) = (
             &spec.ephemeral_containers.as_ref().expect("ephemeral")[0],

@@ -131,7 +131,10 @@ fn lint_exit_codes_and_outputs() {
     assert!(reports[0]["notVerified"].is_null() || reports[0]["not_verified"].is_array());
 
     assert_eq!(lint(&["/nonexistent/path.yaml"], None).0, 2);
-    assert_eq!(lint(&["-"], Some("a: [unclosed")).0, 2);
+    // A document that is not YAML is reported, not a usage error.
+    let (code, out) = lint(&["-"], Some("a: [unclosed"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("<stdin>:1 document 1: UNREADABLE"), "{out}");
     let (code, _) = lint(&["--policy", "/nonexistent/policy.yaml", corpus], None);
     assert_eq!(code, 2);
 }
@@ -273,4 +276,170 @@ fn text_logs_to_a_pipe_are_plain() {
         !text.contains('\u{1b}'),
         "colour codes in piped logs: {text:?}"
     );
+}
+
+/// A manifest as kubectl reads it (YAML 1.1: `defaultMode: 0400` is 256), next to one that
+/// is not YAML at all: the broken document is reported with its line and reason, and the
+/// others are still checked, with the line of each finding.
+const MIXED: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: app
+        image: web:1
+        args: [\"--db-password\", \"hunter2\"]
+        env:
+        - name: TOKEN_EXPIRY_SECONDS
+          value: \"3600\"
+        - name: DB_PASSWORD
+          value: hunter2
+        volumeMounts: [{name: cfg, mountPath: /etc/web}]
+      volumes:
+      - name: cfg
+        configMap: {name: web, defaultMode: 0400}
+---
+kind: Pod
+metadata: {name: broken
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: web-db, namespace: shop}
+stringData:
+  password: hunter2
+";
+
+#[test]
+fn lint_reads_yaml_as_kubectl_and_reports_lines() {
+    let (code, out) = lint(&["-"], Some(MIXED));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("<stdin>:12 Deployment/web (document 1, namespace shop): DENY [KURA005] container app args[1]: the --db-password flag"), "{out}");
+    assert!(out.contains("<stdin>:17 Deployment/web (document 1, namespace shop): DENY [KURA005] container app env DB_PASSWORD"), "{out}");
+    assert!(
+        !out.contains("TOKEN_EXPIRY_SECONDS"),
+        "a lifetime is not a credential: {out}"
+    );
+    assert!(out.contains("<stdin>:24 document 2: UNREADABLE"), "{out}");
+    assert!(
+        out.contains("<stdin>:30 Secret/web-db (document 3, namespace shop): DENY [KURA010]"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "never a value: {out}");
+    assert!(
+        out.ends_with("3 document(s) checked, 2 denied, 1 unreadable\n"),
+        "{out}"
+    );
+
+    let (code, out) = lint(&["-o", "json", "-"], Some(MIXED));
+    assert_eq!(code, 1);
+    let reports: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let web = &reports[0];
+    assert_eq!(web["line"], 1);
+    let lines: Vec<(String, u64, String)> = web["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+                f["field"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (
+                "KURA005".to_string(),
+                12,
+                "/spec/template/spec/containers/0/args/1".to_string()
+            ),
+            (
+                "KURA005".to_string(),
+                17,
+                "/spec/template/spec/containers/0/env/1/value".to_string()
+            ),
+        ]
+    );
+    assert_eq!(reports[1]["unreadable"], true);
+    assert_eq!(reports[1]["decision"], "unreadable");
+    assert!(
+        reports[1]["error"].as_str().unwrap().contains("line 24"),
+        "{}",
+        reports[1]
+    );
+}
+
+/// `-o sarif`: a SARIF 2.1.0 log GitHub code scanning accepts: one run, kura's rules, a
+/// result per finding at its file and line, levels from the severity.
+#[test]
+fn lint_writes_sarif_for_code_scanning() {
+    let (code, out) = lint(&["-o", "sarif", "-"], Some(MIXED));
+    assert_eq!(code, 1);
+    let log: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(log["version"], "2.1.0");
+    assert!(log["$schema"].as_str().unwrap().contains("sarif-2.1.0"));
+    let run = &log["runs"][0];
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    let ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    for r in kura::policy::Rule::ALL {
+        assert!(ids.contains(&r.id()), "{ids:?}");
+    }
+    let results = run["results"].as_array().unwrap();
+    let got: Vec<(String, String, u64)> = results
+        .iter()
+        .map(|r| {
+            let index = r["ruleIndex"].as_u64().unwrap() as usize;
+            assert_eq!(
+                rules[index]["id"], r["ruleId"],
+                "ruleIndex points at the rule"
+            );
+            assert!(!r["message"]["text"].as_str().unwrap().is_empty());
+            let loc = &r["locations"][0]["physicalLocation"];
+            assert_eq!(loc["artifactLocation"]["uri"], "<stdin>");
+            (
+                r["ruleId"].as_str().unwrap().to_string(),
+                r["level"].as_str().unwrap().to_string(),
+                loc["region"]["startLine"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("unreadable", "error", 24),
+        ("KURA005", "error", 12),
+        ("KURA005", "error", 17),
+        ("KURA010", "error", 30),
+    ];
+    let mut got_sorted = got.clone();
+    got_sorted.sort_by_key(|g| g.2);
+    let mut want: Vec<(String, String, u64)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), *c))
+        .collect();
+    want.sort_by_key(|w| w.2);
+    assert_eq!(got_sorted, want);
+}
+
+/// The pre-commit hooks run `kura lint` on the files pre-commit passes.
+#[test]
+fn pre_commit_hooks_run_kura_lint() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/.pre-commit-hooks.yaml"
+    ))
+    .unwrap();
+    let hooks: Vec<serde_json::Value> = serde_yaml_ng::from_str(&text).unwrap();
+    assert!(!hooks.is_empty());
+    for h in &hooks {
+        assert!(h["entry"].as_str().unwrap().ends_with("kura lint"), "{h}");
+        assert!(h["id"].as_str().unwrap().starts_with("kura-lint"), "{h}");
+        let files = regex::Regex::new(h["files"].as_str().unwrap()).unwrap();
+        assert!(files.is_match("k8s/app/deployment.yaml") && files.is_match("x.yml"));
+        assert!(!files.is_match("README.md"));
+    }
 }

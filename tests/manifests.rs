@@ -680,6 +680,15 @@ fn webhooks_reach_kura_and_cover_what_it_judges() {
                 for w in &workloads {
                     want.insert(w.clone(), ops(&["CREATE", "UPDATE"]));
                 }
+                // The GitOps resources kura judges on /validate, when the component asks.
+                if component.as_deref() == Some("gitops-resources") {
+                    for (group, resource, _) in kura::policy::gitops::ADMISSION_RESOURCES {
+                        want.insert(
+                            (group.to_string(), resource.to_string()),
+                            ops(&["CREATE", "UPDATE"]),
+                        );
+                    }
+                }
             }
             p.check(covered == want, || {
                 format!("{w}: rules cover {covered:?}, expected {want:?}")
@@ -728,7 +737,12 @@ fn webhooks_reach_kura_and_cover_what_it_judges() {
             component.is_none()
                 || matches!(
                     component.as_deref(),
-                    Some("legacy-sidecar" | "failure-policy-ignore" | "canary-namespaces")
+                    Some(
+                        "legacy-sidecar"
+                            | "failure-policy-ignore"
+                            | "canary-namespaces"
+                            | "gitops-resources"
+                    )
                 ),
             || format!("{label}: a component this test has no expectation for"),
         );

@@ -19,13 +19,18 @@ use super::manifests::{self, Document, is_checked_kind, review_for};
 use super::{Error, Result};
 use crate::admission::{Admission, Endpoint, Outcome};
 use crate::inject::InjectConfig;
-use crate::policy::{Rule, Severity};
+use crate::policy::{Finding, Rule, Severity, gitops};
+use crate::workload::WORKLOAD_KINDS;
+
+mod sarif;
 
 /// How `kura lint` prints its reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
     Json,
+    /// SARIF 2.1.0, for GitHub code scanning (`github/codeql-action/upload-sarif`).
+    Sarif,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +56,11 @@ pub struct FindingReport {
     pub rule: Rule,
     pub severity: &'static str,
     pub message: String,
+    /// 1-based line of the offending field in the file (of the document when there is none).
+    pub line: usize,
+    /// The offending field as a JSON pointer into the document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// The lint result of one document.
@@ -58,11 +68,16 @@ pub struct FindingReport {
 pub struct Report {
     pub file: String,
     pub document: usize,
+    /// 1-based line where the document starts.
+    pub line: usize,
     pub kind: String,
     pub name: String,
     pub namespace: String,
     pub decision: String,
     pub denied: bool,
+    /// The document cannot be read as YAML (kubectl would refuse it too); `error` says why.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unreadable: bool,
     pub findings: Vec<FindingReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_verified: Vec<String>,
@@ -83,9 +98,38 @@ fn severity(s: Severity, denied_here: bool) -> &'static str {
     }
 }
 
+/// Where a kind's pod sits in its document, as a JSON pointer prefix.
+fn pod_prefix(kind: &str) -> String {
+    WORKLOAD_KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, path)| path.iter().map(|p| format!("/{p}")).collect())
+        .unwrap_or_default()
+}
+
 /// Checks one document with the webhook's own code; `None` for kinds kura does not check.
+/// An unreadable document is always reported.
 pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Option<Report> {
+    if let Some(e) = &doc.unreadable {
+        return Some(Report {
+            file: doc.source.clone(),
+            document: doc.index,
+            line: e.line,
+            kind: String::new(),
+            name: String::new(),
+            namespace: namespace.to_string(),
+            decision: "unreadable".into(),
+            denied: false,
+            unreadable: true,
+            findings: Vec::new(),
+            not_verified: Vec::new(),
+            error: Some(format!("not readable as YAML: {e}")),
+        });
+    }
     let kind = doc.kind().to_string();
+    if gitops::Kind::of_object(&doc.value).is_some() {
+        return Some(check_gitops(admission, doc, namespace).await);
+    }
     if !is_checked_kind(&kind) {
         return None;
     }
@@ -101,14 +145,17 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>")
         .to_string();
+    let prefix = pod_prefix(&kind);
     let mut report = Report {
         file: doc.source.clone(),
         document: doc.index,
+        line: doc.line,
         kind,
         name,
         namespace: ns,
         decision: String::new(),
         denied: false,
+        unreadable: false,
         findings: Vec::new(),
         not_verified: Vec::new(),
         error: None,
@@ -136,11 +183,7 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
             report.findings = o
                 .findings
                 .iter()
-                .map(|f| FindingReport {
-                    rule: f.rule,
-                    severity: severity(f.severity, enforce),
-                    message: f.message.clone(),
-                })
+                .map(|f| finding_report(doc, &prefix, f, enforce))
                 .collect();
             let has_secrets = o
                 .review
@@ -161,6 +204,68 @@ pub async fn check(admission: &Admission, doc: &Document, namespace: &str) -> Op
         }
     }
     Some(report)
+}
+
+fn finding_report(doc: &Document, prefix: &str, f: &Finding, enforce: bool) -> FindingReport {
+    let field = f.field.as_ref().map(|p| format!("{prefix}{p}"));
+    FindingReport {
+        rule: f.rule,
+        severity: severity(f.severity, enforce),
+        message: f.message.clone(),
+        line: field.as_deref().map_or(doc.line, |p| doc.line_of(p)),
+        field,
+    }
+}
+
+/// Secrets, External Secrets and Sealed Secrets: the GitOps rules ([`gitops`]).
+async fn check_gitops(admission: &Admission, doc: &Document, namespace: &str) -> Report {
+    let ns = doc
+        .value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(namespace)
+        .to_string();
+    let decision = gitops::judge(&admission.policy, &doc.value, &ns, false).await;
+    let enforce = decision.mode == crate::policy::Mode::Enforce;
+    let denied = decision.denies();
+    let decision_label = if denied {
+        "denied"
+    } else if decision.findings.is_empty() {
+        "allowed"
+    } else {
+        "allowed-with-findings"
+    };
+    let not_verified = if decision.secrets.is_empty() || admission.policy.has_store() {
+        Vec::new()
+    } else {
+        Rule::ALL
+            .iter()
+            .filter_map(|r| r.not_verified_offline())
+            .collect()
+    };
+    Report {
+        file: doc.source.clone(),
+        document: doc.index,
+        line: doc.line,
+        kind: doc.kind().to_string(),
+        name: doc
+            .value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("<unnamed>")
+            .to_string(),
+        namespace: ns,
+        decision: decision_label.into(),
+        denied,
+        unreadable: false,
+        findings: decision
+            .findings
+            .iter()
+            .map(|f| finding_report(doc, "", f, enforce))
+            .collect(),
+        not_verified,
+        error: None,
+    }
 }
 
 /// The manifest files under `p` (itself if a file, `-` for stdin), in name order.
@@ -212,35 +317,49 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let denied = reports.iter().filter(|r| r.denied).count();
+    let unreadable = reports.iter().filter(|r| r.unreadable).count();
     let text = match args.output {
-        Output::Json => {
-            serde_json::to_string_pretty(&reports).map_err(|e| Error::Internal(e.to_string()))?
-                + "\n"
-        }
-        Output::Text => text_report(&reports, denied),
+        Output::Json => pretty(&reports)?,
+        Output::Sarif => pretty(&sarif::log(&reports))?,
+        Output::Text => text_report(&reports, denied, unreadable),
     };
     // A closed pipe (`kura lint | head`) is not worth a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    Ok(if denied > 0 {
+    Ok(if denied + unreadable > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-fn text_report(reports: &[Report], denied: usize) -> String {
+fn pretty<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v)
+        .map(|s| s + "\n")
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn text_report(reports: &[Report], denied: usize, unreadable: usize) -> String {
     let mut out = String::new();
     for r in reports {
-        let head = format!(
-            "{}#{} {}/{} (namespace {})",
-            r.file, r.document, r.kind, r.name, r.namespace
+        let what = format!(
+            "{}/{} (document {}, namespace {})",
+            r.kind, r.name, r.document, r.namespace
         );
-        if let Some(e) = &r.error {
+        let head = format!("{}:{} {what}", r.file, r.line);
+        if r.unreadable {
+            let e = r.error.as_deref().unwrap_or_default();
+            out.push_str(&format!(
+                "{}:{} document {}: UNREADABLE {e}\n",
+                r.file, r.line, r.document
+            ));
+        } else if let Some(e) = &r.error {
             out.push_str(&format!("{head}: ERROR {e}\n"));
         }
         for f in &r.findings {
             out.push_str(&format!(
-                "{head}: {} [{}] {}\n",
+                "{}:{} {what}: {} [{}] {}\n",
+                r.file,
+                f.line,
                 f.severity.to_uppercase(),
                 f.rule.id(),
                 f.message
@@ -262,9 +381,12 @@ fn text_report(reports: &[Report], denied: usize) -> String {
         out.push_str(&format!("{}: {}\n", rule.id(), rule.summary()));
     }
     out.push_str(&format!(
-        "{} document(s) checked, {} denied\n",
-        reports.len(),
-        denied
+        "{} document(s) checked, {denied} denied",
+        reports.len()
     ));
+    if unreadable > 0 {
+        out.push_str(&format!(", {unreadable} unreadable"));
+    }
+    out.push('\n');
     out
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use kura_agent::store::{Store, StoreSetting};
 use serde_json::{Value, json};
 
+use super::yaml::{self, Unreadable};
 use super::{Error, Result};
 use crate::admission::Admission;
 use crate::config::load_policy;
@@ -20,7 +21,14 @@ pub struct Document {
     pub source: String,
     /// 1-based position in its file.
     pub index: usize,
+    /// The 1-based line where it starts.
+    pub line: usize,
+    /// `Null` when the document is unreadable.
     pub value: Value,
+    /// JSON pointer → line, for the fields of `value`.
+    pub lines: std::collections::BTreeMap<String, usize>,
+    /// Why the document cannot be read (kubectl would refuse it too).
+    pub unreadable: Option<Unreadable>,
 }
 
 impl Document {
@@ -31,33 +39,70 @@ impl Document {
             .and_then(Value::as_str)
             .unwrap_or_default()
     }
-}
 
-/// Reads every YAML document of a text (multi-document YAML, `List` items flattened).
-pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>> {
-    let mut out = Vec::new();
-    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(de).map_err(|e| Error::Document {
-            file: source.to_string(),
-            index: i + 1,
-            source: e,
-        })?;
-        if value.is_null() {
-            continue;
-        }
-        let doc = |value| Document {
-            source: source.to_string(),
-            index: i + 1,
-            value,
-        };
-        if value.get("kind").and_then(Value::as_str) == Some("List") {
-            let items = value.get("items").and_then(Value::as_array);
-            out.extend(items.into_iter().flatten().cloned().map(doc));
-        } else {
-            out.push(doc(value));
+    /// The line of the field at `pointer` (a JSON pointer into the document), or of its nearest
+    /// ancestor that has one.
+    pub fn line_of(&self, pointer: &str) -> usize {
+        let mut p = pointer;
+        loop {
+            if let Some(l) = self.lines.get(p) {
+                return *l;
+            }
+            match p.rfind('/') {
+                Some(i) => p = &p[..i],
+                None => return self.line,
+            }
         }
     }
-    Ok(out)
+}
+
+/// Reads every YAML document of a text as kubectl reads it (YAML 1.1 scalars, see
+/// [`super::yaml`]); `List` items are flattened. A document that cannot be read is returned
+/// with [`Document::unreadable`] set, and the others are still read.
+pub fn parse_documents(source: &str, text: &str) -> Vec<Document> {
+    let mut out = Vec::new();
+    for d in yaml::documents(text) {
+        let loaded = match d.result {
+            Ok(l) => l,
+            Err(e) => {
+                out.push(Document {
+                    source: source.to_string(),
+                    index: d.index,
+                    line: d.line,
+                    value: Value::Null,
+                    lines: Default::default(),
+                    unreadable: Some(e),
+                });
+                continue;
+            }
+        };
+        let doc = |value, lines| Document {
+            source: source.to_string(),
+            index: d.index,
+            line: d.line,
+            value,
+            lines,
+            unreadable: None,
+        };
+        if loaded.value.get("kind").and_then(Value::as_str) == Some("List") {
+            let items = loaded.value.get("items").and_then(Value::as_array);
+            for (i, item) in items.into_iter().flatten().enumerate() {
+                // The item's lines, re-rooted at the item.
+                let prefix = format!("/items/{i}");
+                let lines = loaded
+                    .lines
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(k, _)| k.len() == prefix.len() || k[prefix.len()..].starts_with('/'))
+                    .map(|(k, l)| (k[prefix.len()..].to_string(), *l))
+                    .collect();
+                out.push(doc(item.clone(), lines));
+            }
+        } else {
+            out.push(doc(loaded.value, loaded.lines));
+        }
+    }
+    out
 }
 
 /// Whether kura checks documents of this kind.
@@ -114,10 +159,23 @@ pub fn read_source(p: &Path) -> Result<(String, String)> {
     Ok((p.display().to_string(), text))
 }
 
-/// Every document of a manifest file, or of stdin for `-`.
+/// Every document of a manifest file, or of stdin for `-`; unreadable ones included.
 pub fn read_documents(p: &Path) -> Result<Vec<Document>> {
     let (name, text) = read_source(p)?;
-    parse_documents(&name, &text)
+    Ok(parse_documents(&name, &text))
+}
+
+/// Every document of a manifest file, or the first reason one cannot be read.
+pub fn read_readable(p: &Path) -> Result<Vec<Document>> {
+    let docs = read_documents(p)?;
+    if let Some(d) = docs.iter().find(|d| d.unreadable.is_some()) {
+        return Err(Error::Document {
+            file: d.source.clone(),
+            index: d.index,
+            source: d.unreadable.clone().expect("found by is_some"),
+        });
+    }
+    Ok(docs)
 }
 
 /// The webhook's decision code with the given policy file and, to verify the store rules, store.

@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     };
     let admission =
         manifests::admission(args.policy.as_deref(), args.store.as_ref(), inject).await?;
-    let doc = manifests::read_documents(&args.file)?
+    let doc = manifests::read_readable(&args.file)?
         .into_iter()
         .find(|d| d.kind() == "AdmissionReview" || is_checked_kind(d.kind()))
         .ok_or_else(|| Error::Usage("no Pod, workload or AdmissionReview in the input".into()))?;

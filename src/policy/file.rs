@@ -271,6 +271,13 @@ pub struct PlaintextPolicy {
     /// `Password=...;` inside connection strings.
     #[serde(default = "warn")]
     pub connection_strings: Action,
+    /// KURA010: `kind: Secret` manifests with values (`kura lint`).
+    #[serde(default = "deny")]
+    pub secret_manifests: Action,
+}
+
+fn deny() -> Action {
+    Action::Deny
 }
 
 fn warn() -> Action {
@@ -284,6 +291,7 @@ impl Default for PlaintextPolicy {
             extra_secret_like_names: Vec::new(),
             ignore_names: Vec::new(),
             connection_strings: Action::Warn,
+            secret_manifests: Action::Deny,
         }
     }
 }

@@ -62,7 +62,7 @@ rules! {
     Kura004 => "KURA004", store: true,
         "secret missing or scheduled for deletion";
     Kura005 => "KURA005", store: false,
-        "plaintext credential: a literal env value under a secret-like name, or a value shaped like an AWS access key, PEM private key, bearer token, JWT, GitHub/Slack/Stripe token or URL with a password";
+        "plaintext credential: a literal env value under a secret-like name, a literal after a secret-like flag or shell assignment in `command`/`args`, or a value shaped like an AWS access key, PEM private key, bearer token, JWT, GitHub/Slack/Stripe token, URL with a password or storage account key";
     Kura006 => "KURA006", store: false,
         "secret-like env var sourced from a ConfigMap";
     Kura007 => "KURA007", store: false,
@@ -71,6 +71,10 @@ rules! {
         "opted-in pod whose final spec lacks the agent (`/validate`)";
     Kura009 => "KURA009", store: false,
         "the store could not be asked within `storeTimeout`";
+    Kura010 => "KURA010", store: false,
+        "Kubernetes Secret manifest with values in `data`/`stringData` (`kura lint`; not empty placeholders, not service-account tokens)";
+    Kura011 => "KURA011", store: false,
+        "secret source usable outside its namespace: a ClusterSecretStore without `conditions`, a cluster-wide or namespace-wide SealedSecret";
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ fn modes_decide_what_a_finding_does() {
             rule: Rule::Kura007,
             message: "native".into(),
             severity: Severity::Warn,
+            field: None,
         });
         d
     };
