@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::spec::{
     AgentMode, DEFAULT_FILE_MODE, FileMode, Format, Invalid, Reload, SPEC_VERSION, SecretFile,
-    Spec, validate_file_name, validate_secret_id,
+    Spec, validate_file_name, validate_secret_id, validate_version,
 };
 
 /// Every kura annotation starts with this.
@@ -85,8 +85,9 @@ catalogue! {
     /// Default: not injected. Example: `kura.dev/inject: "true"`.
     User INJECT = "kura.dev/inject";
     /// One file per annotation: the file name follows the dot (`[A-Za-z0-9][A-Za-z0-9._-]*`), the
-    /// value is `<secret-id>[#<json-key>]`, a secret name or full ARN and optionally one
-    /// top-level JSON key (or a JSON Pointer starting with `/`). Written as-is, with
+    /// value is `<secret-id>[#<json-key>]`, a secret name or full ARN (or an SSM parameter,
+    /// `ssm:<name>` or its ARN) and optionally one top-level JSON key (or a JSON Pointer
+    /// starting with `/`). Written as-is, with
     /// [`FILE_MODE`]. No default. Example:
     /// `kura.dev/secret.db-password: /prod/user-service/db#password`.
     User SECRET_PREFIX = "kura.dev/secret." + "<file>";
@@ -446,19 +447,11 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
     if e.key.as_deref() == Some("") {
         return Err(Invalid::new("key is empty"));
     }
-    if e.version_stage.is_some() && e.version_id.is_some() {
-        return Err(Invalid::new("set versionStage or versionId, not both"));
-    }
-    for (field, v) in [
-        ("versionStage", &e.version_stage),
-        ("versionId", &e.version_id),
-    ] {
-        if let Some(v) = v
-            && (v.is_empty() || v.len() > 256 || v.contains(char::is_whitespace))
-        {
-            return Err(Invalid(format!("{field} {v:?} is not a version label")));
-        }
-    }
+    validate_version(
+        &e.secret,
+        e.version_id.as_deref(),
+        e.version_stage.as_deref(),
+    )?;
     let mode = match e.mode {
         Some(m) => FileMode::parse(&m).map_err(|m| m.context("mode"))?,
         None => default_mode,
