@@ -17,7 +17,9 @@ pub mod moto;
 
 pub use k8s::validate_k8s;
 pub use metrics::{metric, sample, scrape};
-pub use moto::{Moto, MotoOn, aws_env, client_for, free_port, port_of, venv, wait_for_port};
+pub use moto::{
+    Moto, MotoOn, aws_env, client_for, free_port, port_of, ssm_client_for, venv, wait_for_port,
+};
 
 use std::path::{Path, PathBuf};
 
