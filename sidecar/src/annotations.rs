@@ -547,6 +547,29 @@ mod tests {
     }
 
     #[test]
+    fn parameters_are_referenced_like_secrets() {
+        let a = map(&[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.db-host", "ssm:/prod/app/db#host"),
+            (
+                "kura.dev/secret.flag",
+                "arn:aws:ssm:us-east-1:111122223333:parameter/prod/app/flag",
+            ),
+            (
+                "kura.dev/secrets",
+                "- {file: old, secret: ssm:/prod/app/db, versionId: \"3\"}\n- {file: blue, secret: ssm:/prod/app/db, versionStage: blue}\n",
+            ),
+        ]);
+        let p = parse(&a).expect("valid").expect("opted in");
+        let by_name: BTreeMap<_, _> = p.files.iter().map(|f| (f.file.as_str(), f)).collect();
+        assert_eq!(by_name["db-host"].secret, "ssm:/prod/app/db");
+        assert_eq!(by_name["db-host"].key.as_deref(), Some("host"));
+        assert_eq!(by_name["old"].version_id.as_deref(), Some("3"));
+        assert_eq!(by_name["blue"].version_stage.as_deref(), Some("blue"));
+        assert_eq!(p.secrets().len(), 2, "three files read one parameter");
+    }
+
+    #[test]
     fn not_opted_in() {
         assert_eq!(parse(&map(&[("app", "x")])).expect("ok"), None);
         assert_eq!(
@@ -721,6 +744,25 @@ mod tests {
                 ],
                 "kura.dev/secrets",
                 "twice",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "ssm:prod/db#password"),
+                ],
+                "kura.dev/secret.a",
+                "write ssm:/prod/db",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    (
+                        "kura.dev/secrets",
+                        "- file: a\n  secret: ssm:/prod/db\n  versionId: latest",
+                    ),
+                ],
+                "kura.dev/secrets",
+                "not a parameter version",
             ),
         ];
         for (pairs, annotation, needle) in cases {

@@ -724,6 +724,80 @@ mod tests {
     }
 
     #[test]
+    fn parameter_references() {
+        for ok in [
+            "ssm:/prod/app/db-host",
+            "ssm:db_host.v2",
+            "arn:aws:ssm:us-east-1:111122223333:parameter/prod/app/db-host",
+            "arn:aws-cn:ssm:cn-north-1:111122223333:parameter/flat",
+        ] {
+            validate_secret_id(ok).expect(ok);
+            assert!(Reference::of(ok).is_parameter(), "{ok}");
+        }
+        assert_eq!(Reference::of("/prod/db"), Reference::Secret("/prod/db"));
+        assert_eq!(
+            Reference::of("ssm:/prod/db"),
+            Reference::Parameter("/prod/db")
+        );
+        assert_eq!(
+            parameter_name("arn:aws:ssm:us-east-1:111122223333:parameter/prod/app/db-host"),
+            "/prod/app/db-host"
+        );
+        assert_eq!(
+            parameter_name("arn:aws:ssm:us-east-1:111122223333:parameter/flat"),
+            "flat"
+        );
+        assert_eq!(parameter_name("/prod/x"), "/prod/x");
+        // Each refusal says what to write instead.
+        for (bad, fix) in [
+            ("ssm:", "ssm:/prod/app/db-host"),
+            ("ssm:prod/app/db", "ssm:/prod/app/db"),
+            ("ssm:/prod/db:3", "versionId: \"3\""),
+            ("ssm:/prod/db:blue", "versionStage: blue"),
+            ("ssm:/prod/db host", "letters, digits and /_.-"),
+            ("ssm:/aws/reference/x", "reserves"),
+            ("ssm:/prod//db", "empty path segment"),
+            (
+                "arn:aws:ssm:us-east-1:111122223333:parameter",
+                "arn:<partition>:ssm:<region>:<account>:parameter/<name>",
+            ),
+            (
+                "arn:aws:ssm:us-east-1:1111:parameter/prod/db",
+                "arn:<partition>:ssm:<region>:<account>:parameter/<name>",
+            ),
+            (
+                "arn:aws:ssm:us-east-1:111122223333:document/prod",
+                "parameter/<name>",
+            ),
+            ("SSM:/prod/db", "ssm:<name>"),
+            ("arn:aws:s3:::bucket", "parameter ARN"),
+        ] {
+            let e = validate_secret_id(bad).expect_err(bad).to_string();
+            assert!(e.contains(fix), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn parameter_versions_and_labels() {
+        let p = "ssm:/prod/db";
+        validate_version(p, Some("3"), None).expect("a version number");
+        validate_version(p, None, Some("blue-green_1.0")).expect("a label");
+        validate_version("/prod/db", Some("a1b2-uuid"), None).expect("a secret's version id");
+        validate_version("/prod/db", None, Some("AWSPREVIOUS")).expect("a secret's stage");
+        for (id, stage, fix) in [
+            (Some("abc"), None, "versionId: \"3\""),
+            (Some("0"), None, "1, 2, 3"),
+            (None, Some("AWSCURRENT"), "omit it"),
+            (None, Some("1st"), "not starting with a digit"),
+            (None, Some("a/b"), "letters, digits"),
+            (Some("1"), Some("x"), "not both"),
+        ] {
+            let e = validate_version(p, id, stage).expect_err(fix).to_string();
+            assert!(e.contains(fix), "{id:?} {stage:?}: {e}");
+        }
+    }
+
+    #[test]
     fn reload_hooks() {
         assert_eq!(
             Reload::parse("http://127.0.0.1:8080/-/reload").expect("ok"),

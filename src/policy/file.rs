@@ -593,6 +593,90 @@ mod tests {
         );
     }
 
+    fn param(kind: ParameterType, key: Option<&str>) -> SecretMeta {
+        SecretMeta {
+            parameter_type: Some(kind),
+            ..meta(
+                "/prod/db-host",
+                "arn:aws:ssm:us-east-1:111122223333:parameter/prod/db-host",
+                key,
+                &[],
+            )
+        }
+    }
+
+    #[test]
+    fn parameter_scope_and_kms() {
+        let s = Scope::default();
+        s.check_id("ssm:/prod/db-host", "prod").expect("own name");
+        s.check_id(
+            "arn:aws:ssm:us-east-1:111122223333:parameter/prod/db-host",
+            "prod",
+        )
+        .expect("own arn");
+        for bad in [
+            "ssm:/dev/db-host",
+            "ssm:/production/x",
+            "arn:aws:ssm:us-east-1:111122223333:parameter/dev/db-host",
+        ] {
+            let e = s.check_id(bad, "prod").expect_err(bad);
+            assert!(matches!(e, ScopeError::NotInScope { .. }), "{e:?}");
+        }
+        s.check_resolved(&param(ParameterType::SecureString, Some("k")), "prod")
+            .expect("in scope");
+        assert!(matches!(
+            s.check_resolved(&param(ParameterType::SecureString, Some("k")), "dev"),
+            Err(ScopeError::NameOutside { .. })
+        ));
+
+        let k = KmsPolicy::default();
+        k.check(&param(ParameterType::SecureString, Some("alias/prod")))
+            .expect("a customer-managed key");
+        for key in [
+            None,
+            Some("alias/aws/ssm"),
+            Some("arn:aws:kms:us-east-1:111122223333:alias/aws/ssm"),
+        ] {
+            let e = k
+                .check(&param(ParameterType::SecureString, key))
+                .unwrap_err();
+            assert_eq!(e, KmsError::ParameterAwsManaged);
+            assert!(e.to_string().contains("alias/aws/ssm"), "{e}");
+        }
+        for kind in [ParameterType::String, ParameterType::StringList] {
+            let e = k.check(&param(kind, None)).unwrap_err();
+            assert!(
+                e.to_string().contains(kind.as_str())
+                    && e.to_string().contains("kms.allowPlainParameters"),
+                "{e}"
+            );
+        }
+        let plain_ok = KmsPolicy {
+            allow_plain_parameters: true,
+            ..KmsPolicy::default()
+        };
+        plain_ok
+            .check(&param(ParameterType::String, None))
+            .expect("allowed");
+        plain_ok
+            .check(&param(ParameterType::SecureString, None))
+            .expect_err("a SecureString still needs a CMK");
+        let allowed = KmsPolicy {
+            allowed_keys: vec!["alias/prod".into()],
+            ..KmsPolicy::default()
+        };
+        assert!(matches!(
+            allowed.check(&param(ParameterType::SecureString, Some("alias/other"))),
+            Err(KmsError::KeyNotAllowed { .. })
+        ));
+        let p = Policy::from_yaml(
+            "apiVersion: kura.dev/v1alpha1\nkind: Policy\nkms: {allowPlainParameters: true}\n",
+            "t",
+        )
+        .expect("valid");
+        assert!(p.kms.allow_plain_parameters);
+    }
+
     #[test]
     fn kms_rules() {
         let arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/db-AbCdEf";

@@ -588,6 +588,121 @@ secrets:
         }
     }
 
+    const PARAMS: &str = r#"
+region: eu-west-1
+account: "111122223333"
+parameters:
+  - name: /demo/db-host
+    type: SecureString
+    keyId: alias/demo
+    tags: {kubernetes-namespace: demo}
+    value: db.internal
+  - name: /demo/flag
+    type: String
+    versions:
+      - {version: 1, value: "off", labels: [previous]}
+      - {version: 2, value: "on"}
+  - name: /demo/managed
+    type: SecureString
+    value: m
+"#;
+
+    #[test]
+    fn parameters_like_ssm() {
+        let (_f, s) = store(PARAMS);
+        let s = s.expect("valid store");
+        let m = s.describe("ssm:/demo/db-host").expect("exists");
+        assert_eq!(
+            m.arn,
+            "arn:aws:ssm:eu-west-1:111122223333:parameter/demo/db-host"
+        );
+        assert_eq!(m.name, "/demo/db-host");
+        assert_eq!(m.parameter_type, Some(ParameterType::SecureString));
+        assert_eq!(m.kms_key_id.as_deref(), Some("alias/demo"));
+        assert_eq!(m.tags["kubernetes-namespace"], "demo");
+        assert_eq!(s.describe(&m.arn).expect("by arn").name, "/demo/db-host");
+        assert!(
+            s.describe("ssm:/demo/managed")
+                .expect("exists")
+                .kms_key_id
+                .is_none()
+        );
+        assert_eq!(
+            s.describe("ssm:/demo/flag").expect("exists").parameter_type,
+            Some(ParameterType::String)
+        );
+        // A secret of the same name is another thing.
+        assert!(matches!(
+            s.describe("/demo/db-host"),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.describe("ssm:/demo/nope"),
+            Err(StoreError::NotFound { .. })
+        ));
+        let req = |v: Option<&str>, l: Option<&str>| FetchRequest {
+            secret: "ssm:/demo/flag".into(),
+            version_id: v.map(Into::into),
+            version_stage: l.map(Into::into),
+        };
+        let got = s.fetch(&[
+            req(None, None),
+            req(Some("1"), None),
+            req(None, Some("previous")),
+            req(Some("7"), None),
+            req(None, Some("nope")),
+            FetchRequest::current("ssm:/demo/db-host"),
+        ]);
+        let text = |r: &Result<Fetched, StoreError>| match &r.as_ref().expect("value").value {
+            SecretValue::Text(t) => t.expose_secret().to_string(),
+            SecretValue::Binary(_) => panic!("text"),
+        };
+        assert_eq!(text(&got[0]), "on");
+        assert_eq!(got[0].as_ref().expect("latest").version_id, "2");
+        assert_eq!(text(&got[1]), "off");
+        assert_eq!(text(&got[2]), "off");
+        assert!(matches!(got[3], Err(StoreError::VersionNotFound { .. })));
+        assert!(matches!(got[4], Err(StoreError::VersionNotFound { .. })));
+        assert_eq!(text(&got[5]), "db.internal");
+        assert_eq!(got[5].as_ref().expect("shorthand").version_id, "1");
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_without_echoing_values() {
+        for (doc, needle) in [
+            (
+                "parameters: [{name: /a, value: supersecret}]",
+                "missing field `type`",
+            ),
+            (
+                "parameters: [{name: /a, type: Secure, value: supersecret}]",
+                "unknown variant",
+            ),
+            (
+                "parameters: [{name: /a, type: String, keyId: k, value: supersecret}]",
+                "only a SecureString",
+            ),
+            (
+                "parameters: [{name: a/b, type: String, value: supersecret}]",
+                "start with '/'",
+            ),
+            ("parameters: [{name: /a, type: String}]", "exactly one"),
+            (
+                "parameters: [{name: /a, type: String, versions: [{version: 1, value: supersecret}, {version: 1, value: x}]}]",
+                "twice",
+            ),
+            (
+                "parameters: [{name: /a, type: String, versions: [{version: 1, value: supersecret, labels: [aws-x]}]}]",
+                "not a parameter label",
+            ),
+        ] {
+            let (_f, s) = store(doc);
+            let e = s.expect_err(doc).to_string();
+            assert!(e.contains(needle), "{doc}: {e}");
+            assert!(!e.contains("supersecret"), "{e}");
+        }
+    }
+
     #[test]
     fn edits_are_picked_up() {
         let (f, s) = store("secrets: [{name: /a, value: one}]");
