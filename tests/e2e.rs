@@ -326,3 +326,46 @@ async fn parameters_and_secrets_in_one_pod_are_batched() {
     let _ = agent_proc.kill();
     let _ = agent_proc.wait();
 }
+
+/// examples/pod-parameters.yaml with the example store, as `scripts/run-local` serves it:
+/// `kura review` injects it, and the agent, given the spec from the mutated pod and the same
+/// file store, writes the parameter's latest version, its labelled one and a pinned one.
+#[test]
+fn the_parameters_example_runs_on_the_file_store() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let store = format!("file:{root}/examples/store.yaml");
+    let out = Command::new(kura_bin())
+        .args(["review", &format!("{root}/examples/pod-parameters.yaml")])
+        .args(["--store", &store])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("decision: injected\n"), "{text}");
+    let pod: Value = serde_yaml_ng::from_str(text.split("---\n").nth(1).unwrap()).unwrap();
+    let agent = &pod["spec"]["initContainers"][0];
+    let spec = agent["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == contract::env::SPEC)
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(agent_bin())
+        .arg("init")
+        .env_clear()
+        .env(contract::env::SPEC, &spec)
+        .env(contract::env::DIR, dir.path())
+        .env(contract::env::STORE, &store)
+        .env(contract::env::TERMINATION_LOG, dir.path().join("..log"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    assert_eq!(read("db-host"), "db.demo.internal");
+    assert_eq!(read("db-host.previous"), "db-old.demo.internal");
+    assert_eq!(read("db-host.v1"), "db-old.demo.internal");
+    assert_eq!(read("db-password"), "local-demo-password");
+}
