@@ -14,14 +14,7 @@ use kura_agent::store::{AwsStore, FetchRequest, ParameterType, SecretValue, Stor
 use secrecy::ExposeSecret;
 
 async fn store(moto: &Moto) -> AwsStore {
-    AwsStore::for_endpoint(
-        &moto.endpoint,
-        "us-east-1",
-        "testing",
-        "testing",
-        Duration::from_secs(10),
-    )
-    .await
+    aws_store(&moto.endpoint).await
 }
 
 fn text(r: &Result<kura_agent::store::Fetched, StoreError>) -> String {
@@ -219,14 +212,7 @@ async fn ten_names_a_call_unknown_names_named_and_clients_on_first_use() {
     assert_eq!(got.iter().filter(|g| g.is_err()).count(), 1);
 
     // Parameters only: a fresh store never builds a Secrets Manager client.
-    let only = AwsStore::for_endpoint(
-        &moto.endpoint,
-        "us-east-1",
-        "testing",
-        "testing",
-        Duration::from_secs(10),
-    )
-    .await;
+    let only = aws_store(&moto.endpoint).await;
     only.fetch(&[FetchRequest::current(&refs[0])]).await;
     only.describe(&refs[1]).await.unwrap();
     assert_eq!(only.clients(), ["ssm"]);
