@@ -24,7 +24,7 @@ pub const BATCH_SIZE: usize = 20;
 
 #[derive(Debug, Clone)]
 pub struct AwsStore {
-    conf: aws_config::SdkConfig,
+    conf: Arc<aws_config::SdkConfig>,
     secrets: Arc<OnceLock<Client>>,
     parameters: Arc<OnceLock<Ssm>>,
     calls: Arc<AtomicU64>,
@@ -77,7 +77,7 @@ impl AwsStore {
             .load()
             .await;
         AwsStore {
-            conf,
+            conf: Arc::new(conf),
             secrets: Arc::new(OnceLock::new()),
             parameters: Arc::new(OnceLock::new()),
             calls: Arc::new(AtomicU64::new(0)),
