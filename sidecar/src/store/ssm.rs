@@ -224,10 +224,9 @@ impl Ssm {
             };
             for p in out.parameters() {
                 let Some(name) = p.name() else { continue };
-                let Some(q) = call
-                    .iter()
-                    .find(|q| parameter_name(strip_selector(q)) == parameter_name(name))
-                else {
+                let Some(q) = call.iter().find(|q| {
+                    parameter_name(strip_selector(q)) == parameter_name(strip_selector(name))
+                }) else {
                     continue;
                 };
                 let Some(value) = p.value() else { continue };
