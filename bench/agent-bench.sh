@@ -145,51 +145,45 @@ init_ms() {
 bench_init_1="$(init_ms "$spec1")"
 bench_init_20="$(init_ms "$spec20")"
 
-# Steady state of `run` with 20 secrets.
-dir="$work/run"
-mkdir "$dir"
-metrics_port="$(free_port)"
-KURA_SPEC="$spec20" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$metrics_port" \
-    "$bin" run 2>"$work/run.log" &
-agent_pid=$!
-for _ in $(seq 1 300); do if [ -e "$dir/secret-19.json" ]; then break; fi; sleep 0.05; done
-rss_max=0
-for _ in $(seq 1 "$settle"); do
-    sleep 1
-    rss="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
-    if [ "$rss" -gt "$rss_max" ]; then rss_max="$rss"; fi
-done
-rss_now="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
-hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$agent_pid/status")"
-metrics="$(curl -sf "http://127.0.0.1:$metrics_port/metrics")"
+# Steady state of `run`: starts the agent on a spec, waits for its last file, samples its RSS
+# every second for $settle s and scrapes its metrics. Sets agent_pid, rss_max, rss_now, hwm and
+# metrics.
+steady() {
+    local spec="$1" dir="$2" last="$3" port rss
+    mkdir "$dir"
+    port="$(free_port)"
+    KURA_SPEC="$spec" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$port" \
+        "$bin" run 2>"$dir.log" &
+    agent_pid=$!
+    for _ in $(seq 1 300); do if [ -e "$dir/$last" ]; then break; fi; sleep 0.05; done
+    rss_max=0
+    for _ in $(seq 1 "$settle"); do
+        sleep 1
+        rss="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+        if [ "$rss" -gt "$rss_max" ]; then rss_max="$rss"; fi
+    done
+    rss_now="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+    hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$agent_pid/status")"
+    metrics="$(curl -sf "http://127.0.0.1:$port/metrics")"
+}
 sample() { awk -v k="$1" '$1 == k { print $2 }' <<<"$metrics"; }
+
+# 20 secrets, then rotations.
+dir="$work/run"
+steady "$spec20" "$dir" secret-19.json
 calls_last="$(sample kura_agent_last_refresh_aws_calls)"
 calls_total="$(sample kura_agent_aws_calls_total)"
 refreshes="$(sample kura_agent_refreshes_total)"
-
+secrets_max="$rss_max" secrets_now="$rss_now" secrets_hwm="$hwm"
 read -r rot_median rot_p90 rot_max < <(bench rotate "$dir/secret-00.json" "$rotations" "$interval")
 rss_after="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
 kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
 
-# Steady state of `run` with 20 secrets and 10 parameters: both SDK clients in use.
-dir="$work/run-mixed"
-mkdir "$dir"
-metrics_port="$(free_port)"
-KURA_SPEC="$spec30" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$metrics_port" \
-    "$bin" run 2>"$work/run-mixed.log" &
-agent_pid=$!
-for _ in $(seq 1 300); do if [ -e "$dir/param-09.json" ]; then break; fi; sleep 0.05; done
-mixed_max=0
-for _ in $(seq 1 "$settle"); do
-    sleep 1
-    rss="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
-    if [ "$rss" -gt "$mixed_max" ]; then mixed_max="$rss"; fi
-done
-mixed_now="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
-mixed_hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$agent_pid/status")"
-metrics="$(curl -sf "http://127.0.0.1:$metrics_port/metrics")"
+# 20 secrets and 10 parameters: both SDK clients in use.
+steady "$spec30" "$work/run-mixed" param-09.json
+mixed_max="$rss_max" mixed_now="$rss_now" mixed_hwm="$hwm"
 mixed_calls="$(sample kura_agent_last_refresh_aws_calls)"
-mixed_written="$(ls "$dir" | grep -c '\.json$' || true)"
+mixed_written="$(ls "$work/run-mixed" | grep -c '\.json$' || true)"
 
 size="$(stat -c %s "$bin")"
 symtab="stripped"
@@ -209,7 +203,7 @@ line "binary size (release, $symtab)" \
 line "init: start to files written, 1 secret" "${bench_init_1} ms (median of $runs)"
 line "init: start to files written, 20 secrets" "${bench_init_20} ms (median of $runs)"
 line "run: RSS, 20 secrets, ${interval} s interval" \
-    "$(mib "$rss_now") after ${settle} s; max $(mib "$rss_max"), VmHWM $(mib "$hwm"), $(mib "$rss_after") after the rotations   [budget 8 MiB: $(verdict "$rss_max <= 8192")]"
+    "$(mib "$secrets_now") after ${settle} s; max $(mib "$secrets_max"), VmHWM $(mib "$secrets_hwm"), $(mib "$rss_after") after the rotations   [budget 8 MiB: $(verdict "$secrets_max <= 8192")]"
 line "AWS calls per refresh, 20 secrets" \
     "${calls_last} (${calls_total} calls over ${refreshes} refreshes)   [budget ${budget_calls}: $(verdict "$calls_last <= $budget_calls")]"
 line "run: RSS, 20 secrets + 10 parameters" \
