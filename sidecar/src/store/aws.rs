@@ -475,6 +475,24 @@ mod tests {
             matches!(&refused, StoreError::Other { code, .. } if code == INVALID_REQUEST),
             "{refused:?}"
         );
+        // SSM's codes for the same situations.
+        assert_eq!(
+            classify("ssm:/p", "ParameterNotFound", "").kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            classify("ssm:/p", "InvalidKeyId", "disabled").kind(),
+            ErrorKind::Decryption
+        );
+        assert_eq!(
+            classify("ssm:/p", "InternalServerError", "").kind(),
+            ErrorKind::Unavailable
+        );
+        assert!(
+            classify("ssm:/p", "ThrottlingException", "Rate exceeded")
+                .to_string()
+                .starts_with("parameter \"ssm:/p\": throttled")
+        );
         assert_eq!(
             classify("s", "Weird", "m").to_string(),
             "secret \"s\": Weird: m"
