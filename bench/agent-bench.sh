@@ -4,11 +4,12 @@
 # Prints, for the release build of the agent:
 #   - the stripped binary size;
 #   - the time from start to files written by `kura-agent init`, for 1 and 20 secrets;
-#   - the steady-state RSS of `kura-agent run` with 20 secrets and a 2 s refresh interval;
+#   - the steady-state RSS of `kura-agent run` with 20 secrets and a 2 s refresh interval, and
+#     with 20 secrets plus 10 SSM parameters (both SDK clients in use);
 #   - the AWS calls per refresh (from the agent's own metrics endpoint);
 #   - the rotation latency from PutSecretValue to the new file content.
-# and checks them against the agent's budgets (RSS <= 8 MiB, calls = ceil(n/20),
-# rotation <= interval + 1 s).
+# and checks them against the agent's budgets (RSS <= 8 MiB, calls = ceil(secrets/20) +
+# ceil(parameters/10), rotation <= interval + 1 s).
 #
 # Needs the test venv with moto (scripts/test prepares it: .venv, or $KURA_VENV), curl, and a
 # Rust toolchain. The release build (opt-level "s", LTO, one codegen unit) takes minutes on a
@@ -71,6 +72,7 @@ import boto3
 sm = boto3.client(
     "secretsmanager", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"]
 )
+ssm = boto3.client("ssm", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
 
 def value(tag):
     pw = "".join(random.choice(string.ascii_letters + string.digits) for _ in range(32))
@@ -79,13 +81,20 @@ def value(tag):
 def name(i):
     return f"/bench/app/secret-{i:02d}"
 
+def param(i):
+    return f"/bench/app/param-{i:02d}"
+
 cmd = sys.argv[1]
 if cmd == "create":
     for i in range(int(sys.argv[2])):
         sm.create_secret(Name=name(i), SecretString=value("v0"))
+    for i in range(int(sys.argv[3])):
+        ssm.put_parameter(Name=param(i), Value=value("v0"), Type="SecureString")
 elif cmd == "spec":
     n, interval = int(sys.argv[2]), int(sys.argv[3])
+    m = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     files = [{"file": f"secret-{i:02d}.json", "secret": name(i), "mode": "0400"} for i in range(n)]
+    files += [{"file": f"param-{i:02d}.json", "secret": f"ssm:{param(i)}", "mode": "0400"} for i in range(m)]
     print(json.dumps({"version": "kura.dev/v1", "refreshInterval": interval, "files": files}))
 elif cmd == "rotate":
     # Rotations at random points of the refresh cycle; latency = from just before
@@ -113,9 +122,10 @@ elif cmd == "rotate":
 PY
 bench() { "$py" "$work/bench.py" "$@"; }
 
-bench create 20
+bench create 20 10
 spec1="$(bench spec 1 "$interval")"
 spec20="$(bench spec 20 "$interval")"
+spec30="$(bench spec 20 "$interval" 10)"
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 now_ns() { date +%s%N; }
@@ -135,30 +145,45 @@ init_ms() {
 bench_init_1="$(init_ms "$spec1")"
 bench_init_20="$(init_ms "$spec20")"
 
-# Steady state of `run` with 20 secrets.
-dir="$work/run"
-mkdir "$dir"
-metrics_port="$(free_port)"
-KURA_SPEC="$spec20" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$metrics_port" \
-    "$bin" run 2>"$work/run.log" &
-agent_pid=$!
-for _ in $(seq 1 300); do if [ -e "$dir/secret-19.json" ]; then break; fi; sleep 0.05; done
-rss_max=0
-for _ in $(seq 1 "$settle"); do
-    sleep 1
-    rss="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
-    if [ "$rss" -gt "$rss_max" ]; then rss_max="$rss"; fi
-done
-rss_now="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
-hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$agent_pid/status")"
-metrics="$(curl -sf "http://127.0.0.1:$metrics_port/metrics")"
+# Steady state of `run`: starts the agent on a spec, waits for its last file, samples its RSS
+# every second for $settle s and scrapes its metrics. Sets agent_pid, rss_max, rss_now, hwm and
+# metrics.
+steady() {
+    local spec="$1" dir="$2" last="$3" port rss
+    mkdir "$dir"
+    port="$(free_port)"
+    KURA_SPEC="$spec" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$port" \
+        "$bin" run 2>"$dir.log" &
+    agent_pid=$!
+    for _ in $(seq 1 300); do if [ -e "$dir/$last" ]; then break; fi; sleep 0.05; done
+    rss_max=0
+    for _ in $(seq 1 "$settle"); do
+        sleep 1
+        rss="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+        if [ "$rss" -gt "$rss_max" ]; then rss_max="$rss"; fi
+    done
+    rss_now="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+    hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$agent_pid/status")"
+    metrics="$(curl -sf "http://127.0.0.1:$port/metrics")"
+}
 sample() { awk -v k="$1" '$1 == k { print $2 }' <<<"$metrics"; }
+
+# 20 secrets, then rotations.
+dir="$work/run"
+steady "$spec20" "$dir" secret-19.json
 calls_last="$(sample kura_agent_last_refresh_aws_calls)"
 calls_total="$(sample kura_agent_aws_calls_total)"
 refreshes="$(sample kura_agent_refreshes_total)"
-
+secrets_max="$rss_max" secrets_now="$rss_now" secrets_hwm="$hwm"
 read -r rot_median rot_p90 rot_max < <(bench rotate "$dir/secret-00.json" "$rotations" "$interval")
 rss_after="$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")"
+kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
+
+# 20 secrets and 10 parameters: both SDK clients in use.
+steady "$spec30" "$work/run-mixed" param-09.json
+mixed_max="$rss_max" mixed_now="$rss_now" mixed_hwm="$hwm"
+mixed_calls="$(sample kura_agent_last_refresh_aws_calls)"
+mixed_written="$(ls "$work/run-mixed" | grep -c '\.json$' || true)"
 
 size="$(stat -c %s "$bin")"
 symtab="stripped"
@@ -178,8 +203,12 @@ line "binary size (release, $symtab)" \
 line "init: start to files written, 1 secret" "${bench_init_1} ms (median of $runs)"
 line "init: start to files written, 20 secrets" "${bench_init_20} ms (median of $runs)"
 line "run: RSS, 20 secrets, ${interval} s interval" \
-    "$(mib "$rss_now") after ${settle} s; max $(mib "$rss_max"), VmHWM $(mib "$hwm"), $(mib "$rss_after") after the rotations   [budget 8 MiB: $(verdict "$rss_max <= 8192")]"
+    "$(mib "$secrets_now") after ${settle} s; max $(mib "$secrets_max"), VmHWM $(mib "$secrets_hwm"), $(mib "$rss_after") after the rotations   [budget 8 MiB: $(verdict "$secrets_max <= 8192")]"
 line "AWS calls per refresh, 20 secrets" \
     "${calls_last} (${calls_total} calls over ${refreshes} refreshes)   [budget ${budget_calls}: $(verdict "$calls_last <= $budget_calls")]"
+line "run: RSS, 20 secrets + 10 parameters" \
+    "$(mib "$mixed_now") after ${settle} s; max $(mib "$mixed_max"), VmHWM $(mib "$mixed_hwm")   [budget 8 MiB: $(verdict "$mixed_max <= 8192")]"
+line "AWS calls per refresh, 20 secrets + 10 parameters" \
+    "${mixed_calls} (${mixed_written} files)   [budget $((budget_calls + 1)): $(verdict "$mixed_calls <= $budget_calls + 1")]"
 line "rotation: PutSecretValue to new file" \
     "median ${rot_median} s, p90 ${rot_p90} s, max ${rot_max} s over ${rotations}   [budget $((interval + 1)) s: $(verdict "$rot_max <= $interval + 1")]"

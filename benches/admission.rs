@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
                 },
                 kms: kura::policy::KmsPolicy {
                     require_customer_managed: false,
-                    allowed_keys: Vec::new(),
+                    ..Default::default()
                 },
                 native_secrets: kura::policy::Action::Ignore,
                 config_map_secret_like: kura::policy::Action::Ignore,

@@ -21,7 +21,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kura_agent::annotations::{AnnotationError, PodSecrets};
-use kura_agent::store::{Store, StoreError};
+use kura_agent::spec::Reference;
+use kura_agent::store::{Store, StoreError, subject};
 
 pub use file::{
     Action, KmsError, KmsPolicy, PlaintextPolicy, Policy, PolicyError, Scope, ScopeError,
@@ -314,7 +315,7 @@ impl PolicyEngine {
             match policy.scope.check_id(id, namespace) {
                 Ok(()) => in_scope.push(r),
                 Err(why) => decision.push(at(
-                    Finding::new(Rule::Kura002, format!("secret {id:?}: {why}")),
+                    Finding::new(Rule::Kura002, format!("{}: {why}", subject(id))),
                     r,
                 )),
             }
@@ -358,9 +359,14 @@ impl PolicyEngine {
                 }
                 Ok(Err(StoreError::NotFound { .. })) if !r.must_exist => None,
                 Ok(Err(StoreError::NotFound { .. })) => {
+                    let store = if Reference::of(id).is_parameter() {
+                        "SSM Parameter Store"
+                    } else {
+                        "Secrets Manager"
+                    };
                     found.push(Finding::new(
                         Rule::Kura004,
-                        format!("secret {id:?} does not exist in Secrets Manager (or kura may not describe it); create it first"),
+                        format!("{} does not exist in {store} (or kura may not describe it); create it first", subject(id)),
                     ));
                     None
                 }
@@ -380,11 +386,22 @@ impl PolicyEngine {
                 if let Err(why) = policy.scope.check_resolved(&meta, namespace) {
                     found.push(Finding::new(
                         Rule::Kura002,
-                        format!("secret {id:?} resolves to {}: {why}", meta.arn),
+                        format!(
+                            "{} resolves to {}: {why}",
+                            subject(id),
+                            if meta.arn.is_empty() {
+                                &meta.name
+                            } else {
+                                &meta.arn
+                            }
+                        ),
                     ));
                 }
                 if let Err(why) = policy.kms.check(&meta) {
-                    found.push(Finding::new(Rule::Kura003, format!("secret {id:?}: {why}")));
+                    found.push(Finding::new(
+                        Rule::Kura003,
+                        format!("{}: {why}", subject(id)),
+                    ));
                 }
             }
             for f in found.findings {
@@ -399,7 +416,8 @@ impl PolicyEngine {
         let mut f = Finding::new(
             Rule::Kura009,
             format!(
-                "secret {id:?} could not be checked: {why}; retry, or see the runbook for store failures"
+                "{} could not be checked: {why}; retry, or see the runbook for store failures",
+                subject(id)
             ),
         );
         if policy.store_errors == StoreErrors::FailOpen {

@@ -252,3 +252,120 @@ async fn agent_with_a_missing_secret_names_it() {
     assert!(!log.contains('\n'), "one line");
     assert!(!dir.path().join("x").exists());
 }
+
+/// A pod that mixes SSM parameters and Secrets Manager secrets, walked through the webhook and
+/// the injected agent, both behind the counting proxy: the webhook asks one batch of
+/// `DescribeParameters` for twelve parameters, the agent two `GetParameters` (ten names a call;
+/// a pinned version of a name already in the first call rides in the second) and one
+/// `BatchGetSecretValue` for the secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_and_secrets_in_one_pod_are_batched() {
+    let moto = Moto::start();
+    let key = moto.create_kms_key().await;
+    let mut entries = Vec::new();
+    for i in 0..12 {
+        let n = format!("/demo/p/{i:02}");
+        moto.parameter(&n, &format!("param-{i}-v1"), "SecureString", Some(&key))
+            .await;
+        entries.push(json!({"file": format!("p{i:02}"), "secret": format!("ssm:{n}")}));
+    }
+    moto.parameter("/demo/p/00", "param-0-v2", "SecureString", Some(&key))
+        .await;
+    entries.push(json!({"file": "p00-v1", "secret": "ssm:/demo/p/00", "versionId": "1"}));
+    for i in 0..3 {
+        let n = format!("/demo/s/{i}");
+        moto.secret(&n, &format!("secret-{i}"), Some(&key), &[])
+            .await;
+        entries.push(json!({"file": format!("s{i}"), "secret": n}));
+    }
+    let list = serde_json::to_string(&entries).unwrap();
+    let proxy = Proxy::start(&moto.endpoint).await;
+    let certs = test_certs();
+    let hook = Webhook::start(&certs, &[], &proxy.env(&moto));
+    let client = https_client(&certs.ca);
+    let review = review(
+        "demo",
+        &[("kura.dev/inject", "true"), ("kura.dev/secrets", &list)],
+    );
+    let r = post(&client, &format!("{}/mutate", hook.url), &review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    // One batch for the twelve names; moto answers ten parameters a page (AWS up to the
+    // MaxResults of 50 kura asks for), so the batch takes two pages, against twelve calls
+    // unbatched.
+    assert_eq!(proxy.count("describeparameters"), 2, "one batch, two pages");
+    assert_eq!(proxy.count("describesecret"), 3);
+
+    let pod = apply_patch(
+        &review["request"]["object"],
+        &patch_bytes(&r["patch"]).unwrap(),
+    );
+    let agent = pod["spec"]["initContainers"][0].clone();
+    let mount_path = agent["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent_proc = container_command(&agent, mount_path, dir.path(), &moto)
+        .envs(proxy.env(&moto))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.path().join("s2").exists() {
+        assert!(
+            agent_proc.try_wait().unwrap().is_none(),
+            "agent exited before writing"
+        );
+        assert!(Instant::now() < deadline, "files never written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    assert_eq!(read("p00"), "param-0-v2");
+    assert_eq!(read("p00-v1"), "param-0-v1");
+    assert_eq!(read("p11"), "param-11-v1");
+    assert_eq!(read("s1"), "secret-1");
+    assert_eq!(proxy.count("getparameters"), 2);
+    assert_eq!(proxy.count("batchgetsecretvalue"), 1);
+    assert_eq!(proxy.count("getsecretvalue"), 0);
+    let _ = agent_proc.kill();
+    let _ = agent_proc.wait();
+}
+
+/// examples/pod-parameters.yaml with the example store, as `scripts/run-local` serves it:
+/// `kura review` injects it, and the agent, given the spec from the mutated pod and the same
+/// file store, writes the parameter's latest version, its labelled one and a pinned one.
+#[test]
+fn the_parameters_example_runs_on_the_file_store() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let store = format!("file:{root}/examples/store.yaml");
+    let out = Command::new(kura_bin())
+        .args(["review", &format!("{root}/examples/pod-parameters.yaml")])
+        .args(["--store", &store])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("decision: injected\n"), "{text}");
+    let pod: Value = serde_yaml_ng::from_str(text.split("---\n").nth(1).unwrap()).unwrap();
+    let agent = &pod["spec"]["initContainers"][0];
+    let spec = agent["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == contract::env::SPEC)
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(agent_bin())
+        .arg("init")
+        .env_clear()
+        .env(contract::env::SPEC, &spec)
+        .env(contract::env::DIR, dir.path())
+        .env(contract::env::STORE, &store)
+        .env(contract::env::TERMINATION_LOG, dir.path().join("..log"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    assert_eq!(read("db-host"), "db.demo.internal");
+    assert_eq!(read("db-host.previous"), "db-old.demo.internal");
+    assert_eq!(read("db-host.v1"), "db-old.demo.internal");
+    assert_eq!(read("db-password"), "local-demo-password");
+}

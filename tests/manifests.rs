@@ -1122,9 +1122,10 @@ fn paths_the_docs_name_exist() {
 }
 
 /// The IAM policy files grant what the code calls and no more: the webhook
-/// `secretsmanager:DescribeSecret`, an app role what the agent calls (GetSecretValue per secret,
-/// scoped to the namespace; BatchGetSecretValue, which takes no resource; kms:Decrypt through
-/// Secrets Manager only), and the trust policies bind the right principals.
+/// `secretsmanager:DescribeSecret` and `ssm:DescribeParameters`, an app role what the agent calls
+/// (GetSecretValue per secret, scoped to the namespace; BatchGetSecretValue, which takes no
+/// resource; GetParameters under the namespace's path; kms:Decrypt through Secrets Manager or
+/// SSM only), and the trust policies bind the right principals.
 #[test]
 fn iam_policies_grant_what_kura_calls() {
     let placeholders = [
@@ -1135,6 +1136,9 @@ fn iam_policies_grant_what_kura_calls() {
         "OIDC_PROVIDER",
     ];
     let token = regex::Regex::new(r"\b[A-Z][A-Z_]{2,}[A-Z]\b").unwrap();
+    // Upper-case names that are AWS's own, not placeholders: the encryption context key SSM
+    // puts on a SecureString.
+    let aws_names = ["PARAMETER_ARN"];
     let var = regex::Regex::new(r"\$\{([^}]*)\}").unwrap();
     let mut p = Problems::default();
     let files: Vec<PathBuf> = walk(&root().join("iam"))
@@ -1153,9 +1157,10 @@ fn iam_policies_grant_what_kura_calls() {
             || format!("{name}: needs Version 2012-10-17 and Statements"),
         );
         for t in token.find_iter(&text) {
-            p.check(placeholders.contains(&t.as_str()), || {
-                format!("{name}: unknown placeholder {}", t.as_str())
-            });
+            p.check(
+                placeholders.contains(&t.as_str()) || aws_names.contains(&t.as_str()),
+                || format!("{name}: unknown placeholder {}", t.as_str()),
+            );
         }
         for v in var.captures_iter(&text) {
             p.check(v[1].starts_with("aws:PrincipalTag/"), || {
@@ -1211,12 +1216,13 @@ fn iam_policies_grant_what_kura_calls() {
         }
         let granted: BTreeSet<String> = allows.iter().flat_map(|s| actions(s)).collect();
         if name.starts_with("webhook-") {
-            p.check(granted == BTreeSet::from(["secretsmanager:DescribeSecret".into()]), || format!("{name}: the webhook needs secretsmanager:DescribeSecret only; grants {granted:?}"));
+            p.check(granted == BTreeSet::from(["secretsmanager:DescribeSecret".into(), "ssm:DescribeParameters".into()]), || format!("{name}: the webhook needs secretsmanager:DescribeSecret and ssm:DescribeParameters only; grants {granted:?}"));
             continue;
         }
         let want: BTreeSet<String> = [
             "secretsmanager:GetSecretValue",
             "secretsmanager:BatchGetSecretValue",
+            "ssm:GetParameters",
             "kms:Decrypt",
         ]
         .map(String::from)
@@ -1242,6 +1248,14 @@ fn iam_policies_grant_what_kura_calls() {
                         || format!("{name}: ABAC GetSecretValue is not scoped to the cluster"),
                     );
                 }
+            }
+            if acts.iter().any(|a| a == "ssm:GetParameters") {
+                let resource = s["Resource"].to_string();
+                p.check(
+                    resource.contains("parameter/NAMESPACE/")
+                        || resource.contains("parameter/${aws:PrincipalTag/kubernetes-namespace}/"),
+                    || format!("{name}: GetParameters is not scoped to the namespace's path"),
+                );
             }
             if acts
                 .iter()

@@ -453,3 +453,184 @@ async fn policy_reloads_and_keeps_the_last_good_one() {
     let metrics = hook.metrics().await;
     assert!(metrics.contains("result=\"policy-refused\""), "{metrics}");
 }
+
+/// SSM parameters under the built-in scope and KMS rules, through the real webhook: names and
+/// ARNs (KURA002), a customer-managed key, the AWS managed key and unencrypted types (KURA003,
+/// and `kms.allowPlainParameters`), missing (KURA004), malformed (KURA001), a dead store
+/// (KURA009), and one `DescribeParameters` for the parameters of many concurrent admissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_rules_against_moto() {
+    let s =
+        setup("apiVersion: kura.dev/v1alpha1\nkind: Policy\ncache: {ttl: 60s, negativeTtl: 60s}\n")
+            .await;
+    let m = &s.moto;
+    m.parameter(
+        "/team-a/cmk",
+        r#"{"host":"db"}"#,
+        "SecureString",
+        Some(&s.key),
+    )
+    .await;
+    m.parameter("/team-a/managed", "x", "SecureString", None)
+        .await;
+    m.parameter("/team-a/plain", "x", "String", None).await;
+    m.parameter("/team-a/list", "x,y", "StringList", None).await;
+    m.parameter("/team-b/cmk", "x", "SecureString", Some(&s.key))
+        .await;
+    let arn = |name: &str| format!("arn:aws:ssm:us-east-1:123456789012:parameter{name}");
+
+    let hook = Webhook::start(
+        &s.certs,
+        &["--policy", s.policy.to_str().unwrap()],
+        &s.moto.env(),
+    );
+    let client = https_client(&s.certs.ca);
+    let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
+        ("team-a", "ssm:/team-a/cmk#host".into(), None, ""),
+        ("team-a", arn("/team-a/cmk"), None, ""),
+        (
+            "team-a",
+            "ssm:/team-a/managed".into(),
+            Some("KURA003"),
+            "alias/aws/ssm",
+        ),
+        (
+            "team-a",
+            "ssm:/team-a/plain".into(),
+            Some("KURA003"),
+            "allowPlainParameters",
+        ),
+        (
+            "team-a",
+            "ssm:/team-a/list".into(),
+            Some("KURA003"),
+            "StringList",
+        ),
+        (
+            "team-a",
+            "ssm:/team-b/cmk".into(),
+            Some("KURA002"),
+            "team-a",
+        ),
+        ("team-a", arn("/team-b/cmk"), Some("KURA002"), "team-a"),
+        (
+            "team-b",
+            "ssm:/team-a/cmk".into(),
+            Some("KURA002"),
+            "team-b",
+        ),
+        (
+            "team-a",
+            "ssm:/team-a/missing".into(),
+            Some("KURA004"),
+            "SSM Parameter Store",
+        ),
+        (
+            "team-a",
+            "ssm:team-a/cmk".into(),
+            Some("KURA001"),
+            "ssm:/team-a/cmk",
+        ),
+    ];
+    for (ns, reference, want, says) in &cases {
+        let r = mutate(&client, &hook, ns, &inject(reference)).await;
+        match want {
+            None => {
+                assert_eq!(r["allowed"], true, "{ns} {reference}: {r}");
+                let pod = patch_bytes(&r["patch"]).expect("injected");
+                assert!(
+                    String::from_utf8_lossy(&pod).contains(reference.split('#').next().unwrap()),
+                    "the agent's spec carries the reference"
+                );
+            }
+            Some(rule) => {
+                assert_eq!(r["allowed"], false, "{ns} {reference}: {r}");
+                let msg = message(&r);
+                assert!(
+                    msg.contains(rule) && msg.contains(says),
+                    "{ns} {reference}: wanted {rule} and {says:?} in {msg}"
+                );
+            }
+        }
+    }
+    drop(hook);
+
+    // kms.allowPlainParameters admits String/StringList, never a SecureString on the AWS key.
+    std::fs::write(
+        &s.policy,
+        "apiVersion: kura.dev/v1alpha1\nkind: Policy\nkms: {allowPlainParameters: true}\n",
+    )
+    .unwrap();
+    let hook = Webhook::start(
+        &s.certs,
+        &["--policy", s.policy.to_str().unwrap()],
+        &s.moto.env(),
+    );
+    for (reference, allowed) in [
+        ("ssm:/team-a/plain", true),
+        ("ssm:/team-a/list", true),
+        ("ssm:/team-a/managed", false),
+    ] {
+        let r = mutate(&client, &hook, "team-a", &inject(reference)).await;
+        assert_eq!(r["allowed"], allowed, "{reference}: {r}");
+    }
+    drop(hook);
+
+    // A store that cannot answer: KURA009 naming the parameter.
+    let dead = aws_env(&format!("http://127.0.0.1:{}", free_port()));
+    let hook = Webhook::start(&s.certs, &["--policy", s.policy.to_str().unwrap()], &dead);
+    let r = mutate(&client, &hook, "team-a", &inject("ssm:/team-a/cmk")).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    let msg = message(&r);
+    assert!(
+        msg.contains("KURA009") && msg.contains("ssm:/team-a/cmk"),
+        "{msg}"
+    );
+    drop(hook);
+
+    // Many admissions of a pod with three parameters (one missing) and two secrets: one
+    // DescribeParameters for all the parameters, one DescribeSecret per secret.
+    s.moto.secret("/team-a/s1", "x", Some(&s.key), &[]).await;
+    s.moto.secret("/team-a/s2", "x", Some(&s.key), &[]).await;
+    std::fs::write(
+        &s.policy,
+        "apiVersion: kura.dev/v1alpha1\nkind: Policy\ncache: {ttl: 60s, negativeTtl: 60s}\n",
+    )
+    .unwrap();
+    let proxy = Proxy::start(&s.moto.endpoint).await;
+    proxy.set_delay(Duration::from_millis(300));
+    let hook = Webhook::start(
+        &s.certs,
+        &["--policy", s.policy.to_str().unwrap()],
+        &proxy.env(&s.moto),
+    );
+    let ann: Vec<(&str, String)> = vec![
+        ("kura.dev/inject", "true".into()),
+        ("kura.dev/secret.a", "ssm:/team-a/cmk#host".into()),
+        ("kura.dev/secret.b", arn("/team-a/cmk")),
+        ("kura.dev/secret.c", "ssm:/team-a/missing".into()),
+        ("kura.dev/secret.d", "/team-a/s1".into()),
+        ("kura.dev/secret.e", "/team-a/s2".into()),
+    ];
+    let answers =
+        futures_util::future::join_all((0..8).map(|_| mutate(&client, &hook, "team-a", &ann)))
+            .await;
+    for r in &answers {
+        let msg = message(r);
+        assert!(
+            msg.contains("KURA004") && msg.contains("ssm:/team-a/missing"),
+            "{r}"
+        );
+        assert_eq!(
+            msg.matches("[KURA").count(),
+            1,
+            "only the missing one: {msg}"
+        );
+    }
+    assert_eq!(proxy.count("describeparameters"), 1, "one batch, shared");
+    assert_eq!(proxy.count("describesecret"), 2);
+    assert_eq!(
+        proxy.count("getparameters") + proxy.count("getparameter"),
+        0
+    );
+}

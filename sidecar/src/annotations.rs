@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::spec::{
     AgentMode, DEFAULT_FILE_MODE, FileMode, Format, Invalid, Reload, SPEC_VERSION, SecretFile,
-    Spec, validate_file_name, validate_secret_id,
+    Spec, validate_file_name, validate_secret_id, validate_version,
 };
 
 /// Every kura annotation starts with this.
@@ -85,8 +85,9 @@ catalogue! {
     /// Default: not injected. Example: `kura.dev/inject: "true"`.
     User INJECT = "kura.dev/inject";
     /// One file per annotation: the file name follows the dot (`[A-Za-z0-9][A-Za-z0-9._-]*`), the
-    /// value is `<secret-id>[#<json-key>]`, a secret name or full ARN and optionally one
-    /// top-level JSON key (or a JSON Pointer starting with `/`). Written as-is, with
+    /// value is `<secret-id>[#<json-key>]`, a secret name or full ARN (or an SSM parameter,
+    /// `ssm:<name>` or its ARN) and optionally one top-level JSON key (or a JSON Pointer
+    /// starting with `/`). Written as-is, with
     /// [`FILE_MODE`]. No default. Example:
     /// `kura.dev/secret.db-password: /prod/user-service/db#password`.
     User SECRET_PREFIX = "kura.dev/secret." + "<file>";
@@ -446,19 +447,11 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
     if e.key.as_deref() == Some("") {
         return Err(Invalid::new("key is empty"));
     }
-    if e.version_stage.is_some() && e.version_id.is_some() {
-        return Err(Invalid::new("set versionStage or versionId, not both"));
-    }
-    for (field, v) in [
-        ("versionStage", &e.version_stage),
-        ("versionId", &e.version_id),
-    ] {
-        if let Some(v) = v
-            && (v.is_empty() || v.len() > 256 || v.contains(char::is_whitespace))
-        {
-            return Err(Invalid(format!("{field} {v:?} is not a version label")));
-        }
-    }
+    validate_version(
+        &e.secret,
+        e.version_id.as_deref(),
+        e.version_stage.as_deref(),
+    )?;
     let mode = match e.mode {
         Some(m) => FileMode::parse(&m).map_err(|m| m.context("mode"))?,
         None => default_mode,
@@ -551,6 +544,29 @@ mod tests {
         assert_eq!(by_name["api-key"].mode, DEFAULT_FILE_MODE);
         assert_eq!(p.mount_path, DEFAULT_MOUNT_PATH);
         assert_eq!(p.secrets().len(), 3);
+    }
+
+    #[test]
+    fn parameters_are_referenced_like_secrets() {
+        let a = map(&[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.db-host", "ssm:/prod/app/db#host"),
+            (
+                "kura.dev/secret.flag",
+                "arn:aws:ssm:us-east-1:111122223333:parameter/prod/app/flag",
+            ),
+            (
+                "kura.dev/secrets",
+                "- {file: old, secret: ssm:/prod/app/db, versionId: \"3\"}\n- {file: blue, secret: ssm:/prod/app/db, versionStage: blue}\n",
+            ),
+        ]);
+        let p = parse(&a).expect("valid").expect("opted in");
+        let by_name: BTreeMap<_, _> = p.files.iter().map(|f| (f.file.as_str(), f)).collect();
+        assert_eq!(by_name["db-host"].secret, "ssm:/prod/app/db");
+        assert_eq!(by_name["db-host"].key.as_deref(), Some("host"));
+        assert_eq!(by_name["old"].version_id.as_deref(), Some("3"));
+        assert_eq!(by_name["blue"].version_stage.as_deref(), Some("blue"));
+        assert_eq!(p.secrets().len(), 2, "three files read one parameter");
     }
 
     #[test]
@@ -728,6 +744,25 @@ mod tests {
                 ],
                 "kura.dev/secrets",
                 "twice",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    ("kura.dev/secret.a", "ssm:prod/db#password"),
+                ],
+                "kura.dev/secret.a",
+                "write ssm:/prod/db",
+            ),
+            (
+                &[
+                    ("kura.dev/inject", "true"),
+                    (
+                        "kura.dev/secrets",
+                        "- file: a\n  secret: ssm:/prod/db\n  versionId: latest",
+                    ),
+                ],
+                "kura.dev/secrets",
+                "not a parameter version",
             ),
         ];
         for (pairs, annotation, needle) in cases {

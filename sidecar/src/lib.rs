@@ -1,4 +1,5 @@
-//! kura-agent: fetches AWS Secrets Manager values into an in-memory volume and keeps them fresh.
+//! kura-agent: fetches AWS Secrets Manager secrets and SSM parameters into an in-memory volume and
+//! keeps them fresh.
 //!
 //! The library also owns what the webhook and the agent share: the secret [`spec`] (and its
 //! parsing from pod [`annotations`]) and the secret [`store`]s. It depends on neither axum nor

@@ -397,10 +397,71 @@ pub fn validate_file_name(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks a secret id: a Secrets Manager name or a full secret ARN.
+/// What `ssm:` in front of a name means: an SSM Parameter Store parameter.
+pub const SSM_PREFIX: &str = "ssm:";
+
+/// Where a reference points, as the pod wrote it (`kura.dev/secret.<file>`, a list entry's
+/// `secret`). Classification only; [`validate_secret_id`] says whether it is well formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference<'a> {
+    /// A Secrets Manager secret: a name or a secret ARN.
+    Secret(&'a str),
+    /// An SSM parameter: its name (`ssm:` removed) or its parameter ARN, as SSM takes it.
+    Parameter(&'a str),
+}
+
+impl<'a> Reference<'a> {
+    pub fn of(id: &'a str) -> Self {
+        if let Some(name) = id.strip_prefix(SSM_PREFIX) {
+            return Reference::Parameter(name);
+        }
+        if is_parameter_arn(id) {
+            return Reference::Parameter(id);
+        }
+        Reference::Secret(id)
+    }
+
+    pub fn is_parameter(self) -> bool {
+        matches!(self, Reference::Parameter(_))
+    }
+}
+
+/// `arn:<partition>:ssm:...`: the ARN of a parameter (or a malformed one).
+fn is_parameter_arn(id: &str) -> bool {
+    id.strip_prefix("arn:")
+        .and_then(|rest| rest.split(':').nth(1))
+        .is_some_and(|service| service == "ssm")
+}
+
+/// The parameter name an SSM reference (a name, or a parameter ARN) stands for: in an ARN,
+/// `parameter/prod/app/db` is the name `/prod/app/db` (SSM drops a hierarchical name's leading
+/// `/` there) and `parameter/db` the name `db`.
+pub fn parameter_name(reference: &str) -> String {
+    let Some(tail) = reference
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.splitn(5, ':').nth(4))
+        .and_then(|res| res.strip_prefix("parameter/"))
+    else {
+        return reference.to_string();
+    };
+    if tail.contains('/') {
+        format!("/{tail}")
+    } else {
+        tail.to_string()
+    }
+}
+
+/// Checks a reference: a Secrets Manager name or secret ARN, or an SSM parameter
+/// (`ssm:<name>` or a parameter ARN). The message says what to write instead.
 pub fn validate_secret_id(id: &str) -> Result<(), Invalid> {
     if id.is_empty() {
         return Err(Invalid::new("the secret id is empty"));
+    }
+    if let Some(name) = id.strip_prefix(SSM_PREFIX) {
+        return validate_parameter_name(name).map_err(|m| Invalid(format!("{id:?}: {}", m.0)));
+    }
+    if is_parameter_arn(id) {
+        return validate_parameter_arn(id);
     }
     if let Some(rest) = id.strip_prefix("arn:") {
         let parts: Vec<&str> = rest.splitn(6, ':').collect();
@@ -408,18 +469,146 @@ pub fn validate_secret_id(id: &str) -> Result<(), Invalid> {
             && !parts[0].is_empty()
             && parts[1] == "secretsmanager"
             && !parts[2].is_empty()
-            && parts[3].len() == 12
-            && parts[3].bytes().all(|b| b.is_ascii_digit())
+            && is_account(parts[3])
             && parts[4] == "secret"
             && !parts[5].is_empty();
         if !ok {
             return Err(Invalid(format!(
-                "{id:?} is not a Secrets Manager secret ARN (arn:<partition>:secretsmanager:<region>:<account>:secret:<name>)"
+                "{id:?} is not a Secrets Manager secret ARN (arn:<partition>:secretsmanager:<region>:<account>:secret:<name>) \
+                 or an SSM parameter ARN (arn:<partition>:ssm:<region>:<account>:parameter/<name>)"
             )));
         }
         return validate_secret_name(parts[5]);
     }
+    if id.starts_with("ssm/") || id.starts_with("SSM:") {
+        return Err(Invalid(format!(
+            "{id:?}: an SSM parameter is written ssm:<name>, e.g. ssm:/prod/app/db-host"
+        )));
+    }
     validate_secret_name(id)
+}
+
+fn is_account(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn validate_parameter_arn(id: &str) -> Result<(), Invalid> {
+    let usage = || {
+        Invalid(format!(
+            "{id:?} is not an SSM parameter ARN (arn:<partition>:ssm:<region>:<account>:parameter/<name>, \
+             e.g. arn:aws:ssm:us-east-1:111122223333:parameter/prod/app/db-host)"
+        ))
+    };
+    let parts: Vec<&str> = id.splitn(6, ':').collect();
+    if parts.len() != 6 || parts[1].is_empty() || parts[3].is_empty() || !is_account(parts[4]) {
+        return Err(usage());
+    }
+    let Some(tail) = parts[5].strip_prefix("parameter/") else {
+        return Err(usage());
+    };
+    if tail.is_empty() || tail.starts_with('/') {
+        return Err(usage());
+    }
+    validate_parameter_name(&parameter_name(id)).map_err(|m| Invalid(format!("{id:?}: {}", m.0)))
+}
+
+/// SSM's own rules for a parameter name, checked at admission so the fix is named there.
+fn validate_parameter_name(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return Err(Invalid::new(
+            "the parameter name is empty; write ssm:<name>, e.g. ssm:/prod/app/db-host",
+        ));
+    }
+    if name.len() > 1011 {
+        return Err(Invalid(format!(
+            "the parameter name is {} characters; SSM allows 1011",
+            name.len()
+        )));
+    }
+    if let Some((base, selector)) = name.split_once(':') {
+        return Err(Invalid(format!(
+            "{name:?} holds a version or label selector; write ssm:{base} and pin it with \
+             versionId: \"{selector}\" (a version) or versionStage: {selector} (a label) in kura.dev/secrets"
+        )));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/_.-".contains(*c)))
+    {
+        return Err(Invalid(format!(
+            "parameter name {name:?} contains {bad:?}; SSM names use letters, digits and /_.-"
+        )));
+    }
+    if name.contains('/') && !name.starts_with('/') {
+        return Err(Invalid(format!(
+            "parameter name {name:?} has a path but does not start with '/'; write ssm:/{name}"
+        )));
+    }
+    if name.contains("//") || name.ends_with('/') {
+        return Err(Invalid(format!(
+            "parameter name {name:?} has an empty path segment"
+        )));
+    }
+    if name.matches('/').count() > 15 {
+        return Err(Invalid(format!(
+            "parameter name {name:?} is deeper than SSM's 15 levels"
+        )));
+    }
+    let first = name.trim_start_matches('/').to_ascii_lowercase();
+    if first.starts_with("aws") || first.starts_with("ssm") {
+        return Err(Invalid(format!(
+            "parameter name {name:?} starts with \"aws\" or \"ssm\", which SSM reserves for itself"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `versionId`/`versionStage` of a list entry against the store the reference names:
+/// a secret's version id or staging label, or a parameter's version number or label.
+pub fn validate_version(
+    id: &str,
+    version_id: Option<&str>,
+    version_stage: Option<&str>,
+) -> Result<(), Invalid> {
+    if version_stage.is_some() && version_id.is_some() {
+        return Err(Invalid::new("set versionStage or versionId, not both"));
+    }
+    for (field, v) in [("versionStage", version_stage), ("versionId", version_id)] {
+        if let Some(v) = v
+            && (v.is_empty() || v.len() > 256 || v.contains(char::is_whitespace))
+        {
+            return Err(Invalid(format!("{field} {v:?} is not a version label")));
+        }
+    }
+    if !Reference::of(id).is_parameter() {
+        return Ok(());
+    }
+    if let Some(v) = version_id
+        && !(v.len() <= 19
+            && v.bytes().all(|b| b.is_ascii_digit())
+            && v.parse::<u64>().is_ok_and(|n| n > 0))
+    {
+        return Err(Invalid(format!(
+            "versionId {v:?} is not a parameter version; SSM numbers versions 1, 2, 3…: write versionId: \"3\", \
+             or versionStage: <label> for a label"
+        )));
+    }
+    if let Some(l) = version_stage {
+        let lower = l.to_ascii_lowercase();
+        let ok = l.len() <= 100
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            && !l.starts_with(|c: char| c.is_ascii_digit())
+            && !lower.starts_with("aws")
+            && !lower.starts_with("ssm");
+        if !ok {
+            return Err(Invalid(format!(
+                "versionStage {l:?} is not a parameter label (letters, digits, '.', '_', '-'; at most 100; \
+                 not starting with a digit, \"aws\" or \"ssm\"); omit it to read the latest version"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn validate_secret_name(name: &str) -> Result<(), Invalid> {
@@ -531,6 +720,80 @@ mod tests {
             "arn:aws:secretsmanager:us-east-1:111122223333:secret:",
         ] {
             assert!(validate_secret_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parameter_references() {
+        for ok in [
+            "ssm:/prod/app/db-host",
+            "ssm:db_host.v2",
+            "arn:aws:ssm:us-east-1:111122223333:parameter/prod/app/db-host",
+            "arn:aws-cn:ssm:cn-north-1:111122223333:parameter/flat",
+        ] {
+            validate_secret_id(ok).expect(ok);
+            assert!(Reference::of(ok).is_parameter(), "{ok}");
+        }
+        assert_eq!(Reference::of("/prod/db"), Reference::Secret("/prod/db"));
+        assert_eq!(
+            Reference::of("ssm:/prod/db"),
+            Reference::Parameter("/prod/db")
+        );
+        assert_eq!(
+            parameter_name("arn:aws:ssm:us-east-1:111122223333:parameter/prod/app/db-host"),
+            "/prod/app/db-host"
+        );
+        assert_eq!(
+            parameter_name("arn:aws:ssm:us-east-1:111122223333:parameter/flat"),
+            "flat"
+        );
+        assert_eq!(parameter_name("/prod/x"), "/prod/x");
+        // Each refusal says what to write instead.
+        for (bad, fix) in [
+            ("ssm:", "ssm:/prod/app/db-host"),
+            ("ssm:prod/app/db", "ssm:/prod/app/db"),
+            ("ssm:/prod/db:3", "versionId: \"3\""),
+            ("ssm:/prod/db:blue", "versionStage: blue"),
+            ("ssm:/prod/db host", "letters, digits and /_.-"),
+            ("ssm:/aws/reference/x", "reserves"),
+            ("ssm:/prod//db", "empty path segment"),
+            (
+                "arn:aws:ssm:us-east-1:111122223333:parameter",
+                "arn:<partition>:ssm:<region>:<account>:parameter/<name>",
+            ),
+            (
+                "arn:aws:ssm:us-east-1:1111:parameter/prod/db",
+                "arn:<partition>:ssm:<region>:<account>:parameter/<name>",
+            ),
+            (
+                "arn:aws:ssm:us-east-1:111122223333:document/prod",
+                "parameter/<name>",
+            ),
+            ("SSM:/prod/db", "ssm:<name>"),
+            ("arn:aws:s3:::bucket", "parameter ARN"),
+        ] {
+            let e = validate_secret_id(bad).expect_err(bad).to_string();
+            assert!(e.contains(fix), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn parameter_versions_and_labels() {
+        let p = "ssm:/prod/db";
+        validate_version(p, Some("3"), None).expect("a version number");
+        validate_version(p, None, Some("blue-green_1.0")).expect("a label");
+        validate_version("/prod/db", Some("a1b2-uuid"), None).expect("a secret's version id");
+        validate_version("/prod/db", None, Some("AWSPREVIOUS")).expect("a secret's stage");
+        for (id, stage, fix) in [
+            (Some("abc"), None, "versionId: \"3\""),
+            (Some("0"), None, "1, 2, 3"),
+            (None, Some("AWSCURRENT"), "omit it"),
+            (None, Some("1st"), "not starting with a digit"),
+            (None, Some("a/b"), "letters, digits"),
+            (Some("1"), Some("x"), "not both"),
+        ] {
+            let e = validate_version(p, id, stage).expect_err(fix).to_string();
+            assert!(e.contains(fix), "{id:?} {stage:?}: {e}");
         }
     }
 

@@ -1,12 +1,15 @@
-//! Secret stores: AWS Secrets Manager and a local YAML file with the same semantics.
+//! Secret stores: AWS (Secrets Manager and SSM Parameter Store) and a local YAML file with the
+//! same semantics.
 //!
-//! The webhook asks stores for metadata only ([`Store::describe`]); the agent asks for values
-//! ([`Store::fetch`]). Values are wrapped in `secrecy` types from the moment they arrive, so no
+//! A reference names its store ([`crate::spec::Reference`]): `ssm:<name>` and parameter ARNs
+//! are SSM parameters, everything else Secrets Manager secrets. The webhook asks stores for
+//! metadata only ([`Store::describe`]); the agent asks for values ([`Store::fetch`]). Values are wrapped in `secrecy` types from the moment they arrive, so no
 //! `Debug`, log line or error message can carry one.
 
 mod aws;
 mod connect_error;
 mod file;
+mod ssm;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,30 +17,33 @@ use std::fmt;
 use secrecy::{SecretSlice, SecretString};
 
 use crate::metrics::ErrorKind;
+use crate::spec::Reference;
 
 pub use aws::AwsStore;
 pub use file::FileStore;
 
 /// Errors from a store, per secret where one is concerned. Messages never hold values.
+/// `secret` is the reference as the pod wrote it; messages call it a secret or a parameter.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("secret {secret:?} does not exist (or this identity may not see it)")]
+    #[error("{} does not exist (or this identity may not see it)", subject(.secret))]
     NotFound { secret: String },
-    #[error("secret {secret:?} is scheduled for deletion")]
+    #[error("{} is scheduled for deletion", subject(.secret))]
     Deleted { secret: String },
-    #[error("secret {secret:?}: access denied: {message}")]
+    #[error("{}: access denied: {message}", subject(.secret))]
     AccessDenied { secret: String, message: String },
-    #[error("secret {secret:?}: could not be decrypted: {message}")]
+    #[error("{}: could not be decrypted: {message}", subject(.secret))]
     Decryption { secret: String, message: String },
-    #[error("secret {secret:?}: throttled by the store: {message}")]
+    #[error("{}: throttled by the store: {message}", subject(.secret))]
     Throttled { secret: String, message: String },
     #[error(
-        "secret {secret:?}: the store could not be reached or did not answer in time: {message}"
+        "{}: the store could not be reached or did not answer in time: {message}",
+        subject(.secret)
     )]
     Unavailable { secret: String, message: String },
-    #[error("secret {secret:?}: version {version:?} does not exist")]
+    #[error("{}: version {version:?} does not exist", subject(.secret))]
     VersionNotFound { secret: String, version: String },
-    #[error("secret {secret:?}: {code}: {message}")]
+    #[error("{}: {code}: {message}", subject(.secret))]
     Other {
         secret: String,
         code: String,
@@ -45,6 +51,15 @@ pub enum StoreError {
     },
     #[error("secret store: {0}")]
     Config(String),
+}
+
+/// How messages name a reference: `secret "/prod/db"` or `parameter "ssm:/prod/db-host"`.
+pub fn subject(reference: &str) -> String {
+    if Reference::of(reference).is_parameter() {
+        format!("parameter {reference:?}")
+    } else {
+        format!("secret {reference:?}")
+    }
 }
 
 impl StoreError {
@@ -72,16 +87,53 @@ impl StoreError {
     }
 }
 
-/// What `DescribeSecret` says of a secret: metadata, never a value.
+/// What `DescribeSecret` says of a secret, or `DescribeParameters` of a parameter: metadata,
+/// never a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMeta {
+    /// Empty when the store did not say (moto's `DescribeParameters` has no ARN).
     pub arn: String,
+    /// The secret's or the parameter's name (`/prod/app/db`, without `ssm:`).
     pub name: String,
-    /// `None` means the AWS managed key `aws/secretsmanager`.
+    /// `None` means the AWS managed key (`aws/secretsmanager`, or `alias/aws/ssm` for a
+    /// `SecureString`).
     pub kms_key_id: Option<String>,
-    /// Scheduled for deletion (`DeletedDate` set).
+    /// Scheduled for deletion (`DeletedDate` set); parameters have no such state.
     pub deleted: bool,
+    /// A secret's tags. A parameter's are empty: `DescribeParameters` does not return them.
     pub tags: BTreeMap<String, String>,
+    /// `Some` for an SSM parameter: its type.
+    pub parameter_type: Option<ParameterType>,
+}
+
+/// The type of an SSM parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum ParameterType {
+    /// Plain text, unencrypted.
+    String,
+    /// Comma-separated plain text, unencrypted.
+    StringList,
+    /// Encrypted with a KMS key.
+    SecureString,
+}
+
+impl ParameterType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParameterType::String => "String",
+            ParameterType::StringList => "StringList",
+            ParameterType::SecureString => "SecureString",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ParameterType> {
+        match s {
+            "String" => Some(ParameterType::String),
+            "StringList" => Some(ParameterType::StringList),
+            "SecureString" => Some(ParameterType::SecureString),
+            _ => None,
+        }
+    }
 }
 
 /// A secret value. Its `Debug` never shows the content.
@@ -108,7 +160,8 @@ pub struct Fetched {
     pub value: SecretValue,
 }
 
-/// What to fetch: a secret, optionally pinned to a version id or stage.
+/// What to fetch: a secret (or parameter), optionally pinned to a version id or stage (a
+/// parameter's version number or label).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FetchRequest {
     pub secret: String,
@@ -134,7 +187,8 @@ impl FetchRequest {
         }
     }
 
-    /// Batch reads only return `AWSCURRENT`; anything else is fetched on its own.
+    /// Whether a version or stage other than the current one is asked for (Secrets Manager's
+    /// batch reads only return `AWSCURRENT`, so such a secret is fetched on its own).
     pub fn is_pinned(&self) -> bool {
         self.version_id.is_some()
             || self
@@ -143,7 +197,7 @@ impl FetchRequest {
                 .is_some_and(|s| s != "AWSCURRENT")
     }
 
-    fn version_label(&self) -> String {
+    pub(crate) fn version_label(&self) -> String {
         self.version_id
             .clone()
             .or_else(|| self.version_stage.clone())
@@ -202,7 +256,7 @@ impl Store {
         }
     }
 
-    /// Metadata of one secret, by name or ARN.
+    /// Metadata of one secret or parameter, by the reference the pod wrote.
     pub async fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
         match self {
             Store::Aws(s) => s.describe(secret).await,
@@ -218,7 +272,7 @@ impl Store {
         }
     }
 
-    /// Number of API calls the last [`Store::fetch`]es made (AWS only; 0 for files).
+    /// Number of API calls made so far, both services (AWS only; 0 for files).
     pub fn api_calls(&self) -> u64 {
         match self {
             Store::Aws(s) => s.api_calls(),

@@ -23,14 +23,7 @@ fn pinned(mut f: SecretFile, id: Option<&str>, stage: Option<&str>) -> SecretFil
 }
 
 async fn store(moto: &Moto) -> AwsStore {
-    AwsStore::for_endpoint(
-        &moto.endpoint,
-        "us-east-1",
-        "testing",
-        "testing",
-        Duration::from_secs(10),
-    )
-    .await
+    aws_store(&moto.endpoint).await
 }
 
 #[tokio::test]

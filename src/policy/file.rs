@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kura_agent::store::SecretMeta;
+use kura_agent::store::{ParameterType, SecretMeta};
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
 
@@ -85,7 +85,10 @@ fn default_names() -> Vec<String> {
 }
 
 fn default_arns() -> Vec<String> {
-    vec!["arn:*:secretsmanager:*:*:secret:/{namespace}/*".into()]
+    vec![
+        "arn:*:secretsmanager:*:*:secret:/{namespace}/*".into(),
+        "arn:*:ssm:*:*:parameter/{namespace}/*".into(),
+    ]
 }
 
 impl Default for Scope {
@@ -112,7 +115,10 @@ impl Scope {
             .map(move |p| p.replace("{namespace}", namespace))
     }
 
+    /// Names are matched without `ssm:`: a parameter `ssm:/prod/x` and a secret `/prod/x` fall
+    /// under the same name templates.
     fn allows(&self, id: &str, namespace: &str) -> bool {
+        let id = id.strip_prefix(kura_agent::spec::SSM_PREFIX).unwrap_or(id);
         let is_arn = id.starts_with("arn:");
         self.patterns(namespace, is_arn)
             .any(|p| glob::matches(&p, id))
@@ -144,7 +150,13 @@ impl Scope {
         if !meta.arn.is_empty() && !self.allows(&meta.arn, namespace) {
             return Err(ScopeError::ArnOutside { namespace: ns() });
         }
-        if let Some(tag) = &self.namespace_tag {
+        // `DescribeParameters` (all the webhook may call) does not return tags: parameters are
+        // scoped by name and ARN only, with every store alike.
+        if let Some(tag) = self
+            .namespace_tag
+            .as_ref()
+            .filter(|_| meta.parameter_type.is_none())
+        {
             match meta.tags.get(tag) {
                 Some(v) if v == namespace => {}
                 Some(v) => {
@@ -200,6 +212,16 @@ pub enum KmsError {
     AwsManaged,
     #[error("encrypted with KMS key {key}, which is not in the policy's allowed keys")]
     KeyNotAllowed { key: String },
+    #[error(
+        "a SecureString encrypted with the AWS managed key alias/aws/ssm; re-encrypt it with a \
+         customer-managed KMS key (aws ssm put-parameter --overwrite --type SecureString --key-id ...)"
+    )]
+    ParameterAwsManaged,
+    #[error(
+        "a {kind} parameter, stored unencrypted; make it a SecureString with a customer-managed KMS key, \
+         or set kms.allowPlainParameters: true in the policy"
+    )]
+    PlainParameter { kind: &'static str },
 }
 
 /// Encryption requirements (KURA003).
@@ -211,6 +233,9 @@ pub struct KmsPolicy {
     /// Key ids, key ARNs, alias names (`alias/x`) or alias ARNs; empty = any customer-managed key.
     #[serde(default)]
     pub allowed_keys: Vec<String>,
+    /// Admit `String` and `StringList` parameters, which are not encrypted.
+    #[serde(default)]
+    pub allow_plain_parameters: bool,
 }
 
 fn yes() -> bool {
@@ -222,6 +247,7 @@ impl Default for KmsPolicy {
         KmsPolicy {
             require_customer_managed: true,
             allowed_keys: Vec::new(),
+            allow_plain_parameters: false,
         }
     }
 }
@@ -236,11 +262,26 @@ fn key_ref(k: &str) -> String {
 }
 
 impl KmsPolicy {
+    /// A secret's key, or a parameter's type and key.
     pub fn check(&self, meta: &SecretMeta) -> Result<(), KmsError> {
         let key = meta.kms_key_id.as_deref().filter(|k| !k.is_empty());
-        let aws_managed = key.is_none_or(|k| key_ref(k) == "alias/aws/secretsmanager");
+        let managed_alias = match meta.parameter_type {
+            None => "alias/aws/secretsmanager",
+            Some(ParameterType::SecureString) => "alias/aws/ssm",
+            Some(_) if self.allow_plain_parameters => return Ok(()),
+            Some(plain) => {
+                return Err(KmsError::PlainParameter {
+                    kind: plain.as_str(),
+                });
+            }
+        };
+        let aws_managed = key.is_none_or(|k| key_ref(k) == managed_alias);
         if self.require_customer_managed && aws_managed {
-            return Err(KmsError::AwsManaged);
+            return Err(if meta.parameter_type.is_some() {
+                KmsError::ParameterAwsManaged
+            } else {
+                KmsError::AwsManaged
+            });
         }
         if let (false, Some(k)) = (self.allowed_keys.is_empty(), key) {
             let have = key_ref(k);
@@ -434,6 +475,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            parameter_type: None,
         }
     }
 
@@ -559,6 +601,90 @@ mod tests {
         );
     }
 
+    fn param(kind: ParameterType, key: Option<&str>) -> SecretMeta {
+        SecretMeta {
+            parameter_type: Some(kind),
+            ..meta(
+                "/prod/db-host",
+                "arn:aws:ssm:us-east-1:111122223333:parameter/prod/db-host",
+                key,
+                &[],
+            )
+        }
+    }
+
+    #[test]
+    fn parameter_scope_and_kms() {
+        let s = Scope::default();
+        s.check_id("ssm:/prod/db-host", "prod").expect("own name");
+        s.check_id(
+            "arn:aws:ssm:us-east-1:111122223333:parameter/prod/db-host",
+            "prod",
+        )
+        .expect("own arn");
+        for bad in [
+            "ssm:/dev/db-host",
+            "ssm:/production/x",
+            "arn:aws:ssm:us-east-1:111122223333:parameter/dev/db-host",
+        ] {
+            let e = s.check_id(bad, "prod").expect_err(bad);
+            assert!(matches!(e, ScopeError::NotInScope { .. }), "{e:?}");
+        }
+        s.check_resolved(&param(ParameterType::SecureString, Some("k")), "prod")
+            .expect("in scope");
+        assert!(matches!(
+            s.check_resolved(&param(ParameterType::SecureString, Some("k")), "dev"),
+            Err(ScopeError::NameOutside { .. })
+        ));
+
+        let k = KmsPolicy::default();
+        k.check(&param(ParameterType::SecureString, Some("alias/prod")))
+            .expect("a customer-managed key");
+        for key in [
+            None,
+            Some("alias/aws/ssm"),
+            Some("arn:aws:kms:us-east-1:111122223333:alias/aws/ssm"),
+        ] {
+            let e = k
+                .check(&param(ParameterType::SecureString, key))
+                .unwrap_err();
+            assert_eq!(e, KmsError::ParameterAwsManaged);
+            assert!(e.to_string().contains("alias/aws/ssm"), "{e}");
+        }
+        for kind in [ParameterType::String, ParameterType::StringList] {
+            let e = k.check(&param(kind, None)).unwrap_err();
+            assert!(
+                e.to_string().contains(kind.as_str())
+                    && e.to_string().contains("kms.allowPlainParameters"),
+                "{e}"
+            );
+        }
+        let plain_ok = KmsPolicy {
+            allow_plain_parameters: true,
+            ..KmsPolicy::default()
+        };
+        plain_ok
+            .check(&param(ParameterType::String, None))
+            .expect("allowed");
+        plain_ok
+            .check(&param(ParameterType::SecureString, None))
+            .expect_err("a SecureString still needs a CMK");
+        let allowed = KmsPolicy {
+            allowed_keys: vec!["alias/prod".into()],
+            ..KmsPolicy::default()
+        };
+        assert!(matches!(
+            allowed.check(&param(ParameterType::SecureString, Some("alias/other"))),
+            Err(KmsError::KeyNotAllowed { .. })
+        ));
+        let p = Policy::from_yaml(
+            "apiVersion: kura.dev/v1alpha1\nkind: Policy\nkms: {allowPlainParameters: true}\n",
+            "t",
+        )
+        .expect("valid");
+        assert!(p.kms.allow_plain_parameters);
+    }
+
     #[test]
     fn kms_rules() {
         let arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/db-AbCdEf";
@@ -591,6 +717,7 @@ mod tests {
         .expect("cmk");
         let allowed = KmsPolicy {
             require_customer_managed: true,
+            allow_plain_parameters: false,
             allowed_keys: vec![
                 "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
                 "alias/prod".into(),
@@ -622,6 +749,7 @@ mod tests {
         let lax = KmsPolicy {
             require_customer_managed: false,
             allowed_keys: vec![],
+            allow_plain_parameters: false,
         };
         lax.check(&meta("/p", arn, None, &[]))
             .expect("not required");

@@ -21,7 +21,9 @@ pub mod tls_proxy;
 
 pub use k8s::validate_k8s;
 pub use metrics::{metric, sample, scrape};
-pub use moto::{Moto, MotoOn, aws_env, client_for, free_port, port_of, venv, wait_for_port};
+pub use moto::{
+    Moto, MotoOn, aws_env, client_for, free_port, port_of, ssm_client_for, venv, wait_for_port,
+};
 pub use tls_proxy::UntrustedTls;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
-//! A moto server (a real Secrets Manager/KMS API) on a loopback port, stopped on drop, and AWS
-//! clients and process environments pointed at any such endpoint.
+//! A moto server (a real Secrets Manager/SSM/KMS API) on a loopback port, stopped on drop, and
+//! AWS clients and process environments pointed at any such endpoint.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -73,6 +73,18 @@ pub fn client_for(endpoint: &str) -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::from_conf(conf)
 }
 
+/// An SSM client for `endpoint` with moto's test credentials.
+pub fn ssm_client_for(endpoint: &str) -> aws_sdk_ssm::Client {
+    let creds = aws_sdk_ssm::config::Credentials::new("testing", "testing", None, None, "test");
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
 /// A child process killed (and reaped) on drop.
 struct Server(Child);
 
@@ -127,6 +139,40 @@ impl Moto {
 
     pub async fn client(&self) -> aws_sdk_secretsmanager::Client {
         client_for(&self.endpoint)
+    }
+
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        ssm_client_for(&self.endpoint)
+    }
+
+    /// Writes a parameter (a new one, or a new version of an existing one) and returns its
+    /// version. `kind` is `String`, `StringList` or `SecureString`; `kms` a SecureString's key
+    /// (`None`: the AWS managed key `alias/aws/ssm`).
+    pub async fn parameter(&self, name: &str, value: &str, kind: &str, kms: Option<&str>) -> i64 {
+        let ssm = self.ssm();
+        let exists = ssm.get_parameter().name(name).send().await.is_ok();
+        ssm.put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::from(kind))
+            .set_key_id(kms.map(Into::into))
+            .overwrite(exists)
+            .send()
+            .await
+            .unwrap()
+            .version
+    }
+
+    /// Puts `labels` on `version` of a parameter (moving them from any other version).
+    pub async fn label(&self, name: &str, version: i64, labels: &[&str]) {
+        self.ssm()
+            .label_parameter_version()
+            .name(name)
+            .parameter_version(version)
+            .set_labels(Some(labels.iter().map(|l| l.to_string()).collect()))
+            .send()
+            .await
+            .unwrap();
     }
 
     /// Creates a customer-managed KMS key through moto's KMS API and returns its ARN.

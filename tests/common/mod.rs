@@ -142,7 +142,7 @@ impl Drop for Webhook {
     }
 }
 
-/// A TCP proxy in front of a real endpoint (moto) that counts Secrets Manager calls by
+/// A TCP proxy in front of a real endpoint (moto) that counts Secrets Manager and SSM calls by
 /// operation and can delay or refuse to forward, to make a slow or dead store out of a real one.
 pub struct Proxy {
     pub endpoint: String,
@@ -181,13 +181,16 @@ impl Proxy {
                                 Ok(n) => n,
                             };
                             let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-                            for part in text.split("x-amz-target: secretsmanager.").skip(1) {
-                                let op = part
-                                    .split(['\r', '\n'])
-                                    .next()
-                                    .unwrap_or_default()
-                                    .to_string();
-                                *c.lock().unwrap().entry(op).or_default() += 1;
+                            for service in ["secretsmanager.", "amazonssm."] {
+                                let target = format!("x-amz-target: {service}");
+                                for part in text.split(&target).skip(1) {
+                                    let op = part
+                                        .split(['\r', '\n'])
+                                        .next()
+                                        .unwrap_or_default()
+                                        .to_string();
+                                    *c.lock().unwrap().entry(op).or_default() += 1;
+                                }
                             }
                             if sw.write_all(&buf[..n]).await.is_err() {
                                 break;
@@ -206,7 +209,7 @@ impl Proxy {
         }
     }
 
-    /// Calls seen for an operation (lower case, e.g. "describesecret").
+    /// Calls seen for an operation (lower case, e.g. "describesecret", "getparameters").
     pub fn count(&self, op: &str) -> usize {
         self.counts.lock().unwrap().get(op).copied().unwrap_or(0)
     }

@@ -1,9 +1,12 @@
-//! AWS Secrets Manager through the AWS SDK: the default configuration chain (region, IRSA web
-//! identity, EKS Pod Identity, `AWS_ENDPOINT_URL[_SECRETS_MANAGER]`), bounded by a timeout.
+//! AWS through the SDK: the default configuration chain (region, IRSA web identity, EKS Pod
+//! Identity, `AWS_ENDPOINT_URL[_SECRETS_MANAGER|_SSM]`), bounded by a timeout. Secrets Manager
+//! lives here; SSM Parameter Store in [`super::ssm`]. Each service's client is created the
+//! first time a reference to it is asked for, so an agent whose spec names only secrets never
+//! builds an SSM client, and the other way round.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -12,14 +15,18 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use secrecy::{SecretSlice, SecretString};
 
+use super::ssm::Ssm;
 use super::{FetchRequest, Fetched, SecretMeta, SecretValue, StoreError, id_matches};
+use crate::spec::Reference;
 
 /// Batch reads take at most this many secrets per call.
 pub const BATCH_SIZE: usize = 20;
 
 #[derive(Debug, Clone)]
 pub struct AwsStore {
-    client: Client,
+    conf: Arc<aws_config::SdkConfig>,
+    secrets: Arc<OnceLock<Client>>,
+    parameters: Arc<OnceLock<Ssm>>,
     calls: Arc<AtomicU64>,
     /// Where requests go, for errors that people read.
     endpoint: Arc<str>,
@@ -80,24 +87,56 @@ impl AwsStore {
                 format!("https://secretsmanager.{region}.amazonaws.com")
             });
         AwsStore {
-            client: Client::from_conf(
-                aws_sdk_secretsmanager::config::Builder::from(&conf)
-                    .retry_classifier(super::connect_error::CertificateErrorsAreFinal)
-                    .build(),
-            ),
+            conf: Arc::new(conf),
+            secrets: Arc::new(OnceLock::new()),
+            parameters: Arc::new(OnceLock::new()),
             calls: Arc::new(AtomicU64::new(0)),
             endpoint: endpoint.into(),
         }
+    }
+
+    /// The Secrets Manager client, created on first use.
+    fn client(&self) -> &Client {
+        self.secrets.get_or_init(|| {
+            Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(&*self.conf)
+                    .retry_classifier(super::connect_error::CertificateErrorsAreFinal)
+                    .build(),
+            )
+        })
+    }
+
+    /// The SSM client, created on first use.
+    fn parameters(&self) -> &Ssm {
+        self.parameters
+            .get_or_init(|| Ssm::new(&self.conf, self.calls.clone()))
+    }
+
+    /// The services whose client exists so far: `secretsmanager`, `ssm`.
+    pub fn clients(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.secrets.get().is_some() {
+            out.push("secretsmanager");
+        }
+        if self.parameters.get().is_some() {
+            out.push("ssm");
+        }
+        out
     }
 
     pub fn api_calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
 
+    /// Metadata of a secret (`DescribeSecret`) or a parameter (`DescribeParameters`, batched
+    /// with the lookups that arrive at the same time).
     pub async fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
+        if Reference::of(secret).is_parameter() {
+            return self.parameters().describe(secret).await;
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = self
-            .client
+            .client()
             .describe_secret()
             .secret_id(secret)
             .send()
@@ -122,10 +161,38 @@ impl AwsStore {
                 .map(str::to_string),
             deleted: out.deleted_date().is_some(),
             tags,
+            parameter_type: None,
         })
     }
 
+    /// Values for every request, in request order: secrets from Secrets Manager, parameters
+    /// from SSM.
     pub async fn fetch(&self, requests: &[FetchRequest]) -> Vec<Result<Fetched, StoreError>> {
+        let (parameters, secrets): (Vec<usize>, Vec<usize>) =
+            (0..requests.len()).partition(|&i| Reference::of(&requests[i].secret).is_parameter());
+        let mut results: Vec<Option<Result<Fetched, StoreError>>> =
+            requests.iter().map(|_| None).collect();
+        for (kind, picked) in [(true, parameters), (false, secrets)] {
+            if picked.is_empty() {
+                continue;
+            }
+            let asked: Vec<FetchRequest> = picked.iter().map(|&i| requests[i].clone()).collect();
+            let got = if kind {
+                self.parameters().fetch(&asked).await
+            } else {
+                self.fetch_secrets(&asked).await
+            };
+            for (i, r) in picked.into_iter().zip(got) {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every request is a secret or a parameter"))
+            .collect()
+    }
+
+    async fn fetch_secrets(&self, requests: &[FetchRequest]) -> Vec<Result<Fetched, StoreError>> {
         let mut results: Vec<Option<Result<Fetched, StoreError>>> =
             requests.iter().map(|_| None).collect();
         let batched: Vec<usize> = (0..requests.len())
@@ -194,7 +261,7 @@ impl AwsStore {
         ids.dedup();
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = match self
-            .client
+            .client()
             .batch_get_secret_value()
             .set_secret_id_list(Some(ids))
             .send()
@@ -256,7 +323,7 @@ impl AwsStore {
     async fn fetch_one(&self, req: &FetchRequest) -> Result<Fetched, StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = self
-            .client
+            .client()
             .get_secret_value()
             .secret_id(&req.secret)
             .set_version_id(req.version_id.clone())
@@ -307,20 +374,33 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
     secret: &str,
     err: &SdkError<E, R>,
 ) -> StoreError {
+    map_err_for("Secrets Manager", endpoint, secret, err)
+}
+
+/// An SDK error of `service` (as people call it) at `endpoint` about `secret`, classified.
+pub(super) fn map_err_for<
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+>(
+    service: &str,
+    endpoint: &str,
+    secret: &str,
+    err: &SdkError<E, R>,
+) -> StoreError {
     match err {
         SdkError::TimeoutError(_) => StoreError::Unavailable {
             secret: secret.into(),
-            message: "timed out waiting for Secrets Manager".into(),
+            message: format!("timed out waiting for {service}"),
         },
         SdkError::DispatchFailure(d) => {
             let message = if let Some(cert) =
-                super::connect_error::certificate_problem("Secrets Manager", endpoint, err)
+                super::connect_error::certificate_problem(service, endpoint, err)
             {
                 cert
             } else if d.is_timeout() {
-                "timed out connecting to Secrets Manager".to_string()
+                format!("timed out connecting to {service}")
             } else if d.is_io() {
-                "could not connect to Secrets Manager".to_string()
+                format!("could not connect to {service}")
             } else {
                 format!("request not sent: {}", describe_chain(err))
             };
@@ -330,7 +410,7 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::D
             }
         }
         SdkError::ConstructionFailure(_) => StoreError::Config(format!(
-            "could not build a Secrets Manager request (is a region configured? set AWS_REGION): {}",
+            "could not build a {service} request (is a region configured? set AWS_REGION): {}",
             describe_chain(err)
         )),
         _ => classify(
@@ -362,7 +442,7 @@ fn classify(secret: &str, code: &str, message: &str) -> StoreError {
     let secret = secret.to_string();
     let message = message.to_string();
     match code {
-        "ResourceNotFoundException" => StoreError::NotFound { secret },
+        "ResourceNotFoundException" | "ParameterNotFound" => StoreError::NotFound { secret },
         "AccessDeniedException"
         | "AccessDenied"
         | "UnrecognizedClientException"
@@ -370,14 +450,16 @@ fn classify(secret: &str, code: &str, message: &str) -> StoreError {
         "DecryptionFailure"
         | "KMSAccessDeniedException"
         | "KMSDisabledException"
-        | "KMSInvalidStateException" => StoreError::Decryption { secret, message },
+        | "KMSInvalidStateException"
+        | "InvalidKeyId" => StoreError::Decryption { secret, message },
         "ThrottlingException"
         | "Throttling"
         | "TooManyRequestsException"
         | "RequestLimitExceeded" => StoreError::Throttled { secret, message },
-        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => {
-            StoreError::Unavailable { secret, message }
-        }
+        "InternalServiceError"
+        | "InternalServerError"
+        | "InternalFailure"
+        | "ServiceUnavailable" => StoreError::Unavailable { secret, message },
         // Also a secret scheduled for deletion: see `AwsStore::confirm_deleted`.
         _ => StoreError::Other {
             secret,
@@ -415,6 +497,24 @@ mod tests {
         assert!(
             matches!(&refused, StoreError::Other { code, .. } if code == INVALID_REQUEST),
             "{refused:?}"
+        );
+        // SSM's codes for the same situations.
+        assert_eq!(
+            classify("ssm:/p", "ParameterNotFound", "").kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            classify("ssm:/p", "InvalidKeyId", "disabled").kind(),
+            ErrorKind::Decryption
+        );
+        assert_eq!(
+            classify("ssm:/p", "InternalServerError", "").kind(),
+            ErrorKind::Unavailable
+        );
+        assert!(
+            classify("ssm:/p", "ThrottlingException", "Rate exceeded")
+                .to_string()
+                .starts_with("parameter \"ssm:/p\": throttled")
         );
         assert_eq!(
             classify("s", "Weird", "m").to_string(),

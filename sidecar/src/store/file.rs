@@ -12,8 +12,20 @@
 //!     versions:
 //!       - {id: v2, stages: [AWSCURRENT], value: "..."}
 //!       - {id: v1, stages: [AWSPREVIOUS], binary: "<base64>"}
+//! parameters:                  # SSM Parameter Store, referenced as ssm:<name>
+//!   - name: /demo/db-host
+//!     type: SecureString       # String | StringList | SecureString
+//!     keyId: alias/demo        # SecureString only; absent = the AWS managed key alias/aws/ssm
+//!     tags: {kubernetes-namespace: demo}
+//!     value: db.internal       # shorthand: one version (`version`, default 1; `labels`)
+//!   - name: /demo/feature
+//!     type: String
+//!     versions:                # the latest (highest) version is what an unpinned read gets
+//!       - {version: 1, value: "off", labels: [previous]}
+//!       - {version: 2, value: "on"}
 //! ```
-//! The file is read again whenever it changes, so editing it is a rotation.
+//! The file is read again whenever it changes, so editing it is a rotation (for a parameter,
+//! bump its `version` as SSM would).
 
 use crate::watch::Stamp;
 use std::collections::BTreeMap;
@@ -25,8 +37,10 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{FetchRequest, Fetched, SecretMeta, SecretValue, StoreError, id_matches};
-use crate::spec::Invalid;
+use super::{
+    FetchRequest, Fetched, ParameterType, SecretMeta, SecretValue, StoreError, id_matches,
+};
+use crate::spec::{Invalid, Reference, parameter_name};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -37,6 +51,51 @@ struct Doc {
     account: String,
     #[serde(default)]
     secrets: Vec<FileSecret>,
+    #[serde(default)]
+    parameters: Vec<FileParameter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileParameter {
+    name: String,
+    #[serde(rename = "type")]
+    parameter_type: ParameterType,
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    value: Option<SecretString>,
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    versions: Vec<FileParameterVersion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileParameterVersion {
+    version: u64,
+    value: SecretString,
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+impl FileParameter {
+    /// Every version as (number, labels, value), the shorthand included.
+    fn versions(&self) -> Vec<(u64, &[String], &SecretString)> {
+        match &self.value {
+            Some(v) => vec![(self.version.unwrap_or(1), self.labels.as_slice(), v)],
+            None => self
+                .versions
+                .iter()
+                .map(|v| (v.version, v.labels.as_slice(), &v.value))
+                .collect(),
+        }
+    }
 }
 
 fn default_region() -> String {
@@ -130,6 +189,9 @@ impl FileStore {
         for s in &doc.secrets {
             check_secret(s).map_err(|m| err(format!("secret {:?}: {m}", s.name)))?;
         }
+        for p in &doc.parameters {
+            check_parameter(p).map_err(|m| err(format!("parameter {:?}: {m}", p.name)))?;
+        }
         let doc = Arc::new(doc);
         *cache = Some(Loaded {
             stamp,
@@ -161,8 +223,50 @@ impl FileStore {
             })
     }
 
+    fn parameter_arn(doc: &Doc, name: &str) -> String {
+        format!(
+            "arn:aws:ssm:{}:{}:parameter/{}",
+            doc.region,
+            doc.account,
+            name.strip_prefix('/').unwrap_or(name)
+        )
+    }
+
+    /// The parameter a reference (`ssm:<name>` or a parameter ARN) names.
+    fn find_parameter<'a>(doc: &'a Doc, reference: &str) -> Result<&'a FileParameter, StoreError> {
+        let asked = match Reference::of(reference) {
+            Reference::Parameter(p) | Reference::Secret(p) => p,
+        };
+        doc.parameters
+            .iter()
+            .find(|p| {
+                if asked.starts_with("arn:") {
+                    Self::parameter_arn(doc, &p.name) == asked
+                } else {
+                    parameter_name(asked) == p.name
+                }
+            })
+            .ok_or_else(|| StoreError::NotFound {
+                secret: reference.to_string(),
+            })
+    }
+
     pub fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
         let doc = self.load()?;
+        if Reference::of(secret).is_parameter() {
+            let p = Self::find_parameter(&doc, secret)?;
+            return Ok(SecretMeta {
+                arn: Self::parameter_arn(&doc, &p.name),
+                name: p.name.clone(),
+                kms_key_id: p
+                    .key_id
+                    .clone()
+                    .filter(|_| p.parameter_type == ParameterType::SecureString),
+                deleted: false,
+                tags: p.tags.clone(),
+                parameter_type: Some(p.parameter_type),
+            });
+        }
         let s = Self::find(&doc, secret)?;
         Ok(SecretMeta {
             arn: Self::arn(&doc, &s.name),
@@ -170,6 +274,27 @@ impl FileStore {
             kms_key_id: s.kms_key_id.clone(),
             deleted: s.scheduled_for_deletion,
             tags: s.tags.clone(),
+            parameter_type: None,
+        })
+    }
+
+    fn fetch_parameter(doc: &Doc, req: &FetchRequest) -> Result<Fetched, StoreError> {
+        let p = Self::find_parameter(doc, &req.secret)?;
+        let versions = p.versions();
+        let picked = match (&req.version_id, &req.version_stage) {
+            (Some(v), _) => versions.iter().find(|(n, _, _)| n.to_string() == *v),
+            (None, Some(l)) => versions.iter().find(|(_, labels, _)| labels.contains(l)),
+            (None, None) => versions.iter().max_by_key(|(n, _, _)| *n),
+        };
+        let (n, _, value) = picked.ok_or_else(|| StoreError::VersionNotFound {
+            secret: req.secret.clone(),
+            version: req.version_label(),
+        })?;
+        Ok(Fetched {
+            arn: Self::parameter_arn(doc, &p.name),
+            name: p.name.clone(),
+            version_id: n.to_string(),
+            value: SecretValue::Text(SecretString::from(value.expose_secret().to_string())),
         })
     }
 
@@ -182,6 +307,9 @@ impl FileStore {
     }
 
     fn fetch_one(&self, doc: &Doc, req: &FetchRequest) -> Result<Fetched, StoreError> {
+        if Reference::of(&req.secret).is_parameter() {
+            return Self::fetch_parameter(doc, req);
+        }
         let s = Self::find(doc, &req.secret)?;
         if s.scheduled_for_deletion {
             return Err(StoreError::Deleted {
@@ -261,6 +389,50 @@ impl FileStore {
 
 fn redacted(e: &serde_yaml_ng::Error) -> String {
     crate::redact::scalars(&e.to_string())
+}
+
+fn check_parameter(p: &FileParameter) -> Result<(), Invalid> {
+    crate::spec::validate_secret_id(&format!("{}{}", crate::spec::SSM_PREFIX, p.name))?;
+    if p.key_id.is_some() && p.parameter_type != ParameterType::SecureString {
+        return Err(Invalid(format!(
+            "keyId is set but the type is {}; only a SecureString is encrypted",
+            p.parameter_type.as_str()
+        )));
+    }
+    match (&p.value, p.versions.is_empty()) {
+        (Some(_), false) => {
+            return Err(Invalid::new(
+                "has both a shorthand value and versions; keep one",
+            ));
+        }
+        (None, true) => return Err(Invalid::new("needs exactly one of value or versions")),
+        (Some(_), true) => {}
+        (None, false) => {
+            if p.version.is_some() || !p.labels.is_empty() {
+                return Err(Invalid::new(
+                    "version and labels belong to the shorthand value; put them in versions",
+                ));
+            }
+        }
+    }
+    let mut seen_versions = std::collections::BTreeSet::new();
+    let mut seen_labels = std::collections::BTreeSet::new();
+    for (n, labels, _) in p.versions() {
+        if n == 0 || !seen_versions.insert(n) {
+            return Err(Invalid(format!(
+                "version {n} is 0 or appears twice; versions are 1, 2, 3…"
+            )));
+        }
+        for l in labels {
+            crate::spec::validate_version("ssm:x", None, Some(l))?;
+            if !seen_labels.insert(l.as_str()) {
+                return Err(Invalid(format!(
+                    "label {l:?} is on two versions; a label marks one version"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_secret(s: &FileSecret) -> Result<(), Invalid> {
@@ -407,6 +579,121 @@ secrets:
             (
                 "secrets: [{name: /a, value: supersecret, scheduledForDeletion: supersecret}]",
                 "invalid type",
+            ),
+        ] {
+            let (_f, s) = store(doc);
+            let e = s.expect_err(doc).to_string();
+            assert!(e.contains(needle), "{doc}: {e}");
+            assert!(!e.contains("supersecret"), "{e}");
+        }
+    }
+
+    const PARAMS: &str = r#"
+region: eu-west-1
+account: "111122223333"
+parameters:
+  - name: /demo/db-host
+    type: SecureString
+    keyId: alias/demo
+    tags: {kubernetes-namespace: demo}
+    value: db.internal
+  - name: /demo/flag
+    type: String
+    versions:
+      - {version: 1, value: "off", labels: [previous]}
+      - {version: 2, value: "on"}
+  - name: /demo/managed
+    type: SecureString
+    value: m
+"#;
+
+    #[test]
+    fn parameters_like_ssm() {
+        let (_f, s) = store(PARAMS);
+        let s = s.expect("valid store");
+        let m = s.describe("ssm:/demo/db-host").expect("exists");
+        assert_eq!(
+            m.arn,
+            "arn:aws:ssm:eu-west-1:111122223333:parameter/demo/db-host"
+        );
+        assert_eq!(m.name, "/demo/db-host");
+        assert_eq!(m.parameter_type, Some(ParameterType::SecureString));
+        assert_eq!(m.kms_key_id.as_deref(), Some("alias/demo"));
+        assert_eq!(m.tags["kubernetes-namespace"], "demo");
+        assert_eq!(s.describe(&m.arn).expect("by arn").name, "/demo/db-host");
+        assert!(
+            s.describe("ssm:/demo/managed")
+                .expect("exists")
+                .kms_key_id
+                .is_none()
+        );
+        assert_eq!(
+            s.describe("ssm:/demo/flag").expect("exists").parameter_type,
+            Some(ParameterType::String)
+        );
+        // A secret of the same name is another thing.
+        assert!(matches!(
+            s.describe("/demo/db-host"),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.describe("ssm:/demo/nope"),
+            Err(StoreError::NotFound { .. })
+        ));
+        let req = |v: Option<&str>, l: Option<&str>| FetchRequest {
+            secret: "ssm:/demo/flag".into(),
+            version_id: v.map(Into::into),
+            version_stage: l.map(Into::into),
+        };
+        let got = s.fetch(&[
+            req(None, None),
+            req(Some("1"), None),
+            req(None, Some("previous")),
+            req(Some("7"), None),
+            req(None, Some("nope")),
+            FetchRequest::current("ssm:/demo/db-host"),
+        ]);
+        let text = |r: &Result<Fetched, StoreError>| match &r.as_ref().expect("value").value {
+            SecretValue::Text(t) => t.expose_secret().to_string(),
+            SecretValue::Binary(_) => panic!("text"),
+        };
+        assert_eq!(text(&got[0]), "on");
+        assert_eq!(got[0].as_ref().expect("latest").version_id, "2");
+        assert_eq!(text(&got[1]), "off");
+        assert_eq!(text(&got[2]), "off");
+        assert!(matches!(got[3], Err(StoreError::VersionNotFound { .. })));
+        assert!(matches!(got[4], Err(StoreError::VersionNotFound { .. })));
+        assert_eq!(text(&got[5]), "db.internal");
+        assert_eq!(got[5].as_ref().expect("shorthand").version_id, "1");
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_without_echoing_values() {
+        for (doc, needle) in [
+            (
+                "parameters: [{name: /a, value: supersecret}]",
+                "missing field `type`",
+            ),
+            (
+                "parameters: [{name: /a, type: Secure, value: supersecret}]",
+                "unknown variant",
+            ),
+            (
+                "parameters: [{name: /a, type: String, keyId: k, value: supersecret}]",
+                "only a SecureString",
+            ),
+            (
+                "parameters: [{name: a/b, type: String, value: supersecret}]",
+                "start with '/'",
+            ),
+            ("parameters: [{name: /a, type: String}]", "exactly one"),
+            (
+                "parameters: [{name: /a, type: String, versions: [{version: 1, value: supersecret}, {version: 1, value: x}]}]",
+                "twice",
+            ),
+            (
+                "parameters: [{name: /a, type: String, versions: [{version: 1, value: supersecret, labels: [aws-x]}]}]",
+                "not a parameter label",
             ),
         ] {
             let (_f, s) = store(doc);

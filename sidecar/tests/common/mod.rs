@@ -270,3 +270,15 @@ impl Scratch {
 pub fn name(prefix: &str) -> String {
     format!("/kura-test/{prefix}-{}", fastrand::u32(..))
 }
+
+/// An AWS store (Secrets Manager and SSM) for a moto `endpoint`, with a 10 s timeout.
+pub async fn aws_store(endpoint: &str) -> kura_agent::store::AwsStore {
+    kura_agent::store::AwsStore::for_endpoint(
+        endpoint,
+        "us-east-1",
+        "testing",
+        "testing",
+        Duration::from_secs(10),
+    )
+    .await
+}
