@@ -144,6 +144,51 @@ pub const MIN_REFRESH_SECS: u64 = 30;
 /// Bounds of [`REFRESH_INTERVAL`], in seconds.
 pub const MAX_REFRESH_SECS: u64 = 24 * 3600;
 
+/// Largest [`SECRETS`] value parsed: a list of a few hundred entries. Checked before the YAML
+/// parser sees the value, so the time a parse takes is bounded by the caller's choice of this
+/// constant, not by the caller's choice of input.
+pub const MAX_SECRETS_BYTES: usize = 64 * 1024;
+/// Deepest nesting of [`SECRETS`] parsed: flow brackets (`[`, `{`) plus the columns of a line's
+/// leading indentation and block indicators (`- `, `? `). A list of entries needs 2 levels and
+/// 2 columns; deeply nested flow collections are what makes a YAML parser slow.
+pub const MAX_SECRETS_DEPTH: usize = 32;
+
+/// The size and nesting bounds of a [`SECRETS`] value, checked without parsing it (linear in
+/// its length).
+fn check_secrets_bounds(value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_SECRETS_BYTES {
+        return Err(Invalid(format!(
+            "the value is {} bytes; at most {MAX_SECRETS_BYTES} are accepted",
+            value.len()
+        )));
+    }
+    let mut flow = 0usize;
+    let mut deepest = 0usize;
+    for line in value.lines() {
+        let lead = line
+            .bytes()
+            .take_while(|b| matches!(b, b' ' | b'\t' | b'-' | b'?' | b':'))
+            .count();
+        deepest = deepest.max(flow + lead);
+        for b in line.bytes() {
+            match b {
+                b'[' | b'{' => {
+                    flow += 1;
+                    deepest = deepest.max(flow + lead);
+                }
+                b']' | b'}' => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    if deepest > MAX_SECRETS_DEPTH {
+        return Err(Invalid(format!(
+            "the value nests {deepest} levels deep; at most {MAX_SECRETS_DEPTH} are accepted (a list of entries needs 2)"
+        )));
+    }
+    Ok(())
+}
+
 /// One problem with one annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnotationError {
@@ -301,7 +346,14 @@ pub fn parse(
         match key.as_str() {
             // Read before the loop (they affect the others), written by kura, or read by the agent.
             INJECT | FILE_MODE | STATUS | REFRESH_NOW => {}
-            SECRETS => match serde_yaml_ng::from_str::<Vec<ListEntry>>(value) {
+            SECRETS => match check_secrets_bounds(value)
+                .and_then(|()| {
+                    serde_yaml_ng::from_str::<Vec<ListEntry>>(value).map_err(|e| {
+                        Invalid(format!(
+                            "not a YAML list of entries with file, secret, key, versionStage, versionId, format, mode: {e}"
+                        ))
+                    })
+                }) {
                 Ok(entries) if entries.is_empty() => err(key, "the list is empty".into()),
                 Ok(entries) => {
                     for (i, e) in entries.into_iter().enumerate() {
@@ -311,12 +363,7 @@ pub fn parse(
                         }
                     }
                 }
-                Err(e) => err(
-                    key,
-                    format!(
-                        "not a YAML list of entries with file, secret, key, versionStage, versionId, format, mode: {e}"
-                    ),
-                ),
+                Err(m) => err(key, m.0),
             },
             MOUNT_PATH => match validate_mount_path(value) {
                 Ok(()) => mount_path = value.trim_end_matches('/').to_string(),
@@ -475,6 +522,7 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
 }
 
 fn validate_mount_path(p: &str) -> Result<(), Invalid> {
+    crate::spec::check_path_text(p)?;
     if !p.starts_with('/') {
         return Err(Invalid(format!("{p:?} is not an absolute path")));
     }
@@ -878,5 +926,73 @@ mod tests {
             prop_assert_eq!(&back, &original);
             prop_assert_eq!(back.to_spec(120), original.to_spec(120));
         }
+    }
+
+    #[test]
+    fn secrets_lists_are_bounded_in_size_and_depth_before_parsing() {
+        let opted = |v: &str| map(&[(INJECT, "true"), (SECRETS, v)]);
+        // Deep flow nesting is what makes a YAML parser slow: refused before it starts.
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        let e = messages(parse(&opted(&deep)));
+        assert!(e[0].contains("nests") && e[0].contains("32"), "{e:?}");
+        let deep_block = (0..40)
+            .map(|i| format!("{}- x\n", " ".repeat(i)))
+            .collect::<String>();
+        assert!(messages(parse(&opted(&deep_block)))[0].contains("nests"));
+        let mixed = format!("- {{a: {}}}", "[{".repeat(20));
+        assert!(messages(parse(&opted(&mixed)))[0].contains("nests"));
+
+        let mut list = String::new();
+        let mut n = 0;
+        while list.len() < MAX_SECRETS_BYTES - 100 {
+            list.push_str(&format!(
+                "- file: f{n}\n  secret: /bounds-test/s{n}\n  mode: \"0440\"\n"
+            ));
+            n += 1;
+        }
+        let ok = parse(&opted(&list)).expect("a long list within the bound parses");
+        assert_eq!(ok.expect("opted in").files.len(), n);
+        list.push_str(&"#".repeat(200));
+        let e = messages(parse(&opted(&list)));
+        assert!(e[0].contains("bytes") && e[0].len() < 200, "{e:?}");
+        // Flow style within the bounds is still YAML.
+        let flow = "[{file: a, secret: /bounds-test/a}, {file: b, secret: /bounds-test/b}]";
+        assert_eq!(
+            parse(&opted(flow))
+                .expect("valid")
+                .expect("opted in")
+                .files
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn mount_paths_and_reload_hooks_with_control_or_bidi_characters_are_refused() {
+        for (annotation, value) in [
+            (MOUNT_PATH, "/etc/app\u{1b}[2J"),
+            (MOUNT_PATH, "/etc/\u{202E}ppa"),
+            (MOUNT_PATH, "/etc/app\u{9b}"),
+            (RELOAD, "http://127.0.0.1:8080/re\u{0}load"),
+            (RELOAD, "http://127.0.0.1:8080/\u{2066}reload"),
+        ] {
+            let e = parse(&map(&[
+                (INJECT, "true"),
+                ("kura.dev/secret.db", "/x/db"),
+                (annotation, value),
+            ]))
+            .expect_err(value);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].annotation, annotation);
+            assert!(e[0].message.contains("U+"), "{}", e[0].message);
+        }
+        let long = format!("/etc/{}", "a".repeat(256));
+        let e = parse(&map(&[
+            (INJECT, "true"),
+            ("kura.dev/secret.db", "/x/db"),
+            (MOUNT_PATH, &long),
+        ]))
+        .expect_err("oversized segment");
+        assert!(e[0].message.contains("segment"), "{}", e[0].message);
     }
 }
