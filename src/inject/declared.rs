@@ -45,7 +45,7 @@ pub const MAX_BYTES: usize = 16 * 1024 * 1024;
 /// A declaration whose `kura.dev/` annotations are larger than this is parsed each time and
 /// never kept (real ones are a few hundred bytes; the largest accepted value is
 /// [`annotations::MAX_SECRETS_BYTES`]).
-pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
+pub const MAX_ENTRY_BYTES: usize = 32 * 1024;
 
 /// Parsed declarations, by a hash of their `kura.dev/` annotations and the default refresh
 /// interval; the annotations themselves are kept to compare, so a hash collision is a miss,
@@ -227,8 +227,9 @@ mod tests {
     fn the_cache_is_bounded_by_bytes_under_a_stream_of_distinct_large_declarations() {
         let cache = Declarations::default();
         let mut most = 0;
-        // 600 distinct declarations of ~30 KB: 18 MB of input, more than the bound.
-        for i in 0..600 {
+        // 300 distinct declarations of ~30 KB (about 90 KB each once parsed and serialized):
+        // more than the bound.
+        for i in 0..300 {
             cache
                 .get(&large(i, 30_000), 120)
                 .expect("parses")
@@ -243,7 +244,7 @@ mod tests {
 
         // A declaration over the per-entry bound parses but is never kept.
         let before = cache.bytes();
-        let huge = large(9999, MAX_ENTRY_BYTES + 1);
+        let huge = large(9999, MAX_ENTRY_BYTES + 100);
         let a = cache.get(&huge, 120).expect("parses").expect("opted in");
         let b = cache.get(&huge, 120).expect("parses").expect("opted in");
         assert_eq!(a, b);
