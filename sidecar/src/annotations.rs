@@ -147,11 +147,11 @@ pub const MAX_REFRESH_SECS: u64 = 24 * 3600;
 /// Largest [`SECRETS`] value parsed: a list of a few hundred entries. Checked before the YAML
 /// parser sees the value, so the time a parse takes is bounded by the caller's choice of this
 /// constant, not by the caller's choice of input.
-pub const MAX_SECRETS_BYTES: usize = 64 * 1024;
+pub const MAX_SECRETS_BYTES: usize = 16 * 1024;
 /// Deepest nesting of [`SECRETS`] parsed: flow brackets (`[`, `{`) plus the columns of a line's
 /// leading indentation and block indicators (`- `, `? `). A list of entries needs 2 levels and
 /// 2 columns; deeply nested flow collections are what makes a YAML parser slow.
-pub const MAX_SECRETS_DEPTH: usize = 32;
+pub const MAX_SECRETS_DEPTH: usize = 10;
 
 /// The size and nesting bounds of a [`SECRETS`] value, checked without parsing it (linear in
 /// its length).
@@ -934,12 +934,12 @@ mod tests {
         // Deep flow nesting is what makes a YAML parser slow: refused before it starts.
         let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
         let e = messages(parse(&opted(&deep)));
-        assert!(e[0].contains("nests") && e[0].contains("32"), "{e:?}");
-        let deep_block = (0..40)
+        assert!(e[0].contains("nests") && e[0].contains("10"), "{e:?}");
+        let deep_block = (0..12)
             .map(|i| format!("{}- x\n", " ".repeat(i)))
             .collect::<String>();
         assert!(messages(parse(&opted(&deep_block)))[0].contains("nests"));
-        let mixed = format!("- {{a: {}}}", "[{".repeat(20));
+        let mixed = format!("- {{a: {}}}", "[{".repeat(5));
         assert!(messages(parse(&opted(&mixed)))[0].contains("nests"));
 
         let mut list = String::new();

@@ -210,17 +210,30 @@ mod tests {
         assert_eq!(len(&Declarations::default()), 0, "no state is shared");
     }
 
-    /// A declaration of `size` bytes in `kura.dev/secrets`, distinct for each `i`.
+    /// A declaration of about `size` bytes, distinct for each `i`: a `kura.dev/secrets` list
+    /// as long as it may be, then short forms.
     fn large(i: usize, size: usize) -> BTreeMap<String, String> {
-        let mut list = String::new();
-        let mut n = 0;
-        while list.len() < size {
-            list.push_str(&format!(
-                "- file: f{i}-{n}\n  secret: /bounded-test/db-{i}-{n}\n"
-            ));
-            n += 1;
+        let mut a = annotations(&[("kura.dev/inject", "true")]);
+        let (mut list, mut total) = (String::new(), 0);
+        for n in 0.. {
+            if total >= size {
+                break;
+            }
+            let entry = format!("- file: f{i}-{n}\n  secret: /bounded-test/db-{i}-{n}\n");
+            if list.len() + entry.len() < annotations::MAX_SECRETS_BYTES {
+                total += entry.len();
+                list.push_str(&entry);
+            } else {
+                let (k, v) = (
+                    format!("kura.dev/secret.g{i}-{n}"),
+                    format!("/bounded-test/g-{i}-{n}"),
+                );
+                total += k.len() + v.len();
+                a.insert(k, v);
+            }
         }
-        annotations(&[("kura.dev/inject", "true"), ("kura.dev/secrets", &list)])
+        a.insert("kura.dev/secrets".into(), list);
+        a
     }
 
     #[test]
