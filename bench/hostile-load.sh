@@ -27,7 +27,7 @@ done
 
 echo "== building ($PROFILE profile)" >&2
 cargo build --profile "$PROFILE" --bin kura >&2
-kura=$PWD/target/$PROFILE/kura
+kura=$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/kura
 
 work=$(mktemp -d)
 pids=()

@@ -331,6 +331,7 @@ pub fn parse(
     let mut refresh_interval = None;
     let mut run_as_user = None;
     let mut reload = None;
+    let mut unknown = 0usize;
 
     for (key, value) in annotations {
         if !key.starts_with(PREFIX) {
@@ -416,7 +417,16 @@ pub fn parse(
                 key,
                 "write kura.dev/secret.<file>: the file name goes after the dot".into(),
             ),
-            _ => err(key, format!("unknown kura annotation; known: {}", known())),
+            _ => {
+                // The catalogue once, not once per unknown annotation: a pod may carry
+                // thousands, and each copy would cost its length again.
+                unknown += 1;
+                if unknown == 1 {
+                    err(key, format!("unknown kura annotation; known: {}", known()));
+                } else {
+                    err(key, "unknown kura annotation".into());
+                }
+            }
         }
     }
 
@@ -965,6 +975,19 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn many_unknown_annotations_cost_the_catalogue_once() {
+        let mut m = map(&[(INJECT, "true"), ("kura.dev/secret.db", "/x/db")]);
+        for i in 0..5000 {
+            m.insert(format!("kura.dev/unknown-{i:04}"), "x".into());
+        }
+        let e = parse(&m).expect_err("unknown annotations");
+        assert_eq!(e.len(), 5000);
+        assert!(e[0].message.contains(&known()));
+        let bytes: usize = e.iter().map(|e| e.message.len()).sum();
+        assert!(bytes < 200 * 1024, "{bytes} bytes of messages");
     }
 
     #[test]
