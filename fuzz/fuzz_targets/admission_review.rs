@@ -23,9 +23,13 @@ fn target() -> &'static Target {
             .enable_time()
             .build()
             .expect("a runtime");
-        let setting: StoreSetting = concat!("file:", env!("CARGO_MANIFEST_DIR"), "/../examples/store.yaml")
-            .parse()
-            .expect("a store setting");
+        let setting: StoreSetting = concat!(
+            "file:",
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/store.yaml"
+        )
+        .parse()
+        .expect("a store setting");
         let store = rt
             .block_on(Store::open(&setting, Duration::from_secs(2)))
             .expect("the example store opens");

@@ -19,7 +19,11 @@ fn path() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     std::fs::write(path(), data).expect("the store file is written");
     if let Ok(store) = FileStore::open(path()) {
-        for id in ["/prod/app/db", "/prod/app/db#password", "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/app/db-AbCdEf"] {
+        for id in [
+            "/prod/app/db",
+            "/prod/app/db#password",
+            "arn:aws:secretsmanager:us-east-1:111122223333:secret:/prod/app/db-AbCdEf",
+        ] {
             let _ = store.describe(id);
         }
     }
