@@ -8,6 +8,8 @@ issue-14 review found, at or past kura's bounds:
   huge.json      a 1 MB kura.dev/inject value (the denial must not repeat it)
   unknown.json   5,000 unknown kura.dev/ annotations (the denial names five and counts the rest)
   control.json   a kura.dev/mount-path with an escape sequence and a bidi override
+  distinct.jsonl one review a line, each pod declaring ~30 KB of secrets (a 200-entry list and
+                 300 short forms) that no other line repeats: what byte-bounded caches must survive
 """
 import copy
 import json
@@ -36,3 +38,11 @@ shapes = {
 for name, extra in shapes.items():
     with open(f"{out}/{name}.json", "w") as f:
         json.dump(with_annotations(extra), f)
+
+with open(f"{out}/distinct.jsonl", "w") as f:
+    for i in range(int(sys.argv[3]) if len(sys.argv) > 3 else 1000):
+        lst = "".join(f"- file: f{i}-{j}\n  secret: /bench/s{i}-{j}\n" for j in range(200))
+        short = {f"kura.dev/secret.g{i}-{j}": f"/bench/g{i}-{j}" for j in range(300)}
+        r = with_annotations({"kura.dev/secrets": lst, **short})
+        r["request"]["uid"] = f"distinct-{i}"
+        f.write(json.dumps(r) + "\n")

@@ -72,7 +72,7 @@ echo "valid-alone $(valid) rss_mib=$(rss_mib "$pid" VmRSS)"
 
 echo "== 3. valid client while a hostile one runs"
 HOSTILE="$work/nested.json $work/oversize.json $work/huge.json $work/unknown.json $work/control.json" \
-DISTINCT=1 taskset -c 1 wrk -t1 -c8 -d"$(( ${DURATION%s} + 4 ))s" -s bench/hostile-load.lua "$url" \
+DISTINCT="$work/distinct.jsonl" taskset -c 1 wrk -t1 -c8 -d"$(( ${DURATION%s} + 4 ))s" -s bench/hostile-load.lua "$url" \
     >"$work/hostile.txt" 2>&1 &
 hostile=$!
 sleep 2
@@ -81,7 +81,7 @@ wait "$hostile" || true
 grep -E 'Requests/sec|Non-2xx|Socket errors' "$work/hostile.txt" | sed 's/^/hostile: /'
 
 echo "== 4. RSS under a stream of distinct ~30 KB declarations ($STREAM s)"
-DISTINCT=1 HOSTILE="" taskset -c 1 wrk -t1 -c8 -d"${STREAM}s" -s bench/hostile-load.lua "$url" \
+DISTINCT="$work/distinct.jsonl" HOSTILE="" taskset -c 1 wrk -t1 -c8 -d"${STREAM}s" -s bench/hostile-load.lua "$url" \
     >"$work/stream.txt" 2>&1 &
 stream=$!
 for t in $(seq 5 5 "$STREAM"); do

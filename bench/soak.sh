@@ -39,7 +39,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 review=tests/fixtures/webhook-review.json
-python3 bench/hostile-gen.py "$review" "$work"
+python3 bench/hostile-gen.py "$review" "$work" 0
 python3 - "$review" "$work/plaintext.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

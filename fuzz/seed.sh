@@ -9,7 +9,7 @@ kura=${KURA:-target/debug/kura}
 
 cp examples/admission-review.json "$c/admission_review/example-review.json"
 cp tests/fixtures/webhook-review.json "$c/admission_review/webhook-review.json"
-python3 bench/hostile-gen.py tests/fixtures/webhook-review.json "$c/admission_review"
+python3 bench/hostile-gen.py tests/fixtures/webhook-review.json "$c/admission_review" 0
 # The hostile bodies are large; keep the small ones as seeds.
 find "$c/admission_review" -size +64k -delete
 
