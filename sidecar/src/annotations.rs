@@ -486,6 +486,9 @@ fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFil
     if key == Some("") {
         return Err(Invalid::new("the JSON key after '#' is empty"));
     }
+    if let Some(k) = key {
+        crate::spec::check_characters(k).map_err(|m| m.context("the JSON key after '#'"))?;
+    }
     Ok(SecretFile {
         file: file.to_string(),
         secret: secret.to_string(),
@@ -502,6 +505,9 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
     validate_secret_id(&e.secret).map_err(|m| m.context("secret"))?;
     if e.key.as_deref() == Some("") {
         return Err(Invalid::new("key is empty"));
+    }
+    if let Some(k) = &e.key {
+        crate::spec::check_characters(k).map_err(|m| m.context("key"))?;
     }
     if e.version_stage.is_some() && e.version_id.is_some() {
         return Err(Invalid::new("set versionStage or versionId, not both"));
@@ -975,6 +981,45 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    /// Found by the `annotations` fuzz target: a JSON key holding DEL parsed, but the
+    /// annotations written back for it (`to_annotations`) were not YAML.
+    #[test]
+    fn json_keys_with_control_characters_are_refused() {
+        for key in ["pass\u{7f}word", "pass\u{19}\u{0}word", "a\u{202e}b"] {
+            // YAML's double-quoted escapes, so that the YAML parser passes the characters on.
+            let quoted: String = key
+                .chars()
+                .map(|c| match c {
+                    ' '..='~' => c.to_string(),
+                    c => format!("\\u{:04x}", u32::from(c)),
+                })
+                .collect();
+            for m in [
+                map(&[
+                    (INJECT, "true"),
+                    ("kura.dev/secret.db", &format!("/x/db#{key}")),
+                ]),
+                map(&[
+                    (INJECT, "true"),
+                    (
+                        SECRETS,
+                        &format!("- file: db\n  secret: /x/db\n  key: \"{quoted}\"\n"),
+                    ),
+                ]),
+            ] {
+                let e = parse(&m).expect_err(key);
+                assert!(e[0].message.contains("U+"), "{}", e[0].message);
+            }
+        }
+        let ok = parse(&map(&[
+            (INJECT, "true"),
+            ("kura.dev/secret.db", "/x/db#clé/0"),
+        ]))
+        .expect("a key of letters parses")
+        .expect("opted in");
+        assert_eq!(parse(&ok.to_annotations()).expect("round trip"), Some(ok));
     }
 
     #[test]

@@ -237,6 +237,19 @@ pub fn check_path_text(s: &str) -> Result<(), Invalid> {
             s.len()
         )));
     }
+    check_characters(s)?;
+    if let Some(seg) = s.split('/').find(|seg| seg.len() > MAX_SEGMENT_BYTES) {
+        return Err(Invalid(format!(
+            "a segment between slashes is {} bytes; at most {MAX_SEGMENT_BYTES} are accepted",
+            seg.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that text a person reads back (a path, a URL, a JSON key) holds no control character
+/// (C0, DEL, C1) and no bidirectional control; the message names the character by code point.
+pub fn check_characters(s: &str) -> Result<(), Invalid> {
     if let Some((at, c)) = s
         .char_indices()
         .find(|(_, c)| c.is_control() || is_bidi_control(*c))
@@ -249,12 +262,6 @@ pub fn check_path_text(s: &str) -> Result<(), Invalid> {
         return Err(Invalid(format!(
             "the value contains {what} (U+{:04X}) at byte {at}",
             u32::from(c)
-        )));
-    }
-    if let Some(seg) = s.split('/').find(|seg| seg.len() > MAX_SEGMENT_BYTES) {
-        return Err(Invalid(format!(
-            "a segment between slashes is {} bytes; at most {MAX_SEGMENT_BYTES} are accepted",
-            seg.len()
         )));
     }
     Ok(())
