@@ -486,9 +486,10 @@ fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFil
     if key == Some("") {
         return Err(Invalid::new("the JSON key after '#' is empty"));
     }
-    if let Some(k) = key {
-        crate::spec::check_characters(k).map_err(|m| m.context("the JSON key after '#'"))?;
-    }
+    check_characters_of(&[
+        ("the secret", Some(secret)),
+        ("the JSON key after '#'", key),
+    ])?;
     Ok(SecretFile {
         file: file.to_string(),
         secret: secret.to_string(),
@@ -506,9 +507,12 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
     if e.key.as_deref() == Some("") {
         return Err(Invalid::new("key is empty"));
     }
-    if let Some(k) = &e.key {
-        crate::spec::check_characters(k).map_err(|m| m.context("key"))?;
-    }
+    check_characters_of(&[
+        ("secret", Some(&e.secret)),
+        ("key", e.key.as_deref()),
+        ("versionStage", e.version_stage.as_deref()),
+        ("versionId", e.version_id.as_deref()),
+    ])?;
     if e.version_stage.is_some() && e.version_id.is_some() {
         return Err(Invalid::new("set versionStage or versionId, not both"));
     }
@@ -535,6 +539,17 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
         format: e.format.unwrap_or_default(),
         mode,
     })
+}
+
+/// [`crate::spec::check_characters`] over an entry's free-text fields: no control or bidi
+/// character reaches the agent's spec (or fails to round-trip through YAML).
+fn check_characters_of(fields: &[(&str, Option<&str>)]) -> Result<(), Invalid> {
+    for (field, value) in fields {
+        if let Some(v) = value {
+            crate::spec::check_characters(v).map_err(|m| m.context(field))?;
+        }
+    }
+    Ok(())
 }
 
 fn validate_mount_path(p: &str) -> Result<(), Invalid> {
@@ -1013,6 +1028,13 @@ mod tests {
                 assert!(e[0].message.contains("U+"), "{}", e[0].message);
             }
         }
+        // The second fuzz finding: NUL in an ARN's region.
+        let arn = "arn:aws:secretsmanager:ap\u{0}\u{0}:111122223333:secret:/x/db";
+        let e = parse(&map(&[(INJECT, "true"), ("kura.dev/secret.db", arn)])).expect_err(arn);
+        assert!(e[0].message.contains("U+0000"), "{}", e[0].message);
+        let stage = "- file: db\n  secret: /x/db\n  versionStage: \"A\\x01B\"\n";
+        let e = parse(&map(&[(INJECT, "true"), (SECRETS, stage)])).expect_err(stage);
+        assert!(e[0].message.contains("U+0001"), "{}", e[0].message);
         let ok = parse(&map(&[
             (INJECT, "true"),
             ("kura.dev/secret.db", "/x/db#clé/0"),
