@@ -435,10 +435,12 @@ fn wrap(names: &Names<'_>, decision: Decision, patch: Option<PatchText>) -> Outc
     audit.reserve(4);
     audit.insert("decision".into(), label.into());
     audit.insert("mode".into(), decision.mode.as_str().into());
+    // Each rule once: a pod with thousands of findings has at most nine distinct rules.
+    let mut ids = ids;
+    ids.sort_unstable();
+    ids.dedup();
     if !ids.is_empty() {
-        let mut distinct = ids.clone();
-        distinct.dedup();
-        audit.insert("rules".into(), distinct.join(","));
+        audit.insert("rules".into(), ids.join(","));
     }
     if !decision.secrets.is_empty() {
         audit.insert("secrets".into(), decision.secrets.join(","));

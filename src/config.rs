@@ -44,6 +44,8 @@ pub struct Config {
     /// How often the certificate and policy files are polled for changes.
     pub watch_interval: Duration,
     pub shutdown: crate::shutdown::Timing,
+    /// Connection cap and timeouts of the admission listener.
+    pub limits: crate::server::Limits,
 }
 
 /// A setting that cannot be used; names the flag.

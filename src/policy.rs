@@ -145,31 +145,56 @@ impl Decision {
         self.findings.iter().any(|f| self.is_denying(f))
     }
 
-    /// The denial message: every denying finding, each with its rule id.
+    /// The denial message: the first [`MAX_SHOWN`] denying findings, each with its rule id and
+    /// at most [`MAX_FINDING`] characters, then how many more there are. kube-apiserver shows
+    /// it to a person, and its size must not follow the size of what the caller sent.
     pub fn message(&self) -> String {
-        self.findings
+        let denying: Vec<&Finding> = self
+            .findings
             .iter()
             .filter(|f| self.is_denying(f))
-            .map(|f| format!("[{}] {}", f.rule.id(), f.message))
-            .collect::<Vec<_>>()
-            .join("; ")
+            .collect();
+        let mut shown: Vec<String> = denying
+            .iter()
+            .take(MAX_SHOWN)
+            .map(|f| truncate_chars(&format!("[{}] {}", f.rule.id(), f.message), MAX_FINDING))
+            .collect();
+        if denying.len() > MAX_SHOWN {
+            shown.push(format!("and {} more", denying.len() - MAX_SHOWN));
+        }
+        shown.join("; ")
     }
 
-    /// kubectl warnings for findings that do not deny (none in `audit` mode).
+    /// kubectl warnings for findings that do not deny (none in `audit` mode): the first
+    /// [`MAX_SHOWN`], then one that counts the rest.
     pub fn warnings(&self) -> Vec<String> {
         if self.mode == Mode::Audit {
             return Vec::new();
         }
-        self.findings
+        let warning: Vec<&Finding> = self
+            .findings
             .iter()
             .filter(|f| !self.is_denying(f))
+            .collect();
+        let mut shown: Vec<String> = warning
+            .iter()
+            .take(MAX_SHOWN)
             .map(|f| {
                 let w = format!("{}: {}", f.rule.id(), f.message);
                 truncate_chars(&w, MAX_WARNING)
             })
-            .collect()
+            .collect();
+        if warning.len() > MAX_SHOWN {
+            shown.push(format!("and {} more findings", warning.len() - MAX_SHOWN));
+        }
+        shown
     }
 }
+
+/// Findings named in a denial or in the warnings; the rest are counted.
+pub const MAX_SHOWN: usize = 5;
+/// Longest finding in a denial, in characters (its rule id included).
+pub const MAX_FINDING: usize = 400;
 
 fn truncate_chars(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

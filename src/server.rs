@@ -2,10 +2,18 @@
 //!
 //! HTTP/1.1 keep-alive (what kube-apiserver uses) and HTTP/2 over TLS 1.2+; a body limit and a
 //! per-request deadline; `/readyz` turns false first on SIGTERM, then the server drains.
+//!
+//! Whoever reaches the port can open connections, so each one is bounded ([`Limits`]): a cap
+//! on open connections (past it a new one is closed at once and counted), an idle timeout on
+//! the socket (no byte either way: closed, the TLS handshake included), and a timeout on
+//! reading an HTTP/1.1 request's headers (a client that trickles them).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -17,6 +25,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::admission::{Admission, Endpoint};
@@ -227,6 +240,205 @@ fn review_response(review: AdmissionReview<DynamicObject>) -> Response {
     }
 }
 
+/// How many connections may be open and how long they may be quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open admission connections; past this a new one is closed at once.
+    pub max_connections: usize,
+    /// Longest time without a byte in either direction before a connection is closed.
+    pub idle_timeout: Duration,
+    /// Longest time to receive an HTTP/1.1 request's headers, counted from when the server
+    /// starts waiting for them (also between keep-alive requests).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Descriptors kept for what is not an admission connection: the metrics listener and its
+/// clients, the store's connections, files being watched, the runtime's own.
+pub const RESERVED_FDS: u64 = 128;
+
+/// Raises the soft open-files limit to the hard one, as far as the process may, and returns
+/// the soft limit in force afterwards (`None` if it cannot be read). A container's default soft
+/// limit is often 1024, which a thousand idle connections would exhaust.
+pub fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return Some(hard),
+            Err(e) => warn!(soft, hard, error = %e, "the open-files limit could not be raised"),
+        }
+    }
+    Some(soft)
+}
+
+/// The connection cap that fits under an open-files limit: `wanted`, or fewer if the limit
+/// leaves less room once [`RESERVED_FDS`] are set aside.
+pub fn connection_cap(wanted: usize, fd_limit: Option<u64>) -> usize {
+    match fd_limit {
+        Some(limit) => {
+            let room = usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+            wanted.min(room).max(1)
+        }
+        None => wanted,
+    }
+}
+
+/// Accepts a connection only while fewer than [`Limits::max_connections`] are open, and wraps
+/// it in an idle timeout; below the TLS acceptor, so a handshake counts and is timed too.
+#[derive(Debug, Clone)]
+struct Guard {
+    permits: Arc<Semaphore>,
+    idle: Duration,
+    open: Gauge,
+    refused: Counter,
+}
+
+impl<S> axum_server::accept::Accept<TcpStream, S> for Guard {
+    type Stream = Guarded;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Guarded, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.refused.inc();
+            warn!("connection cap reached: a new connection is closed");
+            return std::future::ready(Err(std::io::Error::other("connection cap reached")));
+        };
+        self.open.inc();
+        std::future::ready(Ok((
+            Guarded {
+                inner: stream,
+                idle: self.idle,
+                deadline: Box::pin(tokio::time::sleep(self.idle)),
+                _slot: Slot {
+                    _permit: permit,
+                    open: self.open.clone(),
+                },
+            },
+            service,
+        )))
+    }
+}
+
+/// A connection's place under the cap, given back when the connection is dropped.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// A TCP stream that fails with `TimedOut` once no byte has moved for its idle timeout.
+#[derive(Debug)]
+struct Guarded {
+    inner: TcpStream,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _slot: Slot,
+}
+
+impl Guarded {
+    fn moved(&mut self) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.idle);
+    }
+
+    /// `Pending` from the socket: still pending, unless the idle deadline has passed.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection idle",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.pending(cx),
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    this.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    this.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// A bound HTTPS server that can be told to drain.
 #[derive(Debug)]
 pub struct Running {
@@ -255,6 +467,7 @@ pub async fn start(
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
     resolver: Arc<crate::tls::Resolver>,
+    limits: Limits,
 ) -> Result<Running, Error> {
     resolver.count_reloads_in(state.metrics.reloads.clone());
     let tls = crate::tls::server_config(resolver)?;
@@ -274,7 +487,20 @@ pub async fn start(
         addr: listen,
         source,
     })?;
-    let server = axum_server::from_tcp_rustls(std_listener, rustls_config).handle(handle.clone());
+    let guard = Guard {
+        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        idle: limits.idle_timeout,
+        open: state.metrics.connections_open.clone(),
+        refused: state.metrics.connections_refused.clone(),
+    };
+    let mut server = axum_server::from_tcp(std_listener)
+        .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(rustls_config).acceptor(guard))
+        .handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     let router = app(state.clone());
     let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -124,6 +125,10 @@ pub struct Metrics {
     pub rules: Family<RuleLabels, Counter>,
     pub injections: Family<NamespaceLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Open admission connections (TLS handshake included).
+    pub connections_open: Gauge,
+    /// Connections closed at once because [`crate::server::Limits::max_connections`] were open.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -163,8 +168,22 @@ impl Default for Metrics {
             "Policy and certificate reloads by result",
             reloads.clone(),
         );
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_open",
+            "Open connections to the admission listener",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections to the admission listener closed at once: the connection cap was reached",
+            connections_refused.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            connections_open,
+            connections_refused,
             requests,
             latency,
             rules,

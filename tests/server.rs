@@ -118,9 +118,23 @@ fn start(certs: &TestCerts, extra: &[&str]) -> (Webhook, Logs) {
 
 /// `kura serve` with our own shutdown timings (the shared harness fixes them), logs captured.
 fn start_with_shutdown(certs: &TestCerts, delay: &str, grace: &str) -> (Webhook, Logs) {
+    let shutdown = [
+        format!("--shutdown-delay={delay}"),
+        format!("--shutdown-grace={grace}"),
+    ];
+    start_under(&[], certs, &shutdown)
+}
+
+/// `kura serve` run through `wrapper` (a command that execs the rest, such as `prlimit`), with
+/// the file store and `extra` flags, logs captured.
+fn start_under(wrapper: &[&str], certs: &TestCerts, extra: &[String]) -> (Webhook, Logs) {
     let port = free_port();
     let mport = free_port();
-    let child = Command::new(kura_bin())
+    let kura = kura_bin();
+    let mut argv: Vec<&std::ffi::OsStr> = wrapper.iter().map(|a| a.as_ref()).collect();
+    argv.push(kura.as_ref());
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
         .arg("serve")
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--metrics-listen=127.0.0.1:{mport}"))
@@ -128,13 +142,8 @@ fn start_with_shutdown(certs: &TestCerts, delay: &str, grace: &str) -> (Webhook,
         .arg(&certs.cert)
         .arg("--tls-key")
         .arg(&certs.key)
-        .args([
-            STORE,
-            "--watch-namespaces=never",
-            "--log-format=json",
-            &format!("--shutdown-delay={delay}"),
-            &format!("--shutdown-grace={grace}"),
-        ])
+        .args([STORE, "--watch-namespaces=never", "--log-format=json"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -934,4 +943,124 @@ fn store_values_are_in_the_example_store() {
     for v in STORE_VALUES {
         assert!(store.contains(v), "{v}");
     }
+}
+
+/// Reads until the server closes the stream (end of stream or an error); panics if it is
+/// still open after `within`. Returns how long it took.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at((t0 + within).into(), s.read(&mut buf)).await {
+            Err(_) => panic!("the connection is still open after {within:?}"),
+            Ok(Ok(0) | Err(_)) => return t0.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_are_closed() {
+    let certs = test_certs();
+    let (hook, _logs) = start(&certs, &["--idle-timeout=1s", "--header-read-timeout=2s"]);
+
+    // A TCP connection that never starts TLS, and a TLS one that never sends a request.
+    let mut tcp = TcpStream::connect(addr(&hook)).await.unwrap();
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+    let mut tls = tls_connect(&hook, &certs.ca, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .await
+        .unwrap();
+    closed_within(&mut tls, Duration::from_secs(5)).await;
+
+    // Kept alive after an answer, then quiet.
+    let mut tls = tls_connect(&hook, &certs.ca, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(&http1_request("GET", "/healthz", b""))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut tls).await.status, 200);
+    closed_within(&mut tls, Duration::from_secs(5)).await;
+
+    // Headers trickled a byte every 250 ms: never idle for 1 s, but never complete either.
+    let tls = tls_connect(&hook, &certs.ca, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut rx, mut tx) = tokio::io::split(tls);
+    let trickle = tokio::spawn(async move {
+        let mut bytes = b"GET /healthz HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'));
+        while tx.write_all(&[*bytes.next().unwrap()]).await.is_ok() && tx.flush().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let took = closed_within(&mut rx, Duration::from_secs(8)).await;
+    assert!(
+        took >= Duration::from_millis(1500),
+        "closed by the header timeout, not the idle one: {took:?}"
+    );
+    trickle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_new_connections_are_closed_and_counted() {
+    let certs = test_certs();
+    let (hook, _logs) = start(&certs, &["--max-connections=3"]);
+    let versions = [&rustls::version::TLS13];
+    let alpn: [&[u8]; 1] = [b"http/1.1"];
+    let connect = || tls_connect(&hook, &certs.ca, &versions, &alpn);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect().await.unwrap());
+    }
+    assert!(
+        connect().await.is_err(),
+        "a fourth connection gets no handshake"
+    );
+    let m = hook.metrics().await;
+    assert_eq!(sample(&m, "kura_connections_refused_total"), 1.0);
+    assert_eq!(sample(&m, "kura_connections_open"), 3.0);
+
+    // A connection closed frees its place.
+    drop(held.pop());
+    eventually(
+        "a place is free again",
+        Duration::from_secs(5),
+        async || match connect().await {
+            Ok(mut tls) => {
+                tls.write_all(&http1_request("GET", "/healthz", b""))
+                    .await
+                    .unwrap();
+                read_response(&mut tls).await.status == 200
+            }
+            Err(_) => false,
+        },
+    )
+    .await;
+}
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit_and_caps_connections() {
+    let certs = test_certs();
+    let (hook, logs) = start_under(&["prlimit", "--nofile=256:1024", "--"], &certs, &[]);
+    let line = logs.wait_for("with the connection limits", |l| {
+        l["message"] == "connection limits"
+    });
+    assert_eq!(line["open_files"], 1024, "{line}");
+    assert_eq!(line["max_connections"], 1024 - 128, "{line}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", hook.child.id())).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        nofile
+            .split_whitespace()
+            .skip(3)
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["1024", "1024"],
+        "{nofile}"
+    );
 }

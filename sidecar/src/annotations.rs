@@ -145,6 +145,51 @@ pub const MIN_REFRESH_SECS: u64 = 30;
 /// Bounds of [`REFRESH_INTERVAL`], in seconds.
 pub const MAX_REFRESH_SECS: u64 = 24 * 3600;
 
+/// Largest [`SECRETS`] value parsed: a list of a few hundred entries. Checked before the YAML
+/// parser sees the value, so the time a parse takes is bounded by the caller's choice of this
+/// constant, not by the caller's choice of input.
+pub const MAX_SECRETS_BYTES: usize = 16 * 1024;
+/// Deepest nesting of [`SECRETS`] parsed: flow brackets (`[`, `{`) plus the columns of a line's
+/// leading indentation and block indicators (`- `, `? `). A list of entries needs 2 levels and
+/// 2 columns; deeply nested flow collections are what makes a YAML parser slow.
+pub const MAX_SECRETS_DEPTH: usize = 10;
+
+/// The size and nesting bounds of a [`SECRETS`] value, checked without parsing it (linear in
+/// its length).
+fn check_secrets_bounds(value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_SECRETS_BYTES {
+        return Err(Invalid(format!(
+            "the value is {} bytes; at most {MAX_SECRETS_BYTES} are accepted",
+            value.len()
+        )));
+    }
+    let mut flow = 0usize;
+    let mut deepest = 0usize;
+    for line in value.lines() {
+        let lead = line
+            .bytes()
+            .take_while(|b| matches!(b, b' ' | b'\t' | b'-' | b'?' | b':'))
+            .count();
+        deepest = deepest.max(flow + lead);
+        for b in line.bytes() {
+            match b {
+                b'[' | b'{' => {
+                    flow += 1;
+                    deepest = deepest.max(flow + lead);
+                }
+                b']' | b'}' => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    if deepest > MAX_SECRETS_DEPTH {
+        return Err(Invalid(format!(
+            "the value nests {deepest} levels deep; at most {MAX_SECRETS_DEPTH} are accepted (a list of entries needs 2)"
+        )));
+    }
+    Ok(())
+}
+
 /// One problem with one annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnotationError {
@@ -287,6 +332,7 @@ pub fn parse(
     let mut refresh_interval = None;
     let mut run_as_user = None;
     let mut reload = None;
+    let mut unknown = 0usize;
 
     for (key, value) in annotations {
         if !key.starts_with(PREFIX) {
@@ -302,7 +348,14 @@ pub fn parse(
         match key.as_str() {
             // Read before the loop (they affect the others), written by kura, or read by the agent.
             INJECT | FILE_MODE | STATUS | REFRESH_NOW => {}
-            SECRETS => match serde_yaml_ng::from_str::<Vec<ListEntry>>(value) {
+            SECRETS => match check_secrets_bounds(value)
+                .and_then(|()| {
+                    serde_yaml_ng::from_str::<Vec<ListEntry>>(value).map_err(|e| {
+                        Invalid(format!(
+                            "not a YAML list of entries with file, secret, key, versionStage, versionId, format, mode: {e}"
+                        ))
+                    })
+                }) {
                 Ok(entries) if entries.is_empty() => err(key, "the list is empty".into()),
                 Ok(entries) => {
                     for (i, e) in entries.into_iter().enumerate() {
@@ -312,12 +365,7 @@ pub fn parse(
                         }
                     }
                 }
-                Err(e) => err(
-                    key,
-                    format!(
-                        "not a YAML list of entries with file, secret, key, versionStage, versionId, format, mode: {e}"
-                    ),
-                ),
+                Err(m) => err(key, m.0),
             },
             MOUNT_PATH => match validate_mount_path(value) {
                 Ok(()) => mount_path = value.trim_end_matches('/').to_string(),
@@ -370,7 +418,16 @@ pub fn parse(
                 key,
                 "write kura.dev/secret.<file>: the file name goes after the dot".into(),
             ),
-            _ => err(key, format!("unknown kura annotation; known: {}", known())),
+            _ => {
+                // The catalogue once, not once per unknown annotation: a pod may carry
+                // thousands, and each copy would cost its length again.
+                unknown += 1;
+                if unknown == 1 {
+                    err(key, format!("unknown kura annotation; known: {}", known()));
+                } else {
+                    err(key, "unknown kura annotation".into());
+                }
+            }
         }
     }
 
@@ -430,6 +487,10 @@ fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFil
     if key == Some("") {
         return Err(Invalid::new("the JSON key after '#' is empty"));
     }
+    check_characters_of(&[
+        ("the secret", Some(secret)),
+        ("the JSON key after '#'", key),
+    ])?;
     Ok(SecretFile {
         file: file.to_string(),
         secret: secret.to_string(),
@@ -447,6 +508,12 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
     if e.key.as_deref() == Some("") {
         return Err(Invalid::new("key is empty"));
     }
+    check_characters_of(&[
+        ("secret", Some(&e.secret)),
+        ("key", e.key.as_deref()),
+        ("versionStage", e.version_stage.as_deref()),
+        ("versionId", e.version_id.as_deref()),
+    ])?;
     validate_version(
         &e.secret,
         e.version_id.as_deref(),
@@ -467,7 +534,19 @@ fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invali
     })
 }
 
+/// [`crate::spec::check_characters`] over an entry's free-text fields: no control or bidi
+/// character reaches the agent's spec (or fails to round-trip through YAML).
+fn check_characters_of(fields: &[(&str, Option<&str>)]) -> Result<(), Invalid> {
+    for (field, value) in fields {
+        if let Some(v) = value {
+            crate::spec::check_characters(v).map_err(|m| m.context(field))?;
+        }
+    }
+    Ok(())
+}
+
 fn validate_mount_path(p: &str) -> Result<(), Invalid> {
+    crate::spec::check_path_text(p)?;
     if !p.starts_with('/') {
         return Err(Invalid(format!("{p:?} is not an absolute path")));
     }
@@ -913,5 +992,132 @@ mod tests {
             prop_assert_eq!(&back, &original);
             prop_assert_eq!(back.to_spec(120), original.to_spec(120));
         }
+    }
+
+    #[test]
+    fn secrets_lists_are_bounded_in_size_and_depth_before_parsing() {
+        let opted = |v: &str| map(&[(INJECT, "true"), (SECRETS, v)]);
+        // Deep flow nesting is what makes a YAML parser slow: refused before it starts.
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        let e = messages(parse(&opted(&deep)));
+        assert!(e[0].contains("nests") && e[0].contains("10"), "{e:?}");
+        let deep_block = (0..12)
+            .map(|i| format!("{}- x\n", " ".repeat(i)))
+            .collect::<String>();
+        assert!(messages(parse(&opted(&deep_block)))[0].contains("nests"));
+        let mixed = format!("- {{a: {}}}", "[{".repeat(5));
+        assert!(messages(parse(&opted(&mixed)))[0].contains("nests"));
+
+        let mut list = String::new();
+        let mut n = 0;
+        while list.len() < MAX_SECRETS_BYTES - 100 {
+            list.push_str(&format!(
+                "- file: f{n}\n  secret: /bounds-test/s{n}\n  mode: \"0440\"\n"
+            ));
+            n += 1;
+        }
+        let ok = parse(&opted(&list)).expect("a long list within the bound parses");
+        assert_eq!(ok.expect("opted in").files.len(), n);
+        list.push_str(&"#".repeat(200));
+        let e = messages(parse(&opted(&list)));
+        assert!(e[0].contains("bytes") && e[0].len() < 200, "{e:?}");
+        // Flow style within the bounds is still YAML.
+        let flow = "[{file: a, secret: /bounds-test/a}, {file: b, secret: /bounds-test/b}]";
+        assert_eq!(
+            parse(&opted(flow))
+                .expect("valid")
+                .expect("opted in")
+                .files
+                .len(),
+            2
+        );
+    }
+
+    /// Found by the `annotations` fuzz target: a JSON key holding DEL parsed, but the
+    /// annotations written back for it (`to_annotations`) were not YAML.
+    #[test]
+    fn json_keys_with_control_characters_are_refused() {
+        for key in ["pass\u{7f}word", "pass\u{19}\u{0}word", "a\u{202e}b"] {
+            // YAML's double-quoted escapes, so that the YAML parser passes the characters on.
+            let quoted: String = key
+                .chars()
+                .map(|c| match c {
+                    ' '..='~' => c.to_string(),
+                    c => format!("\\u{:04x}", u32::from(c)),
+                })
+                .collect();
+            for m in [
+                map(&[
+                    (INJECT, "true"),
+                    ("kura.dev/secret.db", &format!("/x/db#{key}")),
+                ]),
+                map(&[
+                    (INJECT, "true"),
+                    (
+                        SECRETS,
+                        &format!("- file: db\n  secret: /x/db\n  key: \"{quoted}\"\n"),
+                    ),
+                ]),
+            ] {
+                let e = parse(&m).expect_err(key);
+                assert!(e[0].message.contains("U+"), "{}", e[0].message);
+            }
+        }
+        // The second fuzz finding: NUL in an ARN's region.
+        let arn = "arn:aws:secretsmanager:ap\u{0}\u{0}:111122223333:secret:/x/db";
+        let e = parse(&map(&[(INJECT, "true"), ("kura.dev/secret.db", arn)])).expect_err(arn);
+        assert!(e[0].message.contains("U+0000"), "{}", e[0].message);
+        let stage = "- file: db\n  secret: /x/db\n  versionStage: \"A\\x01B\"\n";
+        let e = parse(&map(&[(INJECT, "true"), (SECRETS, stage)])).expect_err(stage);
+        assert!(e[0].message.contains("U+0001"), "{}", e[0].message);
+        let ok = parse(&map(&[
+            (INJECT, "true"),
+            ("kura.dev/secret.db", "/x/db#clé/0"),
+        ]))
+        .expect("a key of letters parses")
+        .expect("opted in");
+        assert_eq!(parse(&ok.to_annotations()).expect("round trip"), Some(ok));
+    }
+
+    #[test]
+    fn many_unknown_annotations_cost_the_catalogue_once() {
+        let mut m = map(&[(INJECT, "true"), ("kura.dev/secret.db", "/x/db")]);
+        for i in 0..5000 {
+            m.insert(format!("kura.dev/unknown-{i:04}"), "x".into());
+        }
+        let e = parse(&m).expect_err("unknown annotations");
+        assert_eq!(e.len(), 5000);
+        assert!(e[0].message.contains(&known()));
+        let bytes: usize = e.iter().map(|e| e.message.len()).sum();
+        assert!(bytes < 200 * 1024, "{bytes} bytes of messages");
+    }
+
+    #[test]
+    fn mount_paths_and_reload_hooks_with_control_or_bidi_characters_are_refused() {
+        for (annotation, value) in [
+            (MOUNT_PATH, "/etc/app\u{1b}[2J"),
+            (MOUNT_PATH, "/etc/\u{202E}ppa"),
+            (MOUNT_PATH, "/etc/app\u{9b}"),
+            (RELOAD, "http://127.0.0.1:8080/re\u{0}load"),
+            (RELOAD, "http://127.0.0.1:8080/\u{2066}reload"),
+        ] {
+            let e = parse(&map(&[
+                (INJECT, "true"),
+                ("kura.dev/secret.db", "/x/db"),
+                (annotation, value),
+            ]))
+            .expect_err(value);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].annotation, annotation);
+            assert!(e[0].message.contains("U+"), "{}", e[0].message);
+        }
+        let long = format!("/etc/{}", "a".repeat(256));
+        let e = parse(&map(&[
+            (INJECT, "true"),
+            ("kura.dev/secret.db", "/x/db"),
+            (MOUNT_PATH, &long),
+        ]))
+        .expect_err("oversized segment");
+        assert!(e[0].message.contains("segment"), "{}", e[0].message);
     }
 }

@@ -215,9 +215,62 @@ impl Signal {
     }
 }
 
+/// Longest mount path or reload hook accepted.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Longest segment (between `/`) of a mount path or reload URL: Linux's `NAME_MAX`.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+
+/// Unicode bidirectional controls: they make text read differently from what it is.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Checks the text of a path or URL a person writes and reads (`kura.dev/mount-path`,
+/// `kura.dev/reload`): no control characters (C0, DEL, C1), no bidirectional controls, at most
+/// [`MAX_PATH_BYTES`] in all and [`MAX_SEGMENT_BYTES`] between slashes. The message names the
+/// offending character by code point and never repeats the value, which may be huge or
+/// written to mislead.
+pub fn check_path_text(s: &str) -> Result<(), Invalid> {
+    if s.len() > MAX_PATH_BYTES {
+        return Err(Invalid(format!(
+            "the value is {} bytes; at most {MAX_PATH_BYTES} are accepted",
+            s.len()
+        )));
+    }
+    check_characters(s)?;
+    if let Some(seg) = s.split('/').find(|seg| seg.len() > MAX_SEGMENT_BYTES) {
+        return Err(Invalid(format!(
+            "a segment between slashes is {} bytes; at most {MAX_SEGMENT_BYTES} are accepted",
+            seg.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that text a person reads back (a path, a URL, a JSON key) holds no control character
+/// (C0, DEL, C1) and no bidirectional control; the message names the character by code point.
+pub fn check_characters(s: &str) -> Result<(), Invalid> {
+    if let Some((at, c)) = s
+        .char_indices()
+        .find(|(_, c)| c.is_control() || is_bidi_control(*c))
+    {
+        let what = if c.is_control() {
+            "a control character"
+        } else {
+            "a bidirectional text control"
+        };
+        return Err(Invalid(format!(
+            "the value contains {what} (U+{:04X}) at byte {at}",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
 impl Reload {
     /// Parses `http://127.0.0.1:<port>/<path>` or `signal:<SIGNAME>:<process-name>`.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
+        check_path_text(s)?;
         if let Some(rest) = s.strip_prefix("signal:") {
             let (sig, process) = rest.split_once(':').ok_or_else(|| {
                 Invalid(format!(
@@ -822,5 +875,30 @@ mod tests {
         ] {
             assert!(Reload::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn paths_and_hooks_refuse_control_and_bidi_characters_and_oversized_segments() {
+        let long = "a".repeat(MAX_SEGMENT_BYTES + 1);
+        for (bad, why) in [
+            ("/var/run/x\u{1b}[31m".to_string(), "U+001B"),
+            ("/var/run/\u{202E}txt.exe".to_string(), "U+202E"),
+            ("/var/run/a\u{2067}b".to_string(), "U+2067"),
+            ("/var/run/a\u{85}b".to_string(), "U+0085"),
+            ("/var/run/a\tb".to_string(), "U+0009"),
+            ("/var/run/a\u{7f}".to_string(), "U+007F"),
+            (format!("/var/{long}"), "segment"),
+            (format!("/{}", "a/".repeat(600)), "bytes"),
+        ] {
+            let e = check_path_text(&bad).expect_err(&bad).0;
+            assert!(e.contains(why), "{e}");
+            assert!(e.len() < 120, "the message never repeats the value: {e}");
+            let hook = format!("http://127.0.0.1:8080{bad}");
+            assert!(Reload::parse(&hook).is_err(), "{hook:?}");
+        }
+        assert!(Reload::parse("signal:HUP:ngi\u{1b}nx").is_err());
+        check_path_text("/var/run/secrets/kura").expect("plain");
+        check_path_text(&format!("/{}", "a".repeat(MAX_SEGMENT_BYTES))).expect("at the bound");
+        check_path_text("/données/clé").expect("non-ASCII letters are fine");
     }
 }

@@ -97,6 +97,16 @@ pub struct Args {
     /// How long in-flight requests may take to finish once draining.
     #[arg(long, env = "KURA_SHUTDOWN_GRACE", default_value = "10s", value_parser = kura_agent::duration::parse)]
     pub shutdown_grace: Duration,
+    /// Open admission connections at most; past this a new one is closed at once (and counted
+    /// in `kura_connections_refused_total`). Lowered to fit the open-files limit.
+    #[arg(long, env = "KURA_MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: usize,
+    /// A connection with no byte in either direction for this long is closed.
+    #[arg(long, env = "KURA_IDLE_TIMEOUT", default_value = "60s", value_parser = kura_agent::duration::parse)]
+    pub idle_timeout: Duration,
+    /// An HTTP/1.1 client must send a request's headers within this time.
+    #[arg(long, env = "KURA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = kura_agent::duration::parse)]
+    pub header_read_timeout: Duration,
 }
 
 impl Args {
@@ -134,6 +144,15 @@ impl Args {
                 flag: "watch-interval",
             });
         }
+        for (flag, zero) in [
+            ("max-connections", self.max_connections == 0),
+            ("idle-timeout", self.idle_timeout.is_zero()),
+            ("header-read-timeout", self.header_read_timeout.is_zero()),
+        ] {
+            if zero {
+                return Err(config::Error::Zero { flag });
+            }
+        }
         let policy = config::load_policy(self.policy.as_deref())?;
         Ok(Config {
             listen: self.listen,
@@ -152,6 +171,11 @@ impl Args {
             shutdown: shutdown::Timing {
                 delay: self.shutdown_delay,
                 grace: self.shutdown_grace,
+            },
+            limits: server::Limits {
+                max_connections: self.max_connections,
+                idle_timeout: self.idle_timeout,
+                header_read_timeout: self.header_read_timeout,
             },
         })
     }
@@ -176,7 +200,15 @@ pub async fn serve(config: Config) -> Result<()> {
         watch_namespaces,
         watch_interval,
         shutdown,
+        mut limits,
     } = config;
+    let fd_limit = server::raise_fd_limit();
+    limits.max_connections = server::connection_cap(limits.max_connections, fd_limit);
+    info!(
+        open_files = fd_limit,
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
     let store = Store::open(&store, policy.store_timeout).await?;
     if inject.default_refresh_secs != DEFAULT_REFRESH_SECS {
         info!(
@@ -230,7 +262,14 @@ pub async fn serve(config: Config) -> Result<()> {
         });
     }
 
-    let running = server::start(state.clone(), listen, Some(metrics_listen), resolver).await?;
+    let running = server::start(
+        state.clone(),
+        listen,
+        Some(metrics_listen),
+        resolver,
+        limits,
+    )
+    .await?;
     shutdown::on_signal(&state.ready, running, shutdown).await;
     Ok(())
 }

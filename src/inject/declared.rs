@@ -38,6 +38,14 @@ impl Declared {
 /// Distinct declarations kept; past this many the cache starts over (a cluster's workloads
 /// have far fewer, and a flood of distinct ones costs a parse each, as without the cache).
 const MAX_ENTRIES: usize = 4096;
+/// Bytes the cache may hold (its estimate of each entry, [`entry_bytes`]); past this it starts
+/// over. Entries are bounded by bytes, not only by count: a caller chooses how large a
+/// declaration is, and 4096 entries of 200 KB would be 800 MB.
+pub const MAX_BYTES: usize = 16 * 1024 * 1024;
+/// A declaration whose `kura.dev/` annotations are larger than this is parsed each time and
+/// never kept (real ones are a few hundred bytes; the largest accepted value is
+/// [`annotations::MAX_SECRETS_BYTES`]).
+pub const MAX_ENTRY_BYTES: usize = 32 * 1024;
 
 /// Parsed declarations, by a hash of their `kura.dev/` annotations and the default refresh
 /// interval; the annotations themselves are kept to compare, so a hash collision is a miss,
@@ -46,6 +54,8 @@ const MAX_ENTRIES: usize = 4096;
 struct Cache {
     entries: HashMap<u64, Vec<Entry>>,
     len: usize,
+    /// Sum of [`entry_bytes`] over the entries.
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -61,8 +71,15 @@ fn ours(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = (&String
         .filter(|(k, _)| k.starts_with(annotations::PREFIX))
 }
 
+/// What an entry costs: its annotations twice (kept to compare, and parsed into [`PodSecrets`],
+/// which holds the same strings), the spec JSON, the status, and a fixed overhead for the
+/// allocations and the map slot.
+fn entry_bytes(annotation_bytes: usize, declared: &Declared) -> usize {
+    2 * annotation_bytes + declared.spec_json.len() + declared.status.len() + 512
+}
+
 /// Parsed declarations, shared between pods that carry the same `kura.dev/` annotations;
-/// bounded (past [`MAX_ENTRIES`] distinct ones it starts over).
+/// bounded by count ([`MAX_ENTRIES`]) and by bytes ([`MAX_BYTES`]): past either it starts over.
 #[derive(Debug, Default)]
 pub struct Declarations {
     cache: Mutex<Cache>,
@@ -105,11 +122,17 @@ impl Declarations {
             return Ok(None);
         };
         let declared = Arc::new(Declared::new(secrets, default_refresh_secs));
+        let annotation_bytes: usize = ours(annotations).map(|(k, v)| k.len() + v.len()).sum();
+        if annotation_bytes > MAX_ENTRY_BYTES {
+            return Ok(Some(declared));
+        }
+        let size = entry_bytes(annotation_bytes, &declared);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len >= MAX_ENTRIES {
+        if cache.len >= MAX_ENTRIES || cache.bytes + size > MAX_BYTES {
             *cache = Cache::default();
         }
         cache.len += 1;
+        cache.bytes += size;
         cache.entries.entry(key).or_default().push(Entry {
             default_refresh_secs,
             annotations: ours(annotations)
@@ -118,6 +141,11 @@ impl Declarations {
             declared: declared.clone(),
         });
         Ok(Some(declared))
+    }
+
+    /// The bytes the cache holds, by its own estimate (at most [`MAX_BYTES`]).
+    pub fn bytes(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 }
 
@@ -180,5 +208,60 @@ mod tests {
         }
         assert_eq!(len(&cache), 1, "past the bound the cache starts over");
         assert_eq!(len(&Declarations::default()), 0, "no state is shared");
+    }
+
+    /// A declaration of about `size` bytes, distinct for each `i`: a `kura.dev/secrets` list
+    /// as long as it may be, then short forms.
+    fn large(i: usize, size: usize) -> BTreeMap<String, String> {
+        let mut a = annotations(&[("kura.dev/inject", "true")]);
+        let (mut list, mut total) = (String::new(), 0);
+        for n in 0.. {
+            if total >= size {
+                break;
+            }
+            let entry = format!("- file: f{i}-{n}\n  secret: /bounded-test/db-{i}-{n}\n");
+            if list.len() + entry.len() < annotations::MAX_SECRETS_BYTES {
+                total += entry.len();
+                list.push_str(&entry);
+            } else {
+                let (k, v) = (
+                    format!("kura.dev/secret.g{i}-{n}"),
+                    format!("/bounded-test/g-{i}-{n}"),
+                );
+                total += k.len() + v.len();
+                a.insert(k, v);
+            }
+        }
+        a.insert("kura.dev/secrets".into(), list);
+        a
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_bytes_under_a_stream_of_distinct_large_declarations() {
+        let cache = Declarations::default();
+        let mut most = 0;
+        // 300 distinct declarations of ~30 KB (about 90 KB each once parsed and serialized):
+        // more than the bound.
+        for i in 0..300 {
+            cache
+                .get(&large(i, 30_000), 120)
+                .expect("parses")
+                .expect("opted in");
+            most = most.max(cache.bytes());
+            assert!(cache.bytes() <= MAX_BYTES, "{} bytes held", cache.bytes());
+        }
+        assert!(
+            most > MAX_BYTES / 2,
+            "the accounting counts what is kept: {most}"
+        );
+
+        // A declaration over the per-entry bound parses but is never kept.
+        let before = cache.bytes();
+        let huge = large(9999, MAX_ENTRY_BYTES + 100);
+        let a = cache.get(&huge, 120).expect("parses").expect("opted in");
+        let b = cache.get(&huge, 120).expect("parses").expect("opted in");
+        assert_eq!(a, b);
+        assert!(!Arc::ptr_eq(&a, &b), "parsed each time, not cached");
+        assert_eq!(cache.bytes(), before);
     }
 }

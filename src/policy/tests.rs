@@ -223,3 +223,48 @@ fn an_opted_in_final_pod_without_the_agent_is_kura008() {
             .is_empty()
     );
 }
+
+#[test]
+fn denials_and_warnings_are_bounded_whatever_the_input() {
+    // 5,000 malformed annotations, one of them a 1 MB value: the first few, each cut short,
+    // then a count.
+    let mut d = Decision::new(Mode::Enforce);
+    let huge = "v".repeat(1 << 20);
+    d.push_always_deny(Finding::new(
+        Rule::Kura001,
+        format!("kura.dev/inject: {huge:?} is not \"true\" or \"false\""),
+    ));
+    for i in 0..4999 {
+        d.push_always_deny(Finding::new(
+            Rule::Kura001,
+            format!("kura.dev/x{i}: unknown kura annotation"),
+        ));
+    }
+    let m = d.message();
+    assert!(m.len() < 4 * 1024, "{} bytes", m.len());
+    assert!(m.starts_with("[KURA001] kura.dev/inject: \"vvv"), "{m}");
+    assert!(m.contains("kura.dev/x0: unknown") && m.contains("kura.dev/x3: unknown"));
+    assert!(
+        !m.contains("kura.dev/x4:"),
+        "only the first {MAX_SHOWN}: {m}"
+    );
+    assert!(
+        m.ends_with(&format!("and {} more", 5000 - MAX_SHOWN)),
+        "{m}"
+    );
+
+    let mut w = Decision::new(Mode::Warn);
+    for i in 0..5000 {
+        w.push(Finding::new(
+            Rule::Kura005,
+            format!("container c{i}: {huge}"),
+        ));
+    }
+    let warnings = w.warnings();
+    assert_eq!(warnings.len(), MAX_SHOWN + 1);
+    assert!(warnings.iter().all(|w| w.chars().count() <= MAX_WARNING));
+    assert_eq!(
+        warnings[MAX_SHOWN],
+        format!("and {} more findings", 5000 - MAX_SHOWN)
+    );
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Seeds fuzz/corpus/<target>/ from the repository's own examples and test inputs (run once; the
+# corpora, grown by bench/fuzz.sh, are committed). Needs a built `kura` (target/debug/kura).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+c=fuzz/corpus
+mkdir -p "$c"/{admission_review,annotations,agent_spec,policy_file,store_file,lint_manifests}
+kura=${KURA:-target/debug/kura}
+
+cp examples/admission-review.json "$c/admission_review/example-review.json"
+cp tests/fixtures/webhook-review.json "$c/admission_review/webhook-review.json"
+python3 bench/hostile-gen.py tests/fixtures/webhook-review.json "$c/admission_review" 0
+# The hostile bodies are large; keep the small ones as seeds.
+find "$c/admission_review" -size +64k -delete
+
+# annotations: a 0 byte then a kura.dev/secrets value; a 1 byte then name=value lines.
+printf '\0- file: db.env\n  secret: /prod/user-service/db\n  format: env\n- file: tls.crt\n  secret: /prod/user-service/tls\n  key: certificate\n  mode: "0440"\n' >"$c/annotations/list"
+printf '\0[{file: a, secret: /x/a, versionStage: AWSPREVIOUS}, {file: b, secret: "arn:aws:secretsmanager:ap-northeast-1:111122223333:secret:/x/b-AbCdEf", key: /a/0}]' >"$c/annotations/flow-list"
+printf '\1inject=true\nsecret.db-password=/prod/user-service/db#password\nsecret.api-key=arn:aws:secretsmanager:ap-northeast-1:111122223333:secret:/prod/user-service/api-AbCdEf\n' >"$c/annotations/short"
+printf '\1inject=true\nsecret.db=/x/db\nmount-path=/etc/app/secrets\ncontainers=app,worker\nagent=init-only\nrefresh-interval=5m\nfile-mode=0440\nrun-as-user=1000\nreload=http://127.0.0.1:8080/-/reload\n' >"$c/annotations/every"
+printf '\1inject=true\nsecret.db=/x/db\nreload=signal:SIGHUP:nginx\n' >"$c/annotations/signal"
+
+# agent_spec: the KURA_SPEC kura writes for the example review.
+"$kura" review --store file:examples/store.yaml examples/admission-review.json 2>/dev/null |
+    python3 -c 'import sys, re, json
+text = sys.stdin.read()
+for i, m in enumerate(re.finditer(r"^\s*value: (\x27\{\"version\".*\}\x27)$", text, re.M)):
+    open(sys.argv[1] + f"/spec-{i}.json", "w").write(m.group(1)[1:-1].replace("\x27\x27", "\x27"))
+' "$c/agent_spec" || true
+printf '{"version":"kura.dev/v1","agent":"init-only","refreshInterval":30,"mountPath":"/etc/s","reload":"signal:SIGHUP:nginx","files":[{"file":"a.env","secret":"/x/a","versionStage":"AWSPREVIOUS","format":"env","mode":"0440"}]}' >"$c/agent_spec/minimal.json"
+
+cp examples/policy.yaml tests/fixtures/webhook-policy-relaxed.yaml "$c/policy_file/"
+cp examples/store.yaml tests/fixtures/webhook-store.yaml "$c/store_file/"
+find tests/realworld -name '*.yaml' -size -64k -exec cp {} "$c/lint_manifests/" \;
