@@ -221,6 +221,11 @@ fn app_pod(images: &Images, run: &str, reload: &str, share_pid: bool, group: Gro
             json!(format!("/demo/{run}/s{i:02}")),
         );
     }
+    // An SSM parameter beside the secrets: the second store's path runs in the pod too.
+    ann.insert(
+        "kura.dev/secret.p00".into(),
+        json!(format!("ssm:/demo/{run}/p00")),
+    );
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -294,6 +299,13 @@ async fn injected_pod(reload: &str, share_pid: bool, group: GroupSource, expect_
             .await
             .unwrap();
     }
+    moto.parameter(
+        &format!("/demo/{run}/p00"),
+        "param-v1",
+        "SecureString",
+        Some(&key),
+    )
+    .await;
     let certs = test_certs();
     let hook = Webhook::start(&certs, &["--agent-image", &images.agent.tag], &moto.env());
     let pod = admitted(
@@ -339,8 +351,22 @@ async fn injected_pod(reload: &str, share_pid: bool, group: GroupSource, expect_
         p.logs("kura-agent")
     );
 
+    let parameter = p.host_dir.path().join("kura-secrets/p00");
+    assert_eq!(
+        std::fs::read_to_string(&parameter).unwrap(),
+        "param-v1",
+        "the SSM parameter's file in the memory volume"
+    );
+
     // Rotation, noticed at once through kura.dev/refresh-now in the downward-API file.
     put(&client, &format!("/demo/{run}/s00"), "value-00-v2").await;
+    moto.parameter(
+        &format!("/demo/{run}/p00"),
+        "param-v2",
+        "SecureString",
+        Some(&key),
+    )
+    .await;
     let ann_file = p.host_dir.path().join("kura-podinfo/annotations");
     let mut text = std::fs::read_to_string(&ann_file).unwrap();
     text.push_str("kura.dev/refresh-now=\"1\"\n");
@@ -352,6 +378,11 @@ async fn injected_pod(reload: &str, share_pid: bool, group: GroupSource, expect_
         "the reload hook reaching the app",
         Duration::from_secs(20),
         || p.logs("app").contains(&want),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&parameter).unwrap(),
+        "param-v2",
+        "a new parameter version reaches the pod in the same refresh"
     );
 
     let limit = podman::quantity_bytes(agent["resources"]["limits"]["memory"].as_str().unwrap());
