@@ -272,16 +272,6 @@ fn from_pod(endpoint: &str) -> String {
     endpoint.replace("127.0.0.1", "10.0.2.2")
 }
 
-async fn put(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
-    client
-        .put_secret_value()
-        .secret_id(id)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap();
-}
-
 /// Runs the injected pod with one reload hook and checks everything the issue names.
 async fn injected_pod(reload: &str, share_pid: bool, group: GroupSource, expect_reload: &str) {
     let Some(images) = images() else { return };
@@ -359,7 +349,7 @@ async fn injected_pod(reload: &str, share_pid: bool, group: GroupSource, expect_
     );
 
     // Rotation, noticed at once through kura.dev/refresh-now in the downward-API file.
-    put(&client, &format!("/demo/{run}/s00"), "value-00-v2").await;
+    testkit::put_value(&client, &format!("/demo/{run}/s00"), "value-00-v2").await;
     moto.parameter(
         &format!("/demo/{run}/p00"),
         "param-v2",

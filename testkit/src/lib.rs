@@ -22,7 +22,8 @@ pub mod tls_proxy;
 pub use k8s::validate_k8s;
 pub use metrics::{metric, sample, scrape};
 pub use moto::{
-    Moto, MotoOn, aws_env, client_for, free_port, port_of, ssm_client_for, venv, wait_for_port,
+    Moto, MotoOn, aws_env, client_for, free_port, port_of, put_value, ssm_client_for, venv,
+    wait_for_port,
 };
 pub use tls_proxy::UntrustedTls;
 

@@ -274,3 +274,14 @@ impl MotoOn {
         aws_env(&self.endpoint)
     }
 }
+
+/// Writes a new current value of `id`, as a rotation does.
+pub async fn put_value(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
+    client
+        .put_secret_value()
+        .secret_id(id)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("PutSecretValue");
+}

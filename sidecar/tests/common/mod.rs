@@ -235,17 +235,6 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
-/// Writes a new current value of `id`, as a rotation does.
-pub async fn put_value(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
-    client
-        .put_secret_value()
-        .secret_id(id)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap();
-}
-
 impl Scratch {
     /// Waits up to 10 s for the agent's first write of `file`; fails with the agent's log.
     pub async fn expect_written(&self, agent: &AgentProc, file: &str) {
