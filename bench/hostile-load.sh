@@ -16,6 +16,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-10s}
 STREAM=${STREAM:-60}
 PROFILE=${PROFILE:-release}
@@ -27,18 +28,8 @@ done
 
 echo "== building ($PROFILE profile)" >&2
 cargo build --profile "$PROFILE" --bin kura >&2
-kura=$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/kura
+kura=$(kura_binary "$PROFILE")
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 rss_mib() { awk "/^$2:/ {printf \"%.1f\", \$2 / 1024}" "/proc/$1/status"; }
 
 python3 bench/hostile-gen.py "$REVIEW" "$work"

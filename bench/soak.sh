@@ -18,6 +18,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 MINUTES=${MINUTES:-30}
 PROFILE=${PROFILE:-release}
 CONNECTIONS=${RATE_CONNECTIONS:-2}
@@ -26,17 +27,8 @@ for tool in wrk curl python3 taskset; do
 done
 echo "== building ($PROFILE profile)" >&2
 cargo build --profile "$PROFILE" --bin kura >&2
-kura=$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/kura
+kura=$(kura_binary "$PROFILE")
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 review=tests/fixtures/webhook-review.json
 python3 bench/hostile-gen.py "$review" "$work" 0

@@ -1,0 +1,14 @@
+# What the webhook bench scripts share; sourced from the repository root after the script's own
+# settings. Sets $work (a scratch dir, kept when KEEP is set) and $pids (killed on exit), and
+# defines free_port. kura_binary PROFILE prints where cargo put the kura binary of PROFILE.
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+kura_binary() { echo "$PWD/target/$([ "$1" = dev ] && echo debug || echo "$1")/kura"; }
