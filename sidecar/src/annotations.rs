@@ -26,8 +26,9 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::spec::{
-    AgentMode, DEFAULT_FILE_MODE, FileMode, Format, Invalid, Reload, SPEC_VERSION, SecretFile,
-    Spec, validate_file_name, validate_secret_id, validate_version,
+    AgentMode, DEFAULT_FILE_MODE, EnvFrom, EnvOnRotation, EnvVar, FileMode, Format, Input, Invalid,
+    Reload, SPEC_VERSION, SecretFile, Spec, TemplateFile, split_reference, validate_env_name,
+    validate_file_name, validate_secret_id, validate_version,
 };
 
 /// Every kura annotation starts with this.
@@ -91,10 +92,24 @@ catalogue! {
     /// [`FILE_MODE`]. No default. Example:
     /// `kura.dev/secret.db-password: /prod/user-service/db#password`.
     User SECRET_PREFIX = "kura.dev/secret." + "<file>";
-    /// The advanced form: a YAML list of entries with `file`, `secret` and optionally `key`,
-    /// `versionStage` or `versionId` (not both), `format` (`raw`, `json`, `env`) and `mode`.
-    /// No default. Example: `kura.dev/secrets: "- {file: db.env, secret: /prod/db, format: env}"`.
+    /// The advanced form: a YAML list of entries, each with exactly one of `file`, `env` or
+    /// `envFrom`. A file takes `secret` and optionally `key`, `versionStage` or `versionId` (not
+    /// both), `format` (`raw`, `json`, `env`) and `mode`, or instead of `secret` a Jinja
+    /// `template` over named `inputs` (references). `env: <NAME>` takes `secret` (and `key`,
+    /// versions) like a file; `envFrom: <reference>` makes every top-level key of a JSON object
+    /// a variable. No default. Example:
+    /// `kura.dev/secrets: "- {file: db.env, secret: /prod/db, format: env}"`.
     User SECRETS = "kura.dev/secrets";
+    /// One environment variable per annotation: the name follows the dot (a C identifier), the
+    /// value is a reference as for [`SECRET_PREFIX`]. The selected containers run through
+    /// `kura-agent exec`, which sets it before starting their `command`. No default. Example:
+    /// `kura.dev/env.DB_PASSWORD: /prod/user-service/db#password`.
+    User ENV_PREFIX = "kura.dev/env." + "<NAME>";
+    /// What `kura-agent exec` does when a variable's value changes: `none` (keep the values the
+    /// process started with), `restart` (SIGTERM, a grace period, SIGKILL, start again with the
+    /// new values) or `signal:<SIGNAME>`. Only with environment variables. Default: `none`.
+    /// Example: `kura.dev/env-on-rotation: restart`.
+    User ENV_ON_ROTATION = "kura.dev/env-on-rotation";
     /// Absolute directory where the files appear in the app containers (no `.`/`..` segments).
     /// Default: [`DEFAULT_MOUNT_PATH`]. Example: `kura.dev/mount-path: /etc/app/secrets`.
     User MOUNT_PATH = "kura.dev/mount-path";
@@ -207,6 +222,10 @@ impl fmt::Display for AnnotationError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSecrets {
     pub files: Vec<SecretFile>,
+    pub env: Vec<EnvVar>,
+    pub env_from: Vec<EnvFrom>,
+    pub templates: Vec<TemplateFile>,
+    pub env_on_rotation: EnvOnRotation,
     pub agent: AgentMode,
     pub mount_path: String,
     /// Containers that get the mount; `None` means all of them.
@@ -226,17 +245,54 @@ impl PodSecrets {
             refresh_interval: self.refresh_interval.unwrap_or(default_refresh_secs),
             reload: self.reload.clone(),
             files: self.files.clone(),
+            env: self.env.clone(),
+            env_from: self.env_from.clone(),
+            templates: self.templates.clone(),
         }
+    }
+
+    /// Whether the selected containers take environment variables (and so run through
+    /// `kura-agent exec`).
+    pub fn has_env(&self) -> bool {
+        !self.env.is_empty() || !self.env_from.is_empty()
     }
 
     /// Annotations that parse back into this value (the advanced list form, explicit modes).
     pub fn to_annotations(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         out.insert(INJECT.to_string(), "true".to_string());
+        let value =
+            |v: serde_json::Result<serde_json::Value>| v.expect("an entry always serializes");
         let entries: Vec<serde_json::Value> = self
             .files
             .iter()
-            .map(|f| serde_json::to_value(f).expect("a secret file always serializes"))
+            .map(|f| value(serde_json::to_value(f)))
+            .chain(self.templates.iter().map(|t| {
+                let inputs: BTreeMap<&str, String> = t
+                    .inputs
+                    .iter()
+                    .map(|(k, i)| (k.as_str(), i.to_string()))
+                    .collect();
+                serde_json::json!({"file": t.file, "inputs": inputs, "template": t.template, "mode": t.mode})
+            }))
+            .chain(self.env.iter().map(|e| {
+                let mut v = value(serde_json::to_value(e));
+                if let Some(o) = v.as_object_mut()
+                    && let Some(name) = o.remove("name")
+                {
+                    o.insert("env".into(), name);
+                }
+                v
+            }))
+            .chain(self.env_from.iter().map(|e| {
+                let mut v = value(serde_json::to_value(e));
+                if let Some(o) = v.as_object_mut()
+                    && let Some(secret) = o.remove("secret")
+                {
+                    o.insert("envFrom".into(), secret);
+                }
+                v
+            }))
             .collect();
         // JSON is YAML, and quoting every string keeps odd names intact.
         out.insert(
@@ -261,25 +317,44 @@ impl PodSecrets {
         if let Some(r) = &self.reload {
             out.insert(RELOAD.to_string(), r.to_string());
         }
+        if self.env_on_rotation != EnvOnRotation::None {
+            out.insert(
+                ENV_ON_ROTATION.to_string(),
+                self.env_on_rotation.to_string(),
+            );
+        }
         out
     }
 
-    /// Distinct secrets, in declaration order.
+    /// Distinct secrets (files, variables, template inputs), in declaration order.
     pub fn secrets(&self) -> Vec<&str> {
-        let mut seen = BTreeSet::new();
+        crate::spec::references(&self.files, &self.env, &self.env_from, &self.templates)
+    }
+
+    /// Every file written: plain files, then templates.
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
         self.files
             .iter()
-            .map(|f| f.secret.as_str())
-            .filter(|s| seen.insert(*s))
-            .collect()
+            .map(|f| f.file.as_str())
+            .chain(self.templates.iter().map(|t| t.file.as_str()))
     }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListEntry {
-    file: String,
-    secret: String,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    env_from: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    inputs: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    template: Option<String>,
     #[serde(default)]
     key: Option<String>,
     #[serde(default)]
@@ -326,6 +401,10 @@ pub fn parse(
     };
 
     let mut files: Vec<SecretFile> = Vec::new();
+    let mut env: Vec<EnvVar> = Vec::new();
+    let mut env_from: Vec<EnvFrom> = Vec::new();
+    let mut templates: Vec<TemplateFile> = Vec::new();
+    let mut env_on_rotation = None;
     let mut agent = AgentMode::Sidecar;
     let mut mount_path = DEFAULT_MOUNT_PATH.to_string();
     let mut containers = None;
@@ -345,6 +424,13 @@ pub fn parse(
             }
             continue;
         }
+        if let Some(name) = key.strip_prefix(ENV_PREFIX) {
+            match parse_env_short_form(name, value) {
+                Ok(v) => env.push(v),
+                Err(m) => err(key, m.0),
+            }
+            continue;
+        }
         match key.as_str() {
             // Read before the loop (they affect the others), written by kura, or read by the agent.
             INJECT | FILE_MODE | STATUS | REFRESH_NOW => {}
@@ -352,7 +438,7 @@ pub fn parse(
                 .and_then(|()| {
                     serde_yaml_ng::from_str::<Vec<ListEntry>>(value).map_err(|e| {
                         Invalid(format!(
-                            "not a YAML list of entries with file, secret, key, versionStage, versionId, format, mode: {e}"
+                            "not a YAML list of entries with file, env or envFrom and secret, key, versionStage, versionId, format, mode, inputs, template: {e}"
                         ))
                     })
                 }) {
@@ -360,7 +446,10 @@ pub fn parse(
                 Ok(entries) => {
                     for (i, e) in entries.into_iter().enumerate() {
                         match list_entry(e, default_mode) {
-                            Ok(f) => files.push(f),
+                            Ok(Entry::File(f)) => files.push(f),
+                            Ok(Entry::Template(t)) => templates.push(t),
+                            Ok(Entry::Env(v)) => env.push(v),
+                            Ok(Entry::EnvFrom(v)) => env_from.push(v),
                             Err(m) => err(key, format!("entry {}: {m}", i + 1)),
                         }
                     }
@@ -414,6 +503,14 @@ pub fn parse(
                 Ok(r) => reload = Some(r),
                 Err(m) => err(key, m.0),
             },
+            ENV_ON_ROTATION => match EnvOnRotation::parse(value) {
+                Ok(r) => env_on_rotation = Some(r),
+                Err(m) => err(key, m.0),
+            },
+            k if ENV_PREFIX.strip_suffix('.') == Some(k) => err(
+                key,
+                "write kura.dev/env.<NAME>: the variable's name goes after the dot".into(),
+            ),
             k if SECRET_PREFIX.strip_suffix('.') == Some(k) => err(
                 key,
                 "write kura.dev/secret.<file>: the file name goes after the dot".into(),
@@ -432,26 +529,49 @@ pub fn parse(
     }
 
     let mut seen = BTreeSet::new();
-    for f in &files {
-        if !seen.insert(f.file.as_str()) {
+    for f in files
+        .iter()
+        .map(|f| f.file.as_str())
+        .chain(templates.iter().map(|t| t.file.as_str()))
+    {
+        if !seen.insert(f) {
+            err(
+                SECRETS,
+                format!("file {f:?} is declared twice; each file name may appear once"),
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for v in &env {
+        if !seen.insert(v.name.as_str()) {
             err(
                 SECRETS,
                 format!(
-                    "file {:?} is declared twice; each file name may appear once",
-                    f.file
+                    "environment variable {:?} is declared twice ({ENV_PREFIX}{} or an env entry); each name may appear once",
+                    v.name, v.name
                 ),
             );
         }
     }
+    let has_env = !env.is_empty() || !env_from.is_empty();
+    if env_on_rotation.is_some() && !has_env {
+        err(
+            ENV_ON_ROTATION,
+            format!(
+                "the pod declares no environment variable ({ENV_PREFIX}<NAME>, or env/envFrom in {SECRETS}), so there is nothing to restart or signal; remove it"
+            ),
+        );
+    }
+    let declares_any = !files.is_empty() || !templates.is_empty() || has_env;
 
     match inject {
-        Some(true) if files.is_empty() => err(
+        Some(true) if !declares_any => err(
             INJECT,
             format!(
-                "the pod opts in but declares no secret; add {SECRET_PREFIX}<file>: <secret-id> or {SECRETS}"
+                "the pod opts in but declares no secret; add {SECRET_PREFIX}<file>: <secret-id>, {ENV_PREFIX}<NAME>: <secret-id> or {SECRETS}"
             ),
         ),
-        None if !files.is_empty() => err(
+        None if declares_any => err(
             INJECT,
             format!(
                 "secrets are declared but {INJECT} is missing; set {INJECT}: \"true\" to inject them"
@@ -468,6 +588,10 @@ pub fn parse(
     }
     Ok(Some(PodSecrets {
         files,
+        env,
+        env_from,
+        templates,
+        env_on_rotation: env_on_rotation.unwrap_or_default(),
         agent,
         mount_path,
         containers,
@@ -502,36 +626,164 @@ fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFil
     })
 }
 
-fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<SecretFile, Invalid> {
-    validate_file_name(&e.file).map_err(|m| m.context("file"))?;
-    validate_secret_id(&e.secret).map_err(|m| m.context("secret"))?;
+/// One list entry, by what it delivers.
+enum Entry {
+    File(SecretFile),
+    Template(TemplateFile),
+    Env(EnvVar),
+    EnvFrom(EnvFrom),
+}
+
+fn parse_env_short_form(name: &str, value: &str) -> Result<EnvVar, Invalid> {
+    validate_env_name(name)?;
+    let (secret, key) = split_reference(value)?;
+    Ok(EnvVar {
+        name: name.to_string(),
+        secret: secret.to_string(),
+        key: key.map(str::to_string),
+        version_stage: None,
+        version_id: None,
+    })
+}
+
+fn list_entry(e: ListEntry, default_mode: FileMode) -> Result<Entry, Invalid> {
+    let kinds = [e.file.is_some(), e.env.is_some(), e.env_from.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(Invalid::new(
+            "an entry has exactly one of file, env or envFrom",
+        ));
+    }
     if e.key.as_deref() == Some("") {
         return Err(Invalid::new("key is empty"));
     }
     check_characters_of(&[
-        ("secret", Some(&e.secret)),
         ("key", e.key.as_deref()),
         ("versionStage", e.version_stage.as_deref()),
         ("versionId", e.version_id.as_deref()),
     ])?;
-    validate_version(
-        &e.secret,
-        e.version_id.as_deref(),
-        e.version_stage.as_deref(),
-    )?;
+    let only_for_files = |what: &str| {
+        Invalid(format!(
+            "{what} applies to files only; an env or envFrom entry takes secret (or the envFrom reference), key and versionStage/versionId"
+        ))
+    };
+    if e.file.is_none() {
+        if e.format.is_some() {
+            return Err(only_for_files("format"));
+        }
+        if e.mode.is_some() {
+            return Err(only_for_files("mode"));
+        }
+        if e.template.is_some() || e.inputs.is_some() {
+            return Err(only_for_files("template/inputs"));
+        }
+    }
+    if let Some(reference) = e.env_from {
+        if e.secret.is_some() {
+            return Err(Invalid::new(
+                "envFrom is itself the reference (envFrom: /prod/app/db); drop secret",
+            ));
+        }
+        if e.key.is_some() {
+            return Err(Invalid::new(
+                "write the key into the reference (envFrom: /prod/app/db#nested), not as key",
+            ));
+        }
+        let (secret, key) = split_reference(&reference).map_err(|m| m.context("envFrom"))?;
+        validate_version(secret, e.version_id.as_deref(), e.version_stage.as_deref())?;
+        return Ok(Entry::EnvFrom(EnvFrom {
+            secret: secret.to_string(),
+            key: key.map(str::to_string),
+            version_stage: e.version_stage,
+            version_id: e.version_id,
+        }));
+    }
+    if let Some(name) = e.env {
+        validate_env_name(&name).map_err(|m| m.context("env"))?;
+        let secret = e
+            .secret
+            .ok_or_else(|| Invalid::new("an env entry needs secret: <secret-id>"))?;
+        validate_secret_id(&secret).map_err(|m| m.context("secret"))?;
+        check_characters_of(&[("secret", Some(&secret))])?;
+        validate_version(&secret, e.version_id.as_deref(), e.version_stage.as_deref())?;
+        return Ok(Entry::Env(EnvVar {
+            name,
+            secret,
+            key: e.key,
+            version_stage: e.version_stage,
+            version_id: e.version_id,
+        }));
+    }
+    let file = e.file.expect("exactly one kind, checked above");
+    validate_file_name(&file).map_err(|m| m.context("file"))?;
     let mode = match e.mode {
         Some(m) => FileMode::parse(&m).map_err(|m| m.context("mode"))?,
         None => default_mode,
     };
-    Ok(SecretFile {
-        file: e.file,
-        secret: e.secret,
-        key: e.key,
-        version_stage: e.version_stage,
-        version_id: e.version_id,
-        format: e.format.unwrap_or_default(),
-        mode,
-    })
+    match (e.secret, e.template, e.inputs) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Invalid::new(
+            "a file has either secret or template with inputs, not both",
+        )),
+        (None, Some(template), inputs) => {
+            if e.key.is_some() || e.version_id.is_some() || e.version_stage.is_some() {
+                return Err(Invalid::new(
+                    "a template file takes no key or version; write them into its inputs (db: /prod/app/db#password)",
+                ));
+            }
+            if e.format.is_some() {
+                return Err(Invalid::new(
+                    "a template file takes no format; the template is the format",
+                ));
+            }
+            let inputs = inputs.unwrap_or_default();
+            let mut parsed = BTreeMap::new();
+            for (name, reference) in &inputs {
+                if !is_identifier(name) {
+                    return Err(Invalid(format!(
+                        "input name {name:?} is not a template name; use letters, digits and '_', not starting with a digit"
+                    )));
+                }
+                let input =
+                    Input::parse(reference).map_err(|m| m.context(&format!("inputs.{name}")))?;
+                parsed.insert(name.clone(), input);
+            }
+            if parsed.is_empty() {
+                return Err(Invalid::new(
+                    "a template needs inputs: {name: <secret-id>[#<key>], ...}",
+                ));
+            }
+            crate::template::check(&template, parsed.keys().map(String::as_str))
+                .map_err(|m| Invalid(format!("template of file {file:?}: {m}")))?;
+            Ok(Entry::Template(TemplateFile {
+                file,
+                inputs: parsed,
+                template,
+                mode,
+            }))
+        }
+        (None, None, Some(_)) => Err(Invalid::new("inputs need a template")),
+        (None, None, None) => Err(Invalid::new(
+            "a file needs secret: <secret-id> (or template and inputs)",
+        )),
+        (Some(secret), None, None) => {
+            validate_secret_id(&secret).map_err(|m| m.context("secret"))?;
+            check_characters_of(&[("secret", Some(&secret))])?;
+            validate_version(&secret, e.version_id.as_deref(), e.version_stage.as_deref())?;
+            Ok(Entry::File(SecretFile {
+                file,
+                secret,
+                key: e.key,
+                version_stage: e.version_stage,
+                version_id: e.version_id,
+                format: e.format.unwrap_or_default(),
+                mode,
+            }))
+        }
+    }
+}
+
+/// A Jinja name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_identifier(s: &str) -> bool {
+    crate::spec::validate_env_name(s).is_ok()
 }
 
 /// [`crate::spec::check_characters`] over an entry's free-text fields: no control or bidi
@@ -865,7 +1117,8 @@ mod tests {
             msgs,
             [
                 "annotation kura.dev/colour: unknown kura annotation; known: kura.dev/inject, \
-                 kura.dev/secret.<file>, kura.dev/secrets, kura.dev/mount-path, kura.dev/containers, \
+                 kura.dev/secret.<file>, kura.dev/secrets, kura.dev/env.<NAME>, \
+                 kura.dev/env-on-rotation, kura.dev/mount-path, kura.dev/containers, \
                  kura.dev/agent, kura.dev/refresh-interval, kura.dev/file-mode, kura.dev/run-as-user, \
                  kura.dev/reload, kura.dev/refresh-now"
             ]
@@ -976,11 +1229,44 @@ mod tests {
             refresh in proptest::option::of(30u64..86400),
             uid in proptest::option::of(1i64..70000),
             containers in proptest::option::of(proptest::collection::vec("[a-z][a-z0-9-]{0,8}[a-z0-9]", 1..3)),
+            env in proptest::collection::vec(("[A-Z_][A-Z0-9_]{0,10}", "/[a-z]{1,8}/[a-z]{1,8}", proptest::option::of("[a-z]{1,6}")), 0..4),
+            env_from in proptest::collection::vec(("(ssm:)?/[a-z]{1,8}/[a-z]{1,8}", proptest::option::of(Just("blue".to_string()))), 0..2),
+            with_template in proptest::bool::ANY,
+            on_rotation in prop_oneof![Just("none"), Just("restart"), Just("signal:SIGHUP")],
         ) {
             let mut seen = BTreeSet::new();
             let files: Vec<_> = files.into_iter().filter(|f| seen.insert(f.file.clone())).collect();
+            let mut names = BTreeSet::new();
+            let env: Vec<EnvVar> = env
+                .into_iter()
+                .filter(|(n, _, _)| names.insert(n.clone()))
+                .map(|(name, secret, key)| EnvVar { name, secret, key, version_stage: None, version_id: None })
+                .collect();
+            let env_from: Vec<EnvFrom> = env_from
+                .into_iter()
+                .map(|(secret, version_stage)| EnvFrom { secret, key: None, version_stage, version_id: None })
+                .collect();
+            let templates = if with_template && !seen.contains("app.properties") {
+                vec![TemplateFile {
+                    file: "app.properties".into(),
+                    inputs: BTreeMap::from([
+                        ("db".to_string(), Input::parse("/prod/app/db").expect("valid")),
+                        ("key".to_string(), Input::parse("ssm:/prod/app/key#k").expect("valid")),
+                    ]),
+                    template: "u={{ db.username }}\nk={{ key | urlencode }}\n".into(),
+                    mode: FileMode(0o440),
+                }]
+            } else {
+                Vec::new()
+            };
+            let has_env = !env.is_empty() || !env_from.is_empty();
+            let env_on_rotation = if has_env { EnvOnRotation::parse(on_rotation).expect("valid") } else { EnvOnRotation::None };
             let original = PodSecrets {
                 files,
+                env,
+                env_from,
+                templates,
+                env_on_rotation,
                 agent,
                 mount_path: "/etc/app/secrets".into(),
                 containers,

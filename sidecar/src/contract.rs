@@ -17,6 +17,20 @@ pub const PODINFO_DIR: &str = "/var/run/kura/podinfo";
 /// catalogue ([`crate::annotations::CATALOGUE`]).
 pub const ANNOTATIONS_FILE: &str = "/var/run/kura/podinfo/annotations";
 
+/// Where the agent's first container copies its own binary, in a small volume the selected app
+/// containers mount read-only when the pod declares environment variables: their `command`
+/// becomes `[EXEC_DIR/kura-agent, exec, --, <command>...]` (contract §6).
+pub const EXEC_DIR: &str = "/var/run/kura/bin";
+
+/// The binary's name inside [`EXEC_DIR`].
+pub const EXEC_BINARY: &str = "kura-agent";
+
+/// The file, inside the atomically swapped set (`<dir>/..data/`), that holds the environment
+/// variables' values for `kura-agent exec`: a JSON object of name → string value, mode 0400,
+/// owned by the agent's (= the app's) user. Its name starts with `.`, which no declared file
+/// name may, so it cannot collide with one.
+pub const ENV_VALUES_FILE: &str = ".kura-env.json";
+
 /// Environment variables the webhook sets on the agent container, each the twin of an agent flag.
 pub mod env {
     /// The normalized, versioned secret spec (JSON).
@@ -35,6 +49,22 @@ pub mod env {
     pub const STORE_TIMEOUT: &str = "KURA_STORE_TIMEOUT";
     /// Where a failed init leaves its one-line reason.
     pub const TERMINATION_LOG: &str = "KURA_TERMINATION_LOG";
+    /// On the agent's first container: copy the agent binary into this directory (the exec
+    /// volume) before the first write, so `kura-agent exec` exists when app containers start.
+    pub const EXEC_COPY_TO: &str = "KURA_EXEC_COPY_TO";
+    /// On a wrapped app container: the directory where the agent's files appear (the
+    /// container's `kura.dev/mount-path`); `kura-agent exec` reads
+    /// `<dir>/..data/`[`ENV_VALUES_FILE`](super::ENV_VALUES_FILE).
+    pub const EXEC_VALUES_DIR: &str = "KURA_EXEC_VALUES_DIR";
+    /// On a wrapped app container: `none`, `restart` or `signal:<SIGNAME>`
+    /// (`kura.dev/env-on-rotation`).
+    pub const EXEC_ON_ROTATION: &str = "KURA_EXEC_ON_ROTATION";
+    /// Optional, on a wrapped app container: how long `kura-agent exec` waits for the first
+    /// complete write before it fails (a duration; default 60s).
+    pub const EXEC_WAIT: &str = "KURA_EXEC_WAIT";
+    /// Optional, on a wrapped app container: how long a `restart` waits after SIGTERM before
+    /// SIGKILL (a duration; default 10s).
+    pub const EXEC_GRACE: &str = "KURA_EXEC_GRACE";
 }
 
 /// The agent's subcommands, as the webhook names them in the containers it injects.
@@ -46,6 +76,8 @@ pub enum AgentCommand {
     Run,
     /// Exit 0 once a complete set of files exists (the native sidecar's startup probe).
     Ready,
+    /// Run an app's command with the environment variables set (the wrapped containers).
+    Exec,
 }
 
 impl AgentCommand {
@@ -55,6 +87,7 @@ impl AgentCommand {
             AgentCommand::Init => "init",
             AgentCommand::Run => "run",
             AgentCommand::Ready => "ready",
+            AgentCommand::Exec => "exec",
         }
     }
 }

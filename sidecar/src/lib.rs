@@ -17,6 +17,7 @@ pub mod reload;
 pub mod render;
 pub mod spec;
 pub mod store;
+pub mod template;
 pub mod watch;
 pub mod writer;
 

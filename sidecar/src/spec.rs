@@ -360,6 +360,168 @@ pub struct SecretFile {
     pub mode: FileMode,
 }
 
+/// One environment variable (contract §6): `kura.dev/env.<NAME>` or a list entry's `env`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    /// The variable's name, a C identifier.
+    pub name: String,
+    /// Secret name or ARN, or SSM parameter.
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// Every top-level key of a JSON object secret becomes a variable (a list entry's `envFrom`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvFrom {
+    /// Secret name or ARN, or SSM parameter.
+    pub secret: String,
+    /// A nested object to take the keys of instead of the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// One input of a template: `<secret-id>[#<json-key>]`, as everywhere a reference is written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Input {
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl Input {
+    /// Splits `<secret-id>[#<json-key>]` and checks both halves.
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        let (secret, key) = split_reference(value)?;
+        Ok(Input {
+            secret: secret.to_string(),
+            key: key.map(str::to_string),
+        })
+    }
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.secret)?;
+        if let Some(k) = &self.key {
+            write!(f, "#{k}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits a reference `<secret-id>[#<json-key>]` and checks both halves (neither a Secrets
+/// Manager name nor an SSM name can hold `#`).
+pub fn split_reference(value: &str) -> Result<(&str, Option<&str>), Invalid> {
+    let (secret, key) = match value.split_once('#') {
+        Some((s, k)) => (s, Some(k)),
+        None => (value, None),
+    };
+    validate_secret_id(secret)?;
+    if key == Some("") {
+        return Err(Invalid::new("the JSON key after '#' is empty"));
+    }
+    check_characters(secret).map_err(|m| m.context("the secret"))?;
+    if let Some(k) = key {
+        check_characters(k).map_err(|m| m.context("the JSON key after '#'"))?;
+    }
+    Ok((secret, key))
+}
+
+/// A file rendered from a Jinja template over several inputs (contract §7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateFile {
+    /// File name inside the mount directory.
+    pub file: String,
+    /// Input name (a Jinja identifier) → reference.
+    pub inputs: std::collections::BTreeMap<String, Input>,
+    /// The template's source.
+    pub template: String,
+    pub mode: FileMode,
+}
+
+/// What `kura-agent exec` does when the variables' values change (`kura.dev/env-on-rotation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnvOnRotation {
+    /// Keep the values the process started with.
+    #[default]
+    None,
+    /// Stop the process (SIGTERM, a grace period, SIGKILL) and start it again with the new values.
+    Restart,
+    /// Send the process this signal (it re-reads its configuration its own way).
+    Signal(Signal),
+}
+
+impl EnvOnRotation {
+    /// Parses `none`, `restart` or `signal:<SIGNAME>`.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "none" => Ok(EnvOnRotation::None),
+            "restart" => Ok(EnvOnRotation::Restart),
+            _ => match s.strip_prefix("signal:") {
+                Some(name) => Signal::parse(name)
+                    .map(EnvOnRotation::Signal)
+                    .ok_or_else(|| {
+                        let names: Vec<_> = Signal::ALL.iter().map(|s| s.name()).collect();
+                        Invalid(format!("{name:?} is not one of {}", names.join(", ")))
+                    }),
+                None => Err(Invalid(format!(
+                    "{s:?} is not \"none\", \"restart\" or \"signal:<SIGNAME>\" (such as signal:SIGHUP)"
+                ))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for EnvOnRotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvOnRotation::None => f.write_str("none"),
+            EnvOnRotation::Restart => f.write_str("restart"),
+            EnvOnRotation::Signal(s) => write!(f, "signal:{}", s.name()),
+        }
+    }
+}
+
+/// Checks an environment variable name: a C identifier (`[A-Za-z_][A-Za-z0-9_]*`), at most 255
+/// bytes.
+pub fn validate_env_name(name: &str) -> Result<(), Invalid> {
+    let mut bytes = name.bytes();
+    let ok = name.len() <= 255
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "{:?} is not an environment variable name; use letters, digits and '_', not starting with a digit",
+            truncate_for_message(name)
+        )))
+    }
+}
+
+/// At most 64 characters of a refused name, for a message.
+fn truncate_for_message(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// What the agent needs to know, as the webhook wrote it in `KURA_SPEC`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -371,7 +533,15 @@ pub struct Spec {
     pub refresh_interval: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<Reload>,
+    #[serde(default)]
     pub files: Vec<SecretFile>,
+    /// Environment variables, written to the values file `kura-agent exec` reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFrom>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<TemplateFile>,
 }
 
 impl Spec {
@@ -390,18 +560,37 @@ impl Spec {
         }
         let spec: Spec =
             serde_json::from_value(value).map_err(|e| SpecError::Invalid(e.to_string()))?;
-        if spec.files.is_empty() {
-            return Err(SpecError::Invalid("no files declared".into()));
+        if spec.files.is_empty()
+            && spec.templates.is_empty()
+            && spec.env.is_empty()
+            && spec.env_from.is_empty()
+        {
+            return Err(SpecError::Invalid(
+                "no files or environment variables declared".into(),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
-        for f in &spec.files {
-            validate_file_name(&f.file).map_err(|e| SpecError::Invalid(e.0))?;
-            if !names.insert(f.file.as_str()) {
+        for name in spec.file_names() {
+            validate_file_name(name).map_err(|e| SpecError::Invalid(e.0))?;
+            if !names.insert(name) {
                 return Err(SpecError::Invalid(format!(
-                    "file {:?} is declared twice",
-                    f.file
+                    "file {name:?} is declared twice"
                 )));
             }
+        }
+        let mut vars = std::collections::BTreeSet::new();
+        for v in &spec.env {
+            validate_env_name(&v.name).map_err(|e| SpecError::Invalid(e.0))?;
+            if !vars.insert(v.name.as_str()) {
+                return Err(SpecError::Invalid(format!(
+                    "environment variable {:?} is declared twice",
+                    v.name
+                )));
+            }
+        }
+        for t in &spec.templates {
+            crate::template::check(&t.template, t.inputs.keys().map(String::as_str))
+                .map_err(|e| SpecError::Invalid(format!("template of file {:?}: {e}", t.file)))?;
         }
         Ok(spec)
     }
@@ -410,15 +599,48 @@ impl Spec {
         serde_json::to_string(self).expect("a spec of strings and numbers always serializes")
     }
 
-    /// Distinct secrets this spec reads, in declaration order.
+    /// Distinct secrets this spec reads (files, variables, template inputs), in declaration
+    /// order.
     pub fn secrets(&self) -> Vec<&str> {
-        let mut seen = std::collections::BTreeSet::new();
+        references(&self.files, &self.env, &self.env_from, &self.templates)
+    }
+
+    /// Every file the agent writes: plain files, then templates.
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
         self.files
             .iter()
-            .map(|f| f.secret.as_str())
-            .filter(|s| seen.insert(*s))
-            .collect()
+            .map(|f| f.file.as_str())
+            .chain(self.templates.iter().map(|t| t.file.as_str()))
     }
+
+    /// Whether the pod's containers take environment variables from the agent (and so run
+    /// through `kura-agent exec`).
+    pub fn has_env(&self) -> bool {
+        !self.env.is_empty() || !self.env_from.is_empty()
+    }
+}
+
+/// Distinct secrets named by files, variables and template inputs, in declaration order: what
+/// the policy checks and the agent fetches.
+pub fn references<'a>(
+    files: &'a [SecretFile],
+    env: &'a [EnvVar],
+    env_from: &'a [EnvFrom],
+    templates: &'a [TemplateFile],
+) -> Vec<&'a str> {
+    let mut seen = std::collections::BTreeSet::new();
+    files
+        .iter()
+        .map(|f| f.secret.as_str())
+        .chain(env.iter().map(|e| e.secret.as_str()))
+        .chain(env_from.iter().map(|e| e.secret.as_str()))
+        .chain(
+            templates
+                .iter()
+                .flat_map(|t| t.inputs.values().map(|i| i.secret.as_str())),
+        )
+        .filter(|s| seen.insert(*s))
+        .collect()
 }
 
 /// Checks a file name against `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 255 bytes.
@@ -706,6 +928,29 @@ mod tests {
             refresh_interval: 120,
             reload: Some(Reload::parse("signal:HUP:nginx").expect("valid")),
             files: vec![file("db-password")],
+            env: vec![EnvVar {
+                name: "DB_PASSWORD".into(),
+                secret: "/demo/db".into(),
+                key: Some("password".into()),
+                version_stage: None,
+                version_id: None,
+            }],
+            env_from: vec![EnvFrom {
+                secret: "ssm:/demo/app".into(),
+                key: None,
+                version_stage: Some("blue".into()),
+                version_id: None,
+            }],
+            templates: vec![TemplateFile {
+                file: "dsn".into(),
+                inputs: std::collections::BTreeMap::from([(
+                    "db".to_string(),
+                    Input::parse("/demo/db").expect("valid"),
+                )]),
+                template: "postgres://{{ db.username }}:{{ db.password | urlencode }}@db/app"
+                    .into(),
+                mode: DEFAULT_FILE_MODE,
+            }],
         };
         let json = spec.to_json();
         assert!(json.contains("\"mode\":\"0400\""), "{json}");

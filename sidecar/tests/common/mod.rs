@@ -55,6 +55,9 @@ pub fn spec(files: Vec<SecretFile>, interval_secs: u64, reload: Option<&str>) ->
         refresh_interval: interval_secs,
         reload: reload.map(|r| kura_agent::spec::Reload::parse(r).unwrap()),
         files,
+        env: Vec::new(),
+        env_from: Vec::new(),
+        templates: Vec::new(),
     }
     .to_json()
 }
