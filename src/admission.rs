@@ -330,6 +330,15 @@ impl Admission {
             (Ok(Some(declared)), Endpoint::Mutate) if is_pod && !decision.denies() => {
                 self.plan(&pod, declared, &mut decision)
             }
+            // A workload's template: what would block its pods' injection (a container without
+            // the command kura-agent exec wraps, users that conflict) is found now, where the
+            // developer applies it, not later in the controller's events.
+            (Ok(Some(declared)), _) if !is_pod && !decision.denies() => {
+                if let Err(problems) = inject::plan_declared(&pod, declared, &self.inject) {
+                    policy::check_plan(&problems, &mut decision);
+                }
+                None
+            }
             _ => None,
         };
         wrap(names, decision, patch)

@@ -25,6 +25,11 @@ pub use declared::{Declarations, Declared};
 
 pub const VOLUME: &str = "kura-secrets";
 pub const PODINFO_VOLUME: &str = "kura-podinfo";
+/// The small disk volume the agent copies its binary into for `kura-agent exec` (pods with
+/// environment variables only).
+pub const EXEC_VOLUME: &str = "kura-bin";
+/// Size limit of [`EXEC_VOLUME`]: the agent binary (about 7 MB) with room to spare.
+pub const EXEC_VOLUME_SIZE: &str = "32Mi";
 pub const AGENT: &str = "kura-agent";
 /// The init container that precedes the regular sidecar in legacy mode.
 pub const AGENT_INIT: &str = "kura-agent-init";
@@ -132,7 +137,7 @@ pub fn plan_declared(
 
     // Names we add must not exist already: duplicating or overwriting them would be worse.
     for v in spec.volumes.iter().flatten() {
-        if v.name == VOLUME || v.name == PODINFO_VOLUME {
+        if v.name == VOLUME || v.name == PODINFO_VOLUME || v.name == EXEC_VOLUME {
             problems.push(Problem {
                 field: format!("spec.volumes[{}]", v.name),
                 message: format!(
@@ -174,6 +179,12 @@ pub fn plan_declared(
         }
     }
 
+    if secrets.has_env() {
+        for (c, _, _) in &targets {
+            check_wrappable(c, secrets, &mut problems);
+        }
+    }
+
     let (uid, gid) = agent_identity(pod, &targets, secrets, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
@@ -197,6 +208,14 @@ pub fn plan_declared(
             size_limit: &cfg.volume_size_limit,
         },
     }];
+    if secrets.has_env() {
+        volumes.push(shape::Volume::Scratch {
+            name: EXEC_VOLUME,
+            empty_dir: shape::ScratchDir {
+                size_limit: EXEC_VOLUME_SIZE,
+            },
+        });
+    }
     if secrets.agent == AgentMode::Sidecar {
         volumes.push(shape::Volume::Annotations {
             name: PODINFO_VOLUME,
@@ -226,18 +245,56 @@ pub fn plan_declared(
         mount_path: &secrets.mount_path,
         read_only: Some(true),
     };
+    let exec_mount = shape::Mount::Ours {
+        name: EXEC_VOLUME,
+        mount_path: contract::EXEC_DIR,
+        read_only: Some(true),
+    };
+    let on_rotation = secrets.env_on_rotation.to_string();
+    let exec_env = [
+        shape::Env::Set {
+            name: contract::env::EXEC_VALUES_DIR,
+            value: &secrets.mount_path,
+        },
+        shape::Env::Set {
+            name: contract::env::EXEC_ON_ROTATION,
+            value: &on_rotation,
+        },
+    ];
     for (c, list, index) in &targets {
         let idx = index.to_string();
-        if c.volume_mounts.is_some() {
-            ops.add(&["spec", list, &idx, "volumeMounts", "-"], &mount);
+        let mounts: &[&shape::Mount] = if secrets.has_env() {
+            &[&mount, &exec_mount]
         } else {
-            ops.add(&["spec", list, &idx, "volumeMounts"], &[&mount]);
+            &[&mount]
+        };
+        append_all(
+            &mut ops,
+            &["spec", list, &idx, "volumeMounts"],
+            c.volume_mounts.is_some(),
+            mounts,
+        );
+        if secrets.has_env() {
+            // `add` on an existing member replaces it (RFC 6902 §4.1).
+            let command: Vec<&str> = EXEC_COMMAND
+                .into_iter()
+                .chain(c.command.iter().flatten().map(String::as_str))
+                .collect();
+            ops.add(&["spec", list, &idx, "command"], &command);
+            append_all(
+                &mut ops,
+                &["spec", list, &idx, "env"],
+                c.env.is_some(),
+                &exec_env,
+            );
         }
     }
 
     let agent = |name, kind| AgentShape {
         name,
         kind,
+        // The first agent container to run copies the binary for `kura-agent exec`.
+        exec_copy: secrets.has_env() && kind != AgentKind::Sidecar,
         cfg,
         mount_path: &secrets.mount_path,
         spec_json,
@@ -380,6 +437,70 @@ fn select_containers<'a>(
     }
 }
 
+/// The start of a wrapped container's `command`: the agent's copy, then `exec --`.
+const EXEC_COMMAND: [&str; 3] = [contract::EXEC_PATH, AgentCommand::Exec.as_str(), "--"];
+
+/// Checks that a selected container can run through `kura-agent exec`: it has a `command` to
+/// wrap (admission cannot see an image's entrypoint), none of its own `env` entries has a
+/// declared variable's name (never silently won), and it does not use the wrapper's names.
+fn check_wrappable(c: &Container, secrets: &PodSecrets, problems: &mut Vec<Problem>) {
+    if c.command.as_ref().is_none_or(Vec::is_empty) {
+        problems.push(Problem {
+            field: format!("container {}", c.name),
+            message: format!(
+                "container {:?} has no command, and environment variables from kura ({}<NAME>, or env/envFrom in {}) run the                  container's command through kura-agent exec; admission cannot see an image's entrypoint, so set command                  (and args) in the pod spec to what the image runs, or limit {} to containers that have one",
+                c.name,
+                annotations::ENV_PREFIX,
+                annotations::SECRETS,
+                annotations::CONTAINERS
+            ),
+        });
+    }
+    // KURA_EXEC_WAIT and KURA_EXEC_GRACE stay the container's to tune.
+    let reserved = [
+        contract::env::EXEC_VALUES_DIR,
+        contract::env::EXEC_ON_ROTATION,
+    ];
+    for e in c.env.iter().flatten() {
+        if let Some(v) = secrets.env.iter().find(|v| v.name == e.name) {
+            problems.push(Problem {
+                field: format!("container {}", c.name),
+                message: format!(
+                    "container {:?} sets {} in its own env, and {}{} declares it too; a conflict is never silently won:                      remove one of them",
+                    c.name,
+                    e.name,
+                    annotations::ENV_PREFIX,
+                    v.name
+                ),
+            });
+        }
+        if reserved.contains(&e.name.as_str()) {
+            problems.push(Problem {
+                field: format!("container {}", c.name),
+                message: format!(
+                    "container {:?} sets {}, which kura sets for kura-agent exec; remove it",
+                    c.name, e.name
+                ),
+            });
+        }
+    }
+    if let Some(m) = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == contract::EXEC_DIR)
+    {
+        problems.push(Problem {
+            field: format!("container {}", c.name),
+            message: format!(
+                "already mounts volume {:?} at {}, where kura mounts kura-agent for its environment variables; move it",
+                m.name,
+                contract::EXEC_DIR
+            ),
+        });
+    }
+}
+
 /// The uid and gid the agent runs as. The uid: the annotation, else the app containers'
 /// runAsUser, else the pod's, else 65532; the files are then owned by the user that reads them,
 /// so 0400 works. The gid is never left to the runtime (containerd's default is group 0): the
@@ -426,7 +547,12 @@ fn agent_identity(
         .filter_map(|(c, _, _)| effective(c))
         .collect();
     if uids.len() > 1 {
-        let readable_by_group = secrets.files.iter().all(|f| f.mode.0 & 0o040 != 0);
+        let readable_by_group = secrets
+            .files
+            .iter()
+            .map(|f| f.mode)
+            .chain(secrets.templates.iter().map(|t| t.mode))
+            .all(|m| m.0 & 0o040 != 0);
         if fs_group.is_none() || !readable_by_group {
             let list: Vec<String> = targets
                 .iter()
@@ -526,6 +652,7 @@ impl AgentKind {
 struct AgentShape<'a> {
     name: &'a str,
     kind: AgentKind,
+    exec_copy: bool,
     cfg: &'a InjectConfig,
     mount_path: &'a str,
     spec_json: &'a str,
@@ -569,6 +696,17 @@ impl<'a> AgentShape<'a> {
                 name: PODINFO_VOLUME,
                 mount_path: PODINFO_DIR,
                 read_only: Some(true),
+            });
+        }
+        if self.exec_copy {
+            env.push(Env::Set {
+                name: contract::env::EXEC_COPY_TO,
+                value: contract::EXEC_DIR,
+            });
+            mounts.push(Mount::Ours {
+                name: EXEC_VOLUME,
+                mount_path: contract::EXEC_DIR,
+                read_only: None,
             });
         }
         env.extend(self.identity.env.iter().map(Env::Copied));

@@ -159,7 +159,343 @@ fn shapes() -> Vec<(&'static str, Value)> {
         "projected": { "defaultMode": 420, "sources": [{ "serviceAccountToken": { "audience": "pods.eks.amazonaws.com", "expirationSeconds": 86400, "path": "eks-pod-identity-token" } }] }
     }));
     out.push(("EKS Pod Identity", v));
+
+    for (name, extra) in [
+        (
+            "environment variables, envFrom and a template",
+            ENV.as_slice(),
+        ),
+        (
+            "environment variables, init-only",
+            &[
+                ("kura.dev/env.API_KEY", "/demo/orders/api-key"),
+                ("kura.dev/agent", "init-only"),
+            ],
+        ),
+    ] {
+        let mut v = review("demo", &with(extra));
+        let spec = &mut v["request"]["object"]["spec"];
+        spec["containers"][0]["command"] = json!(["/app/server"]);
+        spec["containers"][0]["args"] = json!(["--port", "8080"]);
+        spec["initContainers"] =
+            json!([{ "name": "migrate", "image": "migrate:1", "command": ["/migrate", "up"] }]);
+        out.push((name, v));
+    }
     out
+}
+
+/// Environment variables of every form, and a template, on top of [`SECRETS`].
+const ENV: [(&str, &str); 4] = [
+    ("kura.dev/env.DB_PASSWORD", "/demo/orders/db#password"),
+    ("kura.dev/env-on-rotation", "restart"),
+    (
+        "kura.dev/secrets",
+        "- {envFrom: /demo/orders/db}\n- {env: DB_HOST, secret: 'ssm:/demo/orders/db-host'}\n\
+         - file: dsn\n  inputs: {db: /demo/orders/db, host: 'ssm:/demo/orders/db-host'}\n  \
+         template: 'postgres://{{ db.username }}:{{ db.password | urlencode }}@{{ host }}/orders'\n",
+    ),
+    ("kura.dev/containers", "api,migrate"),
+];
+
+/// A pod with [`ENV`] whose containers have commands.
+fn env_review(extra: &[(&'static str, &'static str)]) -> Value {
+    let pairs: Vec<_> = with(&ENV)
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let mut v = review("demo", &pairs);
+    let spec = &mut v["request"]["object"]["spec"];
+    spec["containers"][0]["command"] = json!(["/app/server"]);
+    spec["containers"][0]["args"] = json!(["--port", "8080"]);
+    spec["initContainers"] =
+        json!([{ "name": "migrate", "image": "migrate:1", "command": ["/migrate", "up"] }]);
+    v
+}
+
+#[tokio::test]
+async fn containers_with_environment_variables_run_through_kura_agent_exec() {
+    for mode in [SidecarMode::Native, SidecarMode::Legacy] {
+        let a = admission(mode).await;
+        let rv = env_review(&[]);
+        let resp = mutate(&a, &rv).await;
+        assert_eq!(resp["allowed"], true, "{mode:?}: {resp}");
+        let pod = patched(&rv, &resp).expect("a patch");
+        let spec = &pod["spec"];
+        let find = |list: &str, name: &str| {
+            spec[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("{list} {name}"))
+                .clone()
+        };
+        for (list, name, command, args) in [
+            (
+                "containers",
+                "api",
+                json!(["/var/run/kura/bin/kura-agent", "exec", "--", "/app/server"]),
+                json!(["--port", "8080"]),
+            ),
+            (
+                "initContainers",
+                "migrate",
+                json!([
+                    "/var/run/kura/bin/kura-agent",
+                    "exec",
+                    "--",
+                    "/migrate",
+                    "up"
+                ]),
+                Value::Null,
+            ),
+        ] {
+            let c = find(list, name);
+            assert_eq!(c["command"], command, "{mode:?} {name}");
+            assert_eq!(c["args"], args, "{mode:?} {name}: args kept");
+            let env = c["env"].as_array().cloned().unwrap_or_default();
+            let get = |n: &str| {
+                env.iter()
+                    .find(|e| e["name"] == n)
+                    .map(|e| e["value"].clone())
+            };
+            assert_eq!(
+                get("KURA_EXEC_VALUES_DIR"),
+                Some(json!("/var/run/secrets/kura"))
+            );
+            assert_eq!(get("KURA_EXEC_ON_ROTATION"), Some(json!("restart")));
+            let mount = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "kura-bin")
+                .expect("the binary's volume")
+                .clone();
+            assert_eq!(mount["readOnly"], true);
+            assert_eq!(mount["mountPath"], "/var/run/kura/bin");
+        }
+        // The first agent container copies the binary; a legacy regular sidecar does not.
+        let first = &spec["initContainers"][0];
+        assert!(first["name"].as_str().unwrap().starts_with("kura-agent"));
+        assert!(
+            first["env"].to_string().contains("KURA_EXEC_COPY_TO"),
+            "{first}"
+        );
+        assert!(first["volumeMounts"].to_string().contains("kura-bin"));
+        let bin = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "kura-bin")
+            .expect("kura-bin volume");
+        assert!(
+            bin["emptyDir"].get("medium").is_none(),
+            "disk, not memory: {bin}"
+        );
+        // No value anywhere in the patch; references only.
+        let text = resp["patch"].to_string() + &pod.to_string();
+        assert!(!text.contains("local-demo-password"));
+        // The agent's spec carries the variables and the template.
+        let agent_spec = first["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "KURA_SPEC")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let spec_json: Value = serde_json::from_str(&agent_spec).unwrap();
+        let names: Vec<&str> = spec_json["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert_eq!(names, ["DB_PASSWORD", "DB_HOST"]);
+        assert_eq!(spec_json["envFrom"][0]["secret"], "/demo/orders/db");
+        assert_eq!(spec_json["templates"][0]["file"], "dsn");
+        // A second pass adds nothing.
+        let mut again = rv.clone();
+        again["request"]["object"] = pod.clone();
+        assert!(mutate(&a, &again).await.get("patch").is_none());
+        validate_k8s(&[pod]).unwrap();
+    }
+}
+
+async fn denial(a: &Admission, rv: &Value) -> String {
+    let resp = mutate(a, rv).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    resp["status"]["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn environment_variables_need_a_command_and_no_clash() {
+    let a = admission(SidecarMode::Native).await;
+
+    let mut rv = env_review(&[]);
+    rv["request"]["object"]["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("command");
+    let m = denial(&a, &rv).await;
+    assert!(
+        m.contains("KURA001") && m.contains("\"api\" has no command"),
+        "{m}"
+    );
+    assert!(m.contains("set command"), "{m}");
+
+    // Limiting the containers to the ones with a command is the way out.
+    let rv = {
+        let mut v = env_review(&[]);
+        let ann = &mut v["request"]["object"]["metadata"]["annotations"];
+        ann["kura.dev/containers"] = json!("api");
+        v["request"]["object"]["spec"]["initContainers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("command");
+        v
+    };
+    assert_eq!(mutate(&a, &rv).await["allowed"], true);
+
+    let mut rv = env_review(&[]);
+    rv["request"]["object"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "DB_PASSWORD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
+    let m = denial(&a, &rv).await;
+    assert!(
+        m.contains("KURA001")
+            && m.contains("sets DB_PASSWORD in its own env")
+            && m.contains("kura.dev/env.DB_PASSWORD"),
+        "{m}"
+    );
+
+    let mut rv = env_review(&[]);
+    rv["request"]["object"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "KURA_EXEC_VALUES_DIR", "value": "/tmp"}));
+    assert!(denial(&a, &rv).await.contains("KURA_EXEC_VALUES_DIR"));
+}
+
+#[tokio::test]
+async fn bad_variables_and_templates_are_denied_with_the_place_to_fix() {
+    let a = admission(SidecarMode::Native).await;
+    let cases: [(&[(&str, &str)], &[&str]); 6] = [
+        (
+            &[("kura.dev/env.1BAD", "/demo/orders/api-key")],
+            &["kura.dev/env.1BAD", "not an environment variable name"],
+        ),
+        (
+            &[("kura.dev/env-on-rotation", "sometimes")],
+            &["kura.dev/env-on-rotation", "\"restart\""],
+        ),
+        (
+            &[(
+                "kura.dev/secrets",
+                "- {env: API_KEY, secret: /demo/orders/api-key}\n- {env: API_KEY, secret: /demo/orders/db}",
+            )],
+            &["API_KEY", "declared twice"],
+        ),
+        (
+            &[(
+                "kura.dev/secrets",
+                "- file: app.properties\n  inputs: {db: /demo/orders/db}\n  template: |\n    a={{ db.username }}\n    b={{ db.password\n",
+            )],
+            &["app.properties", "syntax error", "line 2"],
+        ),
+        (
+            &[(
+                "kura.dev/secrets",
+                "- file: app.properties\n  inputs: {db: /demo/orders/db}\n  template: |\n    a={{ db.username }}\n    k={{ api_key }}\n",
+            )],
+            &["app.properties", "\"api_key\" is not an input", "line 2"],
+        ),
+        (
+            &[(
+                "kura.dev/secrets",
+                "- {file: x, env: X, secret: /demo/orders/db}",
+            )],
+            &["exactly one of file, env or envFrom"],
+        ),
+    ];
+    for (annotations, needles) in cases {
+        let mut pairs = vec![
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.a", "/demo/orders/api-key"),
+        ];
+        pairs.extend_from_slice(annotations);
+        let mut rv = review("demo", &pairs);
+        rv["request"]["object"]["spec"]["containers"][0]["command"] = json!(["/app"]);
+        let m = denial(&a, &rv).await;
+        assert!(m.contains("KURA001"), "{m}");
+        for n in needles {
+            assert!(m.contains(n), "{annotations:?}: wanted {n:?} in {m}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn policy_applies_to_every_reference_of_variables_and_templates() {
+    let a = admission(SidecarMode::Native).await;
+    for annotations in [
+        vec![("kura.dev/env.STRIPE", "/payments/stripe")],
+        vec![("kura.dev/secrets", "- {envFrom: /payments/stripe}")],
+        vec![(
+            "kura.dev/secrets",
+            "- file: t\n  inputs: {a: /demo/orders/db, b: /payments/stripe}\n  template: '{{ a.username }}{{ b }}'",
+        )],
+    ] {
+        let mut pairs = vec![("kura.dev/inject", "true")];
+        pairs.extend(annotations.iter().copied());
+        let mut rv = review("demo", &pairs);
+        rv["request"]["object"]["spec"]["containers"][0]["command"] = json!(["/app"]);
+        let m = denial(&a, &rv).await;
+        assert!(
+            m.contains("KURA002") && m.contains("/payments/stripe"),
+            "{annotations:?}: {m}"
+        );
+    }
+    // KURA003 for an input on the AWS managed key.
+    let mut rv = review(
+        "demo",
+        &[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/env.LEGACY", "/demo/orders/legacy"),
+        ],
+    );
+    rv["request"]["object"]["spec"]["containers"][0]["command"] = json!(["/app"]);
+    assert!(denial(&a, &rv).await.contains("KURA003"));
+}
+
+#[tokio::test]
+async fn a_workload_whose_pods_cannot_be_wrapped_is_denied_at_validation() {
+    let a = admission(SidecarMode::Native).await;
+    let mut rv = env_review(&[]);
+    rv["request"]["object"]["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("command");
+    let template = rv["request"]["object"].clone();
+    rv["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    rv["request"]["resource"] =
+        json!({"group": "apps", "version": "v1", "resource": "deployments"});
+    rv["request"]["object"] = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"selector": {}, "template": {"metadata": template["metadata"], "spec": template["spec"]}},
+    });
+    let parsed: AdmissionReview<DynamicObject> = serde_json::from_value(rv).unwrap();
+    let out = a.review_parsed(Endpoint::Validate, parsed).await.unwrap();
+    let resp = serde_json::to_value(out.review.response.unwrap()).unwrap();
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no command"),
+        "{resp}"
+    );
 }
 
 #[tokio::test]

@@ -25,6 +25,9 @@ pub const EXEC_DIR: &str = "/var/run/kura/bin";
 /// The binary's name inside [`EXEC_DIR`].
 pub const EXEC_BINARY: &str = "kura-agent";
 
+/// [`EXEC_DIR`]`/`[`EXEC_BINARY`]: the first word of a wrapped container's `command`.
+pub const EXEC_PATH: &str = "/var/run/kura/bin/kura-agent";
+
 /// The file, inside the atomically swapped set (`<dir>/..data/`), that holds the environment
 /// variables' values for `kura-agent exec`: a JSON object of name → string value, mode 0400,
 /// owned by the agent's (= the app's) user. Its name starts with `.`, which no declared file
@@ -121,5 +124,10 @@ mod tests {
             .strip_prefix(PODINFO_DIR)
             .expect("inside the podinfo dir");
         assert_eq!(rest, "/annotations");
+    }
+
+    #[test]
+    fn the_exec_path_is_the_binary_in_the_exec_dir() {
+        assert_eq!(EXEC_PATH, format!("{EXEC_DIR}/{EXEC_BINARY}"));
     }
 }

@@ -41,6 +41,19 @@ pub enum Volume<'a> {
         #[serde(rename = "downwardAPI")]
         downward_api: DownwardApi<'a>,
     },
+    /// A disk-backed `emptyDir` (the binary copy for `kura-agent exec`): reclaimable page cache,
+    /// not memory charged to the pod.
+    #[serde(rename_all = "camelCase")]
+    Scratch {
+        name: &'a str,
+        empty_dir: ScratchDir<'a>,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScratchDir<'a> {
+    pub size_limit: &'a str,
 }
 
 #[derive(Serialize)]
