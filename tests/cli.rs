@@ -443,3 +443,51 @@ fn pre_commit_hooks_run_kura_lint() {
         assert!(!files.is_match("README.md"));
     }
 }
+
+/// `kura lint` judges environment variables and templates as admission does: a workload whose
+/// containers cannot be wrapped, a template that does not parse or reads a name that is not an
+/// input, and every reference's policy.
+#[test]
+fn lint_understands_environment_variables_and_templates() {
+    let deployment = |command: &str, template: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: demo\nspec:\n  selector: {{}}\n  template:\n    metadata:\n      annotations:\n        kura.dev/inject: \"true\"\n        kura.dev/env.DB_PASSWORD: /demo/orders/db#password\n        kura.dev/secrets: |\n          - envFrom: /demo/orders/db\n          - file: app.properties\n            inputs: {{db: /demo/orders/db}}\n            template: |\n              {template}\n    spec:\n      containers:\n        - name: api\n          image: app:1\n{command}"
+        )
+    };
+    let ok = deployment(
+        "          command: [/app/server]\n",
+        "spring.datasource.username={{ db.username }}",
+    );
+    let (code, out) = lint(&["-"], Some(&ok));
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out) = lint(&["-"], Some(&deployment("", "u={{ db.username }}")));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("KURA001") && out.contains("has no command"), "{out}");
+
+    let (code, out) = lint(
+        &["-"],
+        Some(&deployment("          command: [/app/server]\n", "u={{ db.username")),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("app.properties") && out.contains("syntax error"), "{out}");
+
+    let (code, out) = lint(
+        &["-"],
+        Some(&deployment("          command: [/app/server]\n", "u={{ user }}")),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"user\" is not an input"), "{out}");
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let foreign = ok.replace(
+        "kura.dev/env.DB_PASSWORD: /demo/orders/db#password",
+        "kura.dev/env.STRIPE: /payments/stripe",
+    );
+    let (code, out) = lint(
+        &["--store", &format!("file:{root}/examples/store.yaml"), "-"],
+        Some(&foreign),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("KURA002") && out.contains("/payments/stripe"), "{out}");
+}
