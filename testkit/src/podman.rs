@@ -295,6 +295,8 @@ pub struct PodRun {
     pod: Value,
     /// emptyDir memory volumes: tmpfs mounts under `host_dir`.
     tmpfs: Vec<PathBuf>,
+    /// emptyDir disk volumes: plain directories under `host_dir`.
+    scratch: Vec<PathBuf>,
     /// Host directory for downward-API files, termination logs and tmpfs volumes; a directory
     /// `<volume name>` the test puts here stands for any other volume (a Secret, a ConfigMap),
     /// mounted read-only.
@@ -342,6 +344,7 @@ impl PodRun {
             name,
             pod: pod.clone(),
             tmpfs: Vec::new(),
+            scratch: Vec::new(),
             host_dir: tempfile::tempdir().unwrap(),
         };
         let fs_group = spec["securityContext"]["fsGroup"].as_i64();
@@ -372,6 +375,21 @@ impl PodRun {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 run.tmpfs.push(dir);
+            } else if v.get("emptyDir").is_some() {
+                // A disk emptyDir (kura-bin): a node directory, world-writable as the kubelet
+                // makes it (or group-owned by fsGroup with the setgid bit).
+                use std::os::unix::fs::PermissionsExt;
+                let dir = run.host_dir.path().join(vname);
+                std::fs::create_dir_all(&dir).unwrap();
+                let mode = match fs_group {
+                    Some(g) => {
+                        std::os::unix::fs::chown(&dir, None, Some(g as u32)).unwrap();
+                        0o2777
+                    }
+                    None => 0o777,
+                };
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+                run.scratch.push(dir);
             } else if let Some(items) = v["downwardAPI"]["items"].as_array() {
                 let dir = run.host_dir.path().join(vname);
                 std::fs::create_dir_all(&dir).unwrap();
@@ -480,7 +498,7 @@ impl PodRun {
             let target = m["mountPath"].as_str().unwrap();
             let ro = if m["readOnly"] == true { "ro" } else { "rw" };
             let dir = self.host_dir.path().join(vname);
-            if self.tmpfs.contains(&dir) {
+            if self.tmpfs.contains(&dir) || self.scratch.contains(&dir) {
                 args.push(format!("--volume={}:{target}:{ro}", dir.display()));
             } else if dir.is_dir() {
                 args.push(format!("--volume={}:{target}:ro", dir.display()));
