@@ -463,18 +463,30 @@ fn lint_understands_environment_variables_and_templates() {
 
     let (code, out) = lint(&["-"], Some(&deployment("", "u={{ db.username }}")));
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("KURA001") && out.contains("has no command"), "{out}");
+    assert!(
+        out.contains("KURA001") && out.contains("has no command"),
+        "{out}"
+    );
 
     let (code, out) = lint(
         &["-"],
-        Some(&deployment("          command: [/app/server]\n", "u={{ db.username")),
+        Some(&deployment(
+            "          command: [/app/server]\n",
+            "u={{ db.username",
+        )),
     );
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("app.properties") && out.contains("syntax error"), "{out}");
+    assert!(
+        out.contains("app.properties") && out.contains("syntax error"),
+        "{out}"
+    );
 
     let (code, out) = lint(
         &["-"],
-        Some(&deployment("          command: [/app/server]\n", "u={{ user }}")),
+        Some(&deployment(
+            "          command: [/app/server]\n",
+            "u={{ user }}",
+        )),
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("\"user\" is not an input"), "{out}");
@@ -489,5 +501,8 @@ fn lint_understands_environment_variables_and_templates() {
         Some(&foreign),
     );
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("KURA002") && out.contains("/payments/stripe"), "{out}");
+    assert!(
+        out.contains("KURA002") && out.contains("/payments/stripe"),
+        "{out}"
+    );
 }

@@ -1059,13 +1059,8 @@ fn dockerfiles_build_the_workspace_binaries() {
         };
         let squeezed = text.split_whitespace().collect::<Vec<_>>().join(" ");
         p.check(
-            squeezed.contains(&build)
-                && (package == "kura-agent" || !text.contains("--target")),
-            || {
-                format!(
-                    "{file}: must build `{build}` for the build platform"
-                )
-            },
+            squeezed.contains(&build) && (package == "kura-agent" || !text.contains("--target")),
+            || format!("{file}: must build `{build}` for the build platform"),
         );
         p.check(
             runtime
