@@ -742,6 +742,8 @@ fn webhooks_reach_kura_and_cover_what_it_judges() {
                             | "failure-policy-ignore"
                             | "canary-namespaces"
                             | "gitops-resources"
+                            // Adds Prometheus Operator objects only: monitoring_* below.
+                            | "monitoring"
                     )
                 ),
             || format!("{label}: a component this test has no expectation for"),
@@ -1271,6 +1273,431 @@ fn iam_policies_grant_what_kura_calls() {
             if acts.iter().any(|a| a == "kms:Decrypt") {
                 p.check(cond.contains("kms:ViaService"), || {
                     format!("{name}: kms:Decrypt without kms:ViaService")
+                });
+            }
+        }
+    }
+    p.assert_none();
+}
+
+/// Series that kura does not export yet but the monitoring component already watches: the
+/// version service's fleet view (issue 17, contract §8), by name and labels. Once the code
+/// exports one, its labels must be these.
+const PLANNED_SERIES: &[(&str, &[&str])] = &[
+    ("kura_fleet_agents", &["namespace"]),
+    ("kura_fleet_agents_failing", &["namespace", "error_kind"]),
+    ("kura_fleet_agents_stale", &["namespace"]),
+    ("kura_version_service_requests_total", &["outcome"]),
+];
+
+/// Series other software exports, which the rules and the dashboard use: Prometheus's own
+/// `up` for the scrape target, and cert-manager's certificate expiry (the cert-manager
+/// overlay; kura exports no expiry of the certificate it serves).
+const OTHER_SERIES: &[&str] = &["up", "certmanager_certificate_expiration_timestamp_seconds"];
+
+/// Labels Prometheus adds to every series it scrapes through the ServiceMonitor. `namespace`
+/// is not among them for kura's series: with honorLabels kura's own `namespace` label wins,
+/// and on a series without one it is always kura-system, so a selector on it is a mistake.
+const TARGET_LABELS: &[&str] = &["job", "instance", "pod", "service", "endpoint", "container"];
+
+/// Every series the webhook exports, with its labels: the text exposition of
+/// `kura::telemetry::Metrics` after one observation in each labelled family.
+fn exported_series() -> BTreeMap<String, BTreeSet<String>> {
+    use kura::telemetry::{
+        EndpointLabels, Metrics, NamespaceLabels, RequestLabels, ResultLabels, RuleLabels,
+    };
+    let m = Metrics::default();
+    let endpoint = || "mutate".to_string();
+    m.requests
+        .get_or_create(&RequestLabels {
+            endpoint: endpoint(),
+            decision: "injected".into(),
+        })
+        .inc();
+    m.latency
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint(),
+        })
+        .observe(0.01);
+    m.rules
+        .get_or_create(&RuleLabels {
+            rule: "KURA001".into(),
+            decision: "denied".into(),
+        })
+        .inc();
+    m.injections
+        .get_or_create(&NamespaceLabels {
+            namespace: "demo".into(),
+        })
+        .inc();
+    m.reloads
+        .get_or_create(&ResultLabels {
+            result: "cert-ok".into(),
+        })
+        .inc();
+    let text = m.encode();
+    let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut families = BTreeSet::new();
+    let label = regex::Regex::new(r#"(\w+)="#).unwrap();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families.insert(rest.split(' ').next().unwrap().to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name_end = line.find(['{', ' ']).unwrap();
+            let labels = series.entry(line[..name_end].to_string()).or_default();
+            if line[name_end..].starts_with('{') {
+                let inner = &line[name_end + 1..line.rfind('}').unwrap()];
+                labels.extend(label.captures_iter(inner).map(|c| c[1].to_string()));
+            }
+        }
+    }
+    for f in families {
+        assert!(
+            series.keys().any(|s| s.starts_with(&f)),
+            "metric family {f} has no sample: observe it in exported_series() so the \
+             monitoring checks know its labels"
+        );
+    }
+    series
+}
+
+/// The series a PromQL expression selects, each with the label names its matchers use. Not
+/// a PromQL parser: it skips strings, ranges and the label lists of `by`, `without`, `on`,
+/// `ignoring`, `group_left` and `group_right`, takes a name followed by `(`, `by` or
+/// `without` for a function or an aggregation, and a bare `{__name__=~"a|b"}` for the series
+/// it lists.
+fn selected_series(expr: &str) -> Vec<(String, BTreeSet<String>)> {
+    let token = regex::Regex::new(
+        r#""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\[[^\]]*\]|\{[^}]*\}|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[a-zA-Z]*|[a-zA-Z_:][a-zA-Z0-9_:]*|\S"#,
+    )
+    .unwrap();
+    let matcher = regex::Regex::new(r#"(\w+)\s*(?:=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)""#).unwrap();
+    let grouping = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let keywords = ["and", "or", "unless", "offset", "bool", "inf", "nan"];
+    let tokens: Vec<&str> = token.find_iter(expr).map(|m| m.as_str()).collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i];
+        let next = tokens.get(i + 1).copied().unwrap_or("");
+        let ident = t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == ':');
+        if ident && grouping.contains(&t) {
+            // Skip the label list in parentheses.
+            i += 1;
+            if tokens.get(i) == Some(&"(") {
+                while i < tokens.len() && tokens[i] != ")" {
+                    i += 1;
+                }
+            }
+        } else if ident
+            && !keywords.contains(&t)
+            && next != "("
+            && next != "by"
+            && next != "without"
+        {
+            // (`sum by (x) (...)`: an aggregation, like a function.)
+            let mut labels = BTreeSet::new();
+            if next.starts_with('{') {
+                labels.extend(matcher.captures_iter(next).map(|c| c[1].to_string()));
+                i += 1;
+            }
+            out.push((t.to_string(), labels));
+        } else if t.starts_with('{') {
+            let mut labels = BTreeSet::new();
+            let mut names = Vec::new();
+            for c in matcher.captures_iter(t) {
+                if &c[1] == "__name__" {
+                    names.extend(c[2].split('|').map(str::to_string));
+                } else {
+                    labels.insert(c[1].to_string());
+                }
+            }
+            assert!(
+                !names.is_empty(),
+                "{expr}: a selector without a metric name"
+            );
+            out.extend(names.into_iter().map(|n| (n, labels.clone())));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn selected_series_finds_names_and_matchers() {
+    let got = selected_series(
+        r#"sum by (rule, le) (rate(kura_rule_hits_total{decision="denied", rule=~"K.*"}[5m] offset 1h)) > 3 * (up or vector(0)) and on (pod) {__name__=~"a_b|c", namespace!="x"}"#,
+    );
+    let want: Vec<(String, BTreeSet<String>)> = vec![
+        (
+            "kura_rule_hits_total".into(),
+            ["decision", "rule"].map(String::from).into(),
+        ),
+        ("up".into(), BTreeSet::new()),
+        ("a_b".into(), ["namespace".to_string()].into()),
+        ("c".into(), ["namespace".to_string()].into()),
+    ];
+    assert_eq!(got, want);
+}
+
+/// Every PromQL query of the monitoring component's rules and of the Grafana dashboards:
+/// (where, expression).
+fn monitoring_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let dir = root().join("deploy/components/monitoring");
+    for doc in resources(&dir) {
+        for g in doc["spec"]["groups"].as_array().into_iter().flatten() {
+            for r in g["rules"].as_array().unwrap() {
+                let name = r["alert"].as_str().or(r["record"].as_str()).unwrap();
+                out.push((
+                    format!("{}: {name}", dir.display()),
+                    r["expr"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no rules in {}", dir.display());
+    let dashboards: Vec<PathBuf> = walk(&root().join("deploy/monitoring"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(!dashboards.is_empty(), "no dashboard in deploy/monitoring");
+    fn panels(v: &Value, out: &mut Vec<Value>) {
+        for p in v["panels"].as_array().into_iter().flatten() {
+            out.push(p.clone());
+            panels(p, out);
+        }
+    }
+    for path in dashboards {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let d: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
+        let mut all = Vec::new();
+        panels(&d, &mut all);
+        for p in &all {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    out.push((format!("{}: {}", path.display(), p["title"]), e.to_string()));
+                }
+            }
+        }
+        for v in d["templating"]["list"].as_array().into_iter().flatten() {
+            let q = v["query"]["query"].as_str().or(v["query"].as_str());
+            if let (Some("query"), Some(q)) = (v["type"].as_str(), q) {
+                let q = q.strip_prefix("label_values(").unwrap_or(q);
+                let q = q.rsplit_once(',').map_or(q, |(selector, _label)| selector);
+                out.push((format!("{}: ${}", path.display(), v["name"]), q.into()));
+            }
+        }
+    }
+    out
+}
+
+/// The alerts and the dashboard use series kura exports, with labels those series have, or
+/// the version service's planned series, or the few other programs' series named above.
+#[test]
+fn monitoring_uses_series_kura_exports() {
+    let exported = exported_series();
+    let mut p = Problems::default();
+    for (name, labels) in PLANNED_SERIES {
+        if let Some(have) = exported.get(*name) {
+            let want: BTreeSet<String> = labels.iter().map(|l| l.to_string()).collect();
+            p.check(*have == want, || {
+                format!("kura exports {name} with labels {have:?}; the monitoring component expects {want:?}")
+            });
+        }
+    }
+    for (where_, expr) in monitoring_queries() {
+        for (name, labels) in selected_series(&expr) {
+            if OTHER_SERIES.contains(&name.as_str()) {
+                continue;
+            }
+            let planned = PLANNED_SERIES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, l)| l.iter().map(|l| l.to_string()).collect::<BTreeSet<_>>());
+            let Some(known) = exported.get(&name).cloned().or(planned) else {
+                p.check(false, || {
+                    format!(
+                        "{where_}: {name} is not a series kura exports (nor a planned or other one)"
+                    )
+                });
+                continue;
+            };
+            for l in labels {
+                p.check(
+                    known.contains(&l) || TARGET_LABELS.contains(&l.as_str()),
+                    || {
+                        format!(
+                            "{where_}: {name} has no label {l} (it has {known:?} and the target's)"
+                        )
+                    },
+                );
+            }
+        }
+    }
+    p.assert_none();
+}
+
+/// GitHub's anchor for a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Each alert links a section of docs/runbooks.md that exists and is named after it, and the
+/// README's monitoring section names it (links from those sections lead somewhere); the ServiceMonitor scrapes the Service's metrics
+/// port; the dashboard takes its data source from a variable.
+#[test]
+fn monitoring_component_fits_the_install() {
+    let mut p = Problems::default();
+    let runbooks = std::fs::read_to_string(root().join("docs/runbooks.md")).unwrap();
+    let anchors: BTreeSet<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| anchor(h.trim_start_matches('#')))
+        .collect();
+    // The alerts' sections send readers on to other sections: those exist.
+    let alerts_section = runbooks.split("\n## Alerts\n").nth(1).unwrap_or_default();
+    let link = regex::Regex::new(r"\]\(#([^)]+)\)").unwrap();
+    for c in link.captures_iter(alerts_section) {
+        p.check(anchors.contains(&c[1]), || {
+            format!(
+                "docs/runbooks.md, Alerts: a link to #{}, which no heading makes",
+                &c[1]
+            )
+        });
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let monitoring = readme
+        .split("### Monitoring: alerts and dashboard")
+        .nth(1)
+        .map(|s| {
+            s.split("\n## ")
+                .next()
+                .unwrap()
+                .split("\n### ")
+                .next()
+                .unwrap()
+        })
+        .unwrap_or_default();
+    p.check(!monitoring.is_empty(), || {
+        "README: no section \"### Monitoring: alerts and dashboard\"".into()
+    });
+    let prefix = format!(
+        "{}/blob/main/docs/runbooks.md#",
+        env!("CARGO_PKG_REPOSITORY")
+    );
+    let dir = root().join("deploy/components/monitoring");
+    let docs = resources(&dir);
+    for rule in kind_of(&docs, "PrometheusRule")
+        .into_iter()
+        .flat_map(|d| d["spec"]["groups"].as_array().unwrap())
+        .flat_map(|g| g["rules"].as_array().unwrap())
+    {
+        let Some(alert) = rule["alert"].as_str() else {
+            continue;
+        };
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap_or("");
+        let want = format!("{prefix}{}", alert.to_lowercase());
+        p.check(url == want, || {
+            format!("{alert}: runbook_url {url:?}, want {want:?}")
+        });
+        p.check(anchors.contains(&alert.to_lowercase()), || {
+            format!("{alert}: docs/runbooks.md has no section \"### {alert}\"")
+        });
+        p.check(monitoring.contains(&format!("`{alert}`")), || {
+            format!("{alert}: not in the README's monitoring section")
+        });
+    }
+
+    // The ServiceMonitor scrapes the kura Service's metrics port, where kura serves metrics.
+    let base = resources(&root().join("deploy/base"));
+    let service = find(&base, "Service", "kura");
+    let sm = find(&docs, "ServiceMonitor", "kura");
+    p.check(
+        selects(
+            &sm["spec"]["selector"]["matchLabels"],
+            &service["metadata"]["labels"],
+        ),
+        || "the ServiceMonitor does not select the kura Service".into(),
+    );
+    p.check(
+        strings(&sm["spec"]["namespaceSelector"]["matchNames"]).contains(
+            &service["metadata"]["namespace"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ),
+        || "the ServiceMonitor does not look in the kura Service's namespace".into(),
+    );
+    let ports: Vec<String> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect();
+    for ep in sm["spec"]["endpoints"].as_array().unwrap() {
+        p.check(
+            ep["port"] == "metrics" && ports.contains(&"metrics".to_string()),
+            || format!("ServiceMonitor endpoint {ep}: not the Service's metrics port"),
+        );
+        p.check(ep["honorLabels"] == true, || {
+            "ServiceMonitor: without honorLabels, kura's namespace label becomes exported_namespace"
+                .into()
+        });
+    }
+
+    // The dashboard: its data source is a variable every panel and query uses.
+    for path in walk(&root().join("deploy/monitoring"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let f = path.display();
+        let vars = d["templating"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ds = vars
+            .iter()
+            .find(|v| v["type"] == "datasource" && v["query"] == "prometheus");
+        p.check(ds.is_some(), || {
+            format!("{f}: no Prometheus data source variable")
+        });
+        let want = format!("${{{}}}", ds.map_or("", |v| v["name"].as_str().unwrap()));
+        let mut ids = BTreeSet::new();
+        for panel in d["panels"].as_array().unwrap() {
+            let title = &panel["title"];
+            p.check(ids.insert(panel["id"].as_u64()), || {
+                format!("{f}: panel id {} twice", panel["id"])
+            });
+            let g = &panel["gridPos"];
+            p.check(
+                g["x"].as_u64().unwrap_or(99) + g["w"].as_u64().unwrap_or(99) <= 24,
+                || format!("{f}: panel {title} is wider than the 24-column grid"),
+            );
+            if panel["type"] == "row" {
+                continue;
+            }
+            p.check(panel["datasource"]["uid"] == want.as_str(), || {
+                format!("{f}: panel {title} does not use the data source variable {want}")
+            });
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                p.check(t["datasource"]["uid"] == want.as_str(), || {
+                    format!("{f}: a query of panel {title} does not use {want}")
                 });
             }
         }
