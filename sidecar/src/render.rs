@@ -364,6 +364,152 @@ mod tests {
         }
     }
 
+    fn var(key: Option<&str>) -> EnvVar {
+        EnvVar {
+            name: "DB_PASSWORD".into(),
+            secret: "/demo/s".into(),
+            key: key.map(Into::into),
+            version_stage: None,
+            version_id: None,
+        }
+    }
+
+    fn from(key: Option<&str>) -> EnvFrom {
+        EnvFrom {
+            secret: "ssm:/demo/p".into(),
+            key: key.map(Into::into),
+            version_stage: None,
+            version_id: None,
+        }
+    }
+
+    fn exposed(v: &EnvValues) -> Vec<(&str, &str)> {
+        v.iter()
+            .map(|(k, v)| (k.as_str(), v.expose_secret()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_values_and_their_errors() {
+        let doc = text(r#"{"password":"hunter2","port":5432,"nested":{"A":"x","B_2":[1]}}"#);
+        let get = |v: &EnvVar, val: &SecretValue| {
+            env_value(v, val)
+                .expect("a value")
+                .expose_secret()
+                .to_string()
+        };
+        assert_eq!(get(&var(None), &text("plain {json")), "plain {json");
+        assert_eq!(get(&var(Some("password")), &doc), "hunter2");
+        assert_eq!(get(&var(Some("port")), &doc), "5432");
+        assert_eq!(get(&var(Some("nested")), &doc), r#"{"A":"x","B_2":[1]}"#);
+        let got = env_from(&from(Some("/nested")), &doc).expect("an object");
+        assert_eq!(exposed(&got), [("A", "x"), ("B_2", "[1]")]);
+
+        let bin = SecretValue::Binary(SecretSlice::from(b"hunter2".to_vec()));
+        for (e, needles) in [
+            (
+                env_value(&var(None), &bin).expect_err("binary"),
+                vec!["binary", "\"DB_PASSWORD\""],
+            ),
+            (
+                env_value(&var(None), &text("a\0hunter2")).expect_err("NUL"),
+                vec!["NUL", "\"DB_PASSWORD\""],
+            ),
+            (
+                env_value(&var(Some("user")), &doc).expect_err("no key"),
+                vec!["no JSON key \"user\"", "DB_PASSWORD", "/demo/s"],
+            ),
+            (
+                env_from(
+                    &from(None),
+                    &text(r#"{"OK":"hunter2","db-host":"hunter2"}"#),
+                )
+                .expect_err("a bad name"),
+                vec![
+                    "\"db-host\"",
+                    "ssm:/demo/p",
+                    "not an environment variable name",
+                ],
+            ),
+            (
+                env_from(&from(None), &text(r#"["hunter2"]"#)).expect_err("not an object"),
+                vec!["an array", "ssm:/demo/p"],
+            ),
+            (
+                env_from(&from(None), &text(r#"{"A":"x\u0000hunter2"}"#)).expect_err("NUL"),
+                vec!["key \"A\"", "NUL"],
+            ),
+            (
+                env_from(&from(None), &bin).expect_err("binary"),
+                vec!["binary", "parameter \"ssm:/demo/p\""],
+            ),
+        ] {
+            let e = e.to_string();
+            for n in needles {
+                assert!(e.contains(n), "{n}: {e}");
+            }
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn template_inputs_select_keys_and_refuse_binary() {
+        let t = TemplateFile {
+            file: "app.properties".into(),
+            inputs: BTreeMap::new(),
+            template: "u={{ db.username }} p={{ pw }} n={{ port }}".into(),
+            mode: DEFAULT_FILE_MODE,
+        };
+        let doc = text(r#"{"username":"app","password":"hunter2","port":5432}"#);
+        let input = |key: Option<&str>| Input {
+            secret: "/demo/db".into(),
+            key: key.map(Into::into),
+        };
+        let inputs: BTreeMap<String, InputValue> = [
+            ("db", template_input("db", &input(None), &doc)),
+            ("pw", template_input("pw", &input(Some("password")), &doc)),
+            ("port", template_input("port", &input(Some("/port")), &doc)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.expect("an input")))
+        .collect();
+        let out = render_template(&t, &inputs).expect("renders");
+        assert_eq!(out.bytes(), b"u=app p=hunter2 n=5432");
+
+        let bin = SecretValue::Binary(SecretSlice::from(b"hunter2".to_vec()));
+        let e = template_input("db", &input(None), &bin).expect_err("binary");
+        assert!(e.contains("input \"db\"") && e.contains("binary"), "{e}");
+        let e = template_input("db", &input(Some("user")), &doc).expect_err("no key");
+        assert!(e.contains("\"user\"") && !e.contains("hunter2"), "{e}");
+
+        let mut lacking = inputs.clone();
+        lacking.insert(
+            "db".into(),
+            InputValue::from_text(r#"{"password":"hunter2"}"#),
+        );
+        let e = render_template(&t, &lacking)
+            .expect_err("strict")
+            .to_string();
+        assert!(
+            e.starts_with("template file \"app.properties\"") && e.contains("\"username\""),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_env_values_file_is_a_json_object_of_strings() {
+        let values: EnvValues = [("B", "it's \"q\"\n"), ("A", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), SecretString::from(v.to_string())))
+            .collect();
+        let parsed: BTreeMap<String, String> =
+            serde_json::from_slice(env_file(&values).bytes()).expect("JSON");
+        assert_eq!(parsed["A"], "1");
+        assert_eq!(parsed["B"], "it's \"q\"\n");
+        assert_eq!(parsed.len(), 2);
+    }
+
     #[test]
     fn env_output_is_safe_for_the_shell() {
         let v = text(r#"{"A":"$(exit 7) `x` ' \" \n"}"#);

@@ -244,6 +244,24 @@ mod tests {
     }
 
     #[test]
+    fn internal_entries_swap_with_the_set_without_a_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let w = AtomicWriter::new(tmp.path());
+        w.write(&payload(&[("a", "1"), (".kura-env.json", "{}")]))
+            .expect("write");
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(DATA_LINK).join(".kura-env.json")).expect("read"),
+            "{}"
+        );
+        assert!(fs::symlink_metadata(tmp.path().join(".kura-env.json")).is_err());
+        assert!(
+            w.write(&payload(&[("a", "1"), (".kura-env.json", "{\"A\":\"x\"}")]))
+                .expect("a change of the internal entry alone is a new set")
+        );
+        assert_eq!(fs::read_to_string(tmp.path().join("a")).expect("a"), "1");
+    }
+
+    #[test]
     fn failure_keeps_the_previous_set() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let w = AtomicWriter::new(tmp.path());
