@@ -635,3 +635,37 @@ parameters:
         "{msg}"
     );
 }
+
+#[test]
+fn the_example_store_serves_the_readme_examples() {
+    let store = workspace_root().join("examples/store.yaml");
+    let setting = vec![(env::STORE.to_string(), format!("file:{}", store.display()))];
+    let mut spec = base_spec(60);
+    spec.templates.push(template(
+        "reporting-dsn",
+        &[
+            ("db", "/demo/orders/reporting-db"),
+            ("host", "ssm:/demo/orders/db-host"),
+        ],
+        "postgres://{{ db.username }}:{{ db.password | urlencode }}@{{ host }}:5432/orders",
+        "0400",
+    ));
+    spec.env_from.push(env_from("/demo/orders/settings"));
+    spec.env
+        .push(env_var("DB_PASSWORD", "/demo/orders/db#password"));
+    let s = Scratch::new();
+    let (status, log) = s.init(&spec.to_json(), &setting);
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        s.read("reporting-dsn").as_deref(),
+        Some("postgres://reporting:rep%40rt%3Aing%2Fpa%25ss@db.demo.internal:5432/orders")
+    );
+    assert_eq!(
+        s.env_values().unwrap(),
+        map(&[
+            ("CHECKOUT_ENABLED", "true"),
+            ("DB_PASSWORD", "local-demo-password"),
+            ("LOG_LEVEL", "info")
+        ])
+    );
+}
