@@ -133,6 +133,23 @@ fn request(
     }
 }
 
+/// Puts an item's new value, else its last good one, into `into`; counts the item as missing
+/// when it has neither.
+fn settle<K: Ord + Clone, V: Clone>(
+    into: &mut BTreeMap<K, V>,
+    key: &K,
+    fresh: Option<V>,
+    last: &BTreeMap<K, V>,
+    missing: &mut usize,
+) {
+    match fresh.or_else(|| last.get(key).cloned()) {
+        Some(v) => {
+            into.insert(key.clone(), v);
+        }
+        None => *missing += 1,
+    }
+}
+
 /// Records a rendering failure (counted, kept for the report) and drops the value.
 fn keep_err<T>(r: Result<T, RenderError>, errors: &mut Vec<RenderError>, m: &Metrics) -> Option<T> {
     r.map_err(|e| {
@@ -142,7 +159,8 @@ fn keep_err<T>(r: Result<T, RenderError>, errors: &mut Vec<RenderError>, m: &Met
     .ok()
 }
 
-fn same_env(a: &EnvValues, b: &EnvValues) -> Vec<String> {
+/// Names whose value differs between `a` and `b` (added, removed or changed), sorted.
+fn changed_names(a: &EnvValues, b: &EnvValues) -> Vec<String> {
     let mut changed: Vec<String> = a
         .iter()
         .filter(|(k, v)| {
@@ -251,12 +269,7 @@ impl Agent {
                 content,
                 mode: f.mode.0,
             });
-            match fresh.or_else(|| state.files.get(&f.file).cloned()) {
-                Some(p) => {
-                    files.insert(f.file.clone(), p);
-                }
-                None => missing += 1,
-            }
+            settle(&mut files, &f.file, fresh, &state.files, &mut missing);
         }
         for t in &spec.templates {
             let fresh = self
@@ -266,12 +279,7 @@ impl Agent {
                     content,
                     mode: t.mode.0,
                 });
-            match fresh.or_else(|| state.files.get(&t.file).cloned()) {
-                Some(p) => {
-                    files.insert(t.file.clone(), p);
-                }
-                None => missing += 1,
-            }
+            settle(&mut files, &t.file, fresh, &state.files, &mut missing);
         }
 
         let mut env = BTreeMap::new();
@@ -282,12 +290,7 @@ impl Agent {
                 v.version_stage.as_ref(),
             ))
             .and_then(|val| keep_err(env_value(v, val), &mut render_errors, m));
-            match fresh.or_else(|| state.env.get(&v.name).cloned()) {
-                Some(s) => {
-                    env.insert(v.name.clone(), s);
-                }
-                None => missing += 1,
-            }
+            settle(&mut env, &v.name, fresh, &state.env, &mut missing);
         }
         let mut from = BTreeMap::new();
         for (i, e) in spec.env_from.iter().enumerate() {
@@ -297,12 +300,7 @@ impl Agent {
                 e.version_stage.as_ref(),
             ))
             .and_then(|val| keep_err(env_from(e, val), &mut render_errors, m));
-            match fresh.or_else(|| state.env_from.get(&i).cloned()) {
-                Some(vars) => {
-                    from.insert(i, vars);
-                }
-                None => missing += 1,
-            }
+            settle(&mut from, &i, fresh, &state.env_from, &mut missing);
         }
 
         if missing > 0 {
@@ -313,9 +311,8 @@ impl Agent {
         }
 
         let env_values = self.compose_env(&env, &from);
-        let mut payload = files.clone();
         if spec.has_env() {
-            payload.insert(
+            files.insert(
                 ENV_VALUES_FILE.to_string(),
                 FilePayload {
                     content: env_file(&env_values),
@@ -323,7 +320,9 @@ impl Agent {
                 },
             );
         }
-        let changed = self.writer.write(&payload)?;
+        let changed = self.writer.write(&files)?;
+        // The values file is reported as variables, below.
+        files.remove(ENV_VALUES_FILE);
 
         let changed_files = files
             .iter()
@@ -331,7 +330,7 @@ impl Agent {
             .map(|(name, _)| name.clone())
             .collect();
         let changed_variables = if state.complete {
-            same_env(&env_values, &state.env_values)
+            changed_names(&env_values, &state.env_values)
         } else {
             env_values.keys().cloned().collect()
         };
