@@ -259,7 +259,7 @@ async fn an_undefined_key_keeps_the_previous_file_and_names_file_and_key() {
     spec.templates.push(template(
         "dsn",
         &[("db", &db)],
-        "postgres://{{ db.username }}:{{ db.password | urlencode }}@db/app",
+        "postgres://{{ db.username | urlencode }}:{{ db.password | urlencode }}@db/app",
         "0400",
     ));
     spec.files.push(file("plain", &plain));
