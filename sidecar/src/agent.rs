@@ -109,13 +109,6 @@ pub struct State {
     complete: bool,
 }
 
-impl State {
-    /// Whether a complete set has been written by this process.
-    pub fn is_complete(&self) -> bool {
-        self.complete
-    }
-}
-
 /// What one reference reads. `versionStage: AWSCURRENT` on a secret is what an unpinned read
 /// returns, so both spellings are one request.
 fn request(
