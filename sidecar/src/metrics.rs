@@ -61,7 +61,7 @@ error_kinds! {
     Other => "other",
     /// The store is misconfigured.
     Config => "config",
-    /// A value could not be rendered into its file.
+    /// A value could not be rendered into its file, template or environment variable.
     Render => "render",
     /// The set of files could not be written.
     Write => "write",
@@ -154,7 +154,7 @@ impl Metrics {
         metric(
             "kura_agent_errors_total",
             "counter",
-            "Failures by kind: store answers per secret, render errors per file, failed writes and reload hooks.",
+            "Failures by kind: store answers per secret, render errors per file, template or variable, failed writes and reload hooks.",
             &errors,
         );
         metric(

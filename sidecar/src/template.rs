@@ -3,7 +3,9 @@
 //! and every name it reads is an input); the agent [`render`]s it.
 //!
 //! Rendering is strict: an undefined input or key is an error naming the file and the key, never
-//! an empty string, and a failed render keeps the previous good file (the agent's rule for every
+//! an empty string, also when it goes through a filter (`tojson` and `escape` are wrapped so
+//! they do not print `null` or nothing); `default(...)` and `is defined` still make a key
+//! optional on purpose. A failed render keeps the previous good file (the agent's rule for every
 //! file). Rendering is bounded: [`FUEL`] instructions and [`MAX_OUTPUT_BYTES`] of output, so a
 //! template with a huge loop cannot stall the agent.
 //!
@@ -42,10 +44,39 @@ pub fn environment() -> Environment<'static> {
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.add_filter("shell", shell_quote);
     env.add_filter("urlencode", url_encode);
+    // Built-ins that would turn an undefined value into output (`null`, an empty string)
+    // instead of the strict error: the same filters with the check first.
+    env.add_filter(
+        "tojson",
+        |v: Value, indent: Option<Value>, kwargs: minijinja::value::Kwargs| {
+            defined(&v)?;
+            minijinja::filters::tojson(&v, indent, kwargs)
+        },
+    );
+    for name in ["escape", "e"] {
+        env.add_filter(name, |state: &mut minijinja::State, v: Value| {
+            defined(&v)?;
+            minijinja::filters::escape(state, &v)
+        });
+    }
     env.add_filter("b64encode", |v: String| {
         base64::engine::general_purpose::STANDARD.encode(v.as_bytes())
     });
     env
+}
+
+/// Strict undefined for filters: minijinja hands an undefined value to a filter (so that
+/// `default` works), and some would print it as `null` or nothing. This makes them fail the way
+/// `{{ missing }}` does, so the message names the key.
+fn defined(v: &Value) -> Result<(), Error> {
+    if v.is_undefined() {
+        Err(Error::new(
+            ErrorKind::UndefinedError,
+            "the filter's value is undefined",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// POSIX shell single quoting: the value stays one word with no expansion.
@@ -68,6 +99,7 @@ fn shell_quote(v: String) -> String {
 /// a path segment or a query value. Jinja's own `urlencode` keeps `/`, which breaks a DSN; this
 /// one replaces it. A map becomes a query string (`k=v&k2=v2`), as Jinja's does.
 fn url_encode(v: Value) -> Result<String, Error> {
+    defined(&v)?;
     fn encode(s: &str, out: &mut String) {
         for b in s.bytes() {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -246,7 +278,11 @@ pub fn render(
             "{}: the template ran more than {FUEL} steps",
             describe(&e)
         ))),
-        Err(e) => Err(TemplateError(describe(&e))),
+        // Another failure may still come from a missing key (`{{ db.user | list }}`): say so.
+        Err(e) => Err(TemplateError(match missing_lookups(&tpl, inputs).first() {
+            Some(m) => format!("{} ({m} is undefined)", describe(&e)),
+            None => describe(&e),
+        })),
     }
 }
 
@@ -315,6 +351,40 @@ mod tests {
         assert!(e.0.contains("\"username\""), "{e}");
         assert!(e.0.contains("line 2"), "{e}");
         assert!(!e.0.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn strict_undefined_holds_through_filters() {
+        let v = inputs(&[("db", r#"{"password":"s3cr3t"}"#)]);
+        for f in [
+            "urlencode",
+            "tojson",
+            "shell",
+            "b64encode",
+            "escape",
+            "e",
+            "upper",
+        ] {
+            let e = render(&format!("{{{{ db.username | {f} }}}}"), &v).expect_err(f);
+            assert!(
+                e.0.contains(r#"input "db" has no key "username""#),
+                "{f}: {e}"
+            );
+        }
+        let e = render("{{ db.username | list }}", &v).expect_err("list");
+        assert!(e.0.contains(r#"no key "username""#), "{e}");
+        assert_eq!(
+            render("{{ db.username | default('app') | urlencode }}", &v).expect("default"),
+            "app"
+        );
+        assert_eq!(
+            render(
+                "{{ db.password | tojson(indent=2) }}|{{ db.password | e }}",
+                &v
+            )
+            .expect("defined values pass"),
+            r#""s3cr3t"|s3cr3t"#
+        );
     }
 
     #[test]

@@ -6,7 +6,12 @@
 //! <dir>/db-password -> ..data/db-password    what the app opens
 //! ```
 //! A reader that opens `<dir>/db-password` resolves `..data` once, so it sees the old set or the
-//! new one, never a mix and never a partial file. A failure before the rename (a full tmpfs, an
+//! new one, never a mix and never a partial file.
+//!
+//! An entry whose name starts with `.` (which no declared file may) is kura's own, such as the
+//! environment values file [`crate::contract::ENV_VALUES_FILE`]: it is part of the set and swaps
+//! with it, but gets no top-level link, so `ls <dir>` shows the declared files only and its one
+//! reader (`kura-agent exec`) opens it under `..data`. A failure before the rename (a full tmpfs, an
 //! unwritable directory) removes the half-written directory and leaves the previous set intact.
 
 use std::collections::BTreeMap;
@@ -107,7 +112,7 @@ impl AtomicWriter {
         }
 
         // The swap is done; what follows only tidies up and cannot lose the new set.
-        for file in payload.keys() {
+        for file in payload.keys().filter(|f| !is_internal(f)) {
             let link = self.dir.join(file);
             if fs::symlink_metadata(&link).is_err() {
                 std::os::unix::fs::symlink(Path::new(DATA_LINK).join(file), &link)
@@ -153,6 +158,11 @@ impl AtomicWriter {
             }
         }
     }
+}
+
+/// kura's own entries of a set: no top-level link.
+fn is_internal(name: &str) -> bool {
+    name.starts_with('.')
 }
 
 fn write_all(dir: &Path, payload: &BTreeMap<String, FilePayload>) -> Result<(), WriteError> {
@@ -231,6 +241,24 @@ mod tests {
             })
             .collect();
         assert_eq!(dirs.len(), 1, "old version directories are removed");
+    }
+
+    #[test]
+    fn internal_entries_swap_with_the_set_without_a_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let w = AtomicWriter::new(tmp.path());
+        w.write(&payload(&[("a", "1"), (".kura-env.json", "{}")]))
+            .expect("write");
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(DATA_LINK).join(".kura-env.json")).expect("read"),
+            "{}"
+        );
+        assert!(fs::symlink_metadata(tmp.path().join(".kura-env.json")).is_err());
+        assert!(
+            w.write(&payload(&[("a", "1"), (".kura-env.json", "{\"A\":\"x\"}")]))
+                .expect("a change of the internal entry alone is a new set")
+        );
+        assert_eq!(fs::read_to_string(tmp.path().join("a")).expect("a"), "1");
     }
 
     #[test]

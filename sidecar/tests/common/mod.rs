@@ -5,13 +5,22 @@
 
 pub use testkit::*;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kura_agent::contract::env;
-use kura_agent::spec::{DEFAULT_FILE_MODE, FileMode, Format, SPEC_VERSION, SecretFile, Spec};
+use kura_agent::agent::Agent;
+use kura_agent::contract::{ENV_VALUES_FILE, env};
+use kura_agent::metrics::Metrics;
+use kura_agent::spec::{
+    DEFAULT_FILE_MODE, EnvFrom, EnvVar, FileMode, Format, Input, SPEC_VERSION, SecretFile, Spec,
+    TemplateFile, split_reference,
+};
+use kura_agent::store::Store;
+use kura_agent::writer::AtomicWriter;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kura-agent");
 
@@ -273,4 +282,85 @@ pub async fn aws_store(endpoint: &str) -> kura_agent::store::AwsStore {
         Duration::from_secs(10),
     )
     .await
+}
+
+/// A spec with nothing declared yet (push files, variables and templates onto it).
+pub fn base_spec(interval_secs: u64) -> Spec {
+    Spec {
+        version: SPEC_VERSION.into(),
+        agent: Default::default(),
+        refresh_interval: interval_secs,
+        reload: None,
+        files: Vec::new(),
+        env: Vec::new(),
+        env_from: Vec::new(),
+        templates: Vec::new(),
+    }
+}
+
+/// `kura.dev/env.<NAME>: <reference>`, the reference as a pod writes it (`secret[#key]`).
+pub fn env_var(name: &str, reference: &str) -> EnvVar {
+    let (secret, key) = split_reference(reference).unwrap();
+    EnvVar {
+        name: name.into(),
+        secret: secret.into(),
+        key: key.map(Into::into),
+        version_stage: None,
+        version_id: None,
+    }
+}
+
+/// `- envFrom: <reference>`.
+pub fn env_from(reference: &str) -> EnvFrom {
+    let (secret, key) = split_reference(reference).unwrap();
+    EnvFrom {
+        secret: secret.into(),
+        key: key.map(Into::into),
+        version_stage: None,
+        version_id: None,
+    }
+}
+
+/// `- file: <file>, inputs: {...}, template: <source>, mode: <mode>`.
+pub fn template(file: &str, inputs: &[(&str, &str)], source: &str, mode: &str) -> TemplateFile {
+    TemplateFile {
+        file: file.into(),
+        inputs: inputs
+            .iter()
+            .map(|(k, r)| (k.to_string(), Input::parse(r).unwrap()))
+            .collect(),
+        template: source.into(),
+        mode: FileMode::parse(mode).unwrap(),
+    }
+}
+
+impl Scratch {
+    /// The environment values the agent wrote for `kura-agent exec`, read the way the wrapper
+    /// reads them (under `..data`).
+    pub fn env_values(&self) -> Option<BTreeMap<String, String>> {
+        let bytes = fs::read(self.dir.join("..data").join(ENV_VALUES_FILE)).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// The permission bits of a written file (through its link).
+    pub fn mode(&self, name: &str) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(self.dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+}
+
+/// An in-process agent over `store`, writing into `dir`, for tests that drive refreshes one by
+/// one.
+pub fn agent(store: Store, dir: &Path, spec: Spec) -> Agent {
+    Agent {
+        spec,
+        store,
+        writer: AtomicWriter::new(dir),
+        annotations_file: None,
+        metrics: Arc::new(Metrics::default()),
+    }
 }
