@@ -334,6 +334,47 @@ mod tests {
     }
 
     #[test]
+    fn exec_takes_the_command_after_the_double_dash_as_it_is() {
+        let cli = Cli::try_parse_from([
+            "kura-agent",
+            "exec",
+            "--on-rotation",
+            "signal:HUP",
+            "--grace",
+            "2s",
+            "--",
+            "app",
+            "--grace",
+            "-x",
+        ])
+        .expect("parses");
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec: {:?}", cli.command);
+        };
+        assert_eq!(args.command, ["app", "--grace", "-x"]);
+        assert_eq!(
+            args.on_rotation,
+            EnvOnRotation::Signal(crate::spec::Signal::Hup)
+        );
+        assert_eq!(args.grace, Duration::from_secs(2));
+        assert_eq!(args.wait, Duration::from_secs(60));
+        assert_eq!(args.values_dir, Path::new(contract::DEFAULT_DIR));
+
+        assert!(
+            Cli::try_parse_from(["kura-agent", "exec"]).is_err(),
+            "a command is required"
+        );
+        assert!(
+            Cli::try_parse_from(["kura-agent", "exec", "app"]).is_err(),
+            "only after --"
+        );
+        let bad = Cli::try_parse_from(["kura-agent", "exec", "--on-rotation", "reboot", "--", "x"])
+            .expect_err("not a rotation action")
+            .to_string();
+        assert!(bad.contains("restart"), "{bad}");
+    }
+
+    #[test]
     fn log_format_parses_into_the_contract_enum() {
         let cli =
             Cli::try_parse_from(["kura-agent", "--log-format", "text", "ready"]).expect("parses");

@@ -171,15 +171,17 @@ async fn supervise(exec: &Exec) -> Result<u8, Error> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watching = exec.on_rotation != EnvOnRotation::None;
     let mut stop_requested = false;
-    // While a restart waits for the old child: when SIGKILL is due, once sent it is `None`.
-    let mut restarting: Option<Option<Instant>> = None;
+    let mut restart = Restart::No;
     loop {
-        let kill_at = restarting.flatten();
+        let kill_at = match restart {
+            Restart::Terminated { kill_at } => Some(kill_at),
+            Restart::No | Restart::Killed => None,
+        };
         tokio::select! {
             event = signals.next() => match event {
                 Event::Child => {
                     let Some(status) = reap(Some(child)) else { continue };
-                    if restarting.take().is_none() || stop_requested {
+                    if std::mem::replace(&mut restart, Restart::No) == Restart::No || stop_requested {
                         info!(status, "the command exited");
                         return Ok(status);
                     }
@@ -203,9 +205,9 @@ async fn supervise(exec: &Exec) -> Result<u8, Error> {
             () = tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                 warn!(grace = ?exec.grace, "the command did not exit within the grace period after SIGTERM: sending SIGKILL");
                 send(child, Signal::SIGKILL);
-                restarting = Some(None);
+                restart = Restart::Killed;
             }
-            _ = ticker.tick(), if watching && restarting.is_none() && !stop_requested => {
+            _ = ticker.tick(), if watching && restart == Restart::No && !stop_requested => {
                 if !watch.poll() {
                     continue;
                 }
@@ -230,7 +232,7 @@ async fn supervise(exec: &Exec) -> Result<u8, Error> {
                     EnvOnRotation::Restart => {
                         info!(?changed, grace = ?exec.grace, "values changed: stopping the command (SIGTERM) to start it again");
                         send(child, Signal::SIGTERM);
-                        restarting = Some(Some(Instant::now() + exec.grace));
+                        restart = Restart::Terminated { kill_at: Instant::now() + exec.grace };
                     }
                     EnvOnRotation::Signal(s) => match Signal::try_from(s.number()) {
                         Ok(sig) => {
@@ -243,6 +245,17 @@ async fn supervise(exec: &Exec) -> Result<u8, Error> {
             }
         }
     }
+}
+
+/// Where a restart is: the old child must exit before the new one starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// No restart under way.
+    No,
+    /// SIGTERM sent; SIGKILL follows at `kill_at`.
+    Terminated { kill_at: Instant },
+    /// SIGKILL sent.
+    Killed,
 }
 
 /// The outcome of the wait for the first write.

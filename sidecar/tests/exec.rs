@@ -162,7 +162,14 @@ async fn flags_before_the_double_dash_are_the_env_twins() {
     let out = Command::new(BIN)
         .args(["exec", "--values-dir"])
         .arg(&case.values)
-        .args(["--on-rotation", "signal:SIGHUP", "--wait", "5s", "--grace", "1s"])
+        .args([
+            "--on-rotation",
+            "signal:SIGHUP",
+            "--wait",
+            "5s",
+            "--grace",
+            "1s",
+        ])
         .args(["--", "/bin/sh", "-c", r#"echo "$VAL" > "$1/val""#, "sh"])
         .arg(&case.work)
         .env_clear()
@@ -184,7 +191,10 @@ async fn the_wrapper_waits_for_values_written_later() {
         proc.log().contains("waiting for the agent")
     })
     .await;
-    assert!(case.record("val").is_empty(), "the command waits for values");
+    assert!(
+        case.record("val").is_empty(),
+        "the command waits for values"
+    );
     case.write_values(&[("VAL", "late-value")]);
     let status = proc.wait_timeout(DEADLINE).expect("the wrapper exits");
     assert!(status.success(), "{}", proc.log());
@@ -242,7 +252,10 @@ async fn restart_on_rotation_stops_the_child_and_starts_it_with_the_new_values()
     assert!(first.ends_with(" v1"), "{first}");
 
     case.write_values(&[("VAL", "v2")]);
-    wait_for("the second start", &proc, || case.lines("starts").len() == 2).await;
+    wait_for("the second start", &proc, || {
+        case.lines("starts").len() == 2
+    })
+    .await;
     let second = case.lines("starts")[1].clone();
     assert!(second.ends_with(" v2"), "{second}");
     assert_ne!(pid_of(&first), pid_of(&second));
@@ -291,7 +304,10 @@ async fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     );
     wait_for("the first start", &proc, || case.lines("starts").len() == 1).await;
     case.write_values(&[("VAL", "v2")]);
-    wait_for("the second start", &proc, || case.lines("starts").len() == 2).await;
+    wait_for("the second start", &proc, || {
+        case.lines("starts").len() == 2
+    })
+    .await;
     let first = pid_of(&case.lines("starts")[0]);
     assert!(
         stat(first).is_none(),
@@ -432,7 +448,11 @@ async fn a_missing_command_is_127_and_a_non_executable_one_126() {
 
 fn file_store(dir: &Path) -> PathBuf {
     let store = dir.join("store.yaml");
-    fs::write(&store, "secrets: [{name: /exec/db, value: copy-step-value}]\n").unwrap();
+    fs::write(
+        &store,
+        "secrets: [{name: /exec/db, value: copy-step-value}]\n",
+    )
+    .unwrap();
     store
 }
 
@@ -455,7 +475,11 @@ fn init_copies_the_binary_for_exec_before_writing() {
     assert_eq!(fs::read(&copy).unwrap(), fs::read(BIN).unwrap());
     let mode = fs::metadata(&copy).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o555);
-    assert_eq!(fs::read_dir(&bin_dir).unwrap().count(), 1, "no temporary file");
+    assert_eq!(
+        fs::read_dir(&bin_dir).unwrap().count(),
+        1,
+        "no temporary file"
+    );
     assert_eq!(s.read("db").as_deref(), Some("copy-step-value"));
     // The copy runs.
     let out = Command::new(&copy).arg("--version").output().unwrap();

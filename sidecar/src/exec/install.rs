@@ -34,7 +34,11 @@ pub fn install_self(dir: &Path) -> Result<PathBuf, InstallError> {
         to: to.clone(),
         source,
     })?;
-    copy(&from, &to).map_err(|source| InstallError { from, to: to.clone(), source })?;
+    copy(&from, &to).map_err(|source| InstallError {
+        from,
+        to: to.clone(),
+        source,
+    })?;
     Ok(to)
 }
 

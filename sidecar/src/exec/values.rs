@@ -37,9 +37,11 @@ impl fmt::Debug for Values {
 impl PartialEq for Values {
     fn eq(&self, other: &Self) -> bool {
         self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|((a, va), (b, vb))| {
-                a == b && va.expose_secret() == vb.expose_secret()
-            })
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((a, va), (b, vb))| a == b && va.expose_secret() == vb.expose_secret())
     }
 }
 
@@ -123,7 +125,9 @@ pub enum ValuesError {
     Invalid { path: PathBuf, message: String },
     #[error("{path}: the value of {name} is not a string")]
     NotString { path: PathBuf, name: String },
-    #[error("{path}: the value of {name} contains a NUL byte, which an environment variable cannot hold")]
+    #[error(
+        "{path}: the value of {name} contains a NUL byte, which an environment variable cannot hold"
+    )]
     Nul { path: PathBuf, name: String },
     #[error("{path}: {message}")]
     BadName { path: PathBuf, message: String },
@@ -214,10 +218,16 @@ mod tests {
         assert_eq!(v.names().collect::<Vec<_>>(), ["API_KEY", "DB_PASSWORD"]);
         let debug = format!("{v:?}");
         assert!(debug.contains("DB_PASSWORD"), "{debug}");
-        assert!(!debug.contains("hunter2") && !debug.contains("k-123"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("k-123"),
+            "{debug}"
+        );
         let plan = v.plan(&BTreeSet::new());
         let debug = format!("{plan:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains("k-123"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("k-123"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -225,7 +235,10 @@ mod tests {
         for (doc, needle) in [
             (r#"{"A":"x\u0000y-secret"}"#, "A contains a NUL"),
             (r#"{"B":12345}"#, "value of B is not a string"),
-            (r#"{"C":{"k":"nested-secret"}}"#, "value of C is not a string"),
+            (
+                r#"{"C":{"k":"nested-secret"}}"#,
+                "value of C is not a string",
+            ),
             (r#"{"1X":"v"}"#, "not an environment variable name"),
             (r#"{"A=B":"v"}"#, "not an environment variable name"),
             (r#""just-a-secret-string""#, "not an object"),
