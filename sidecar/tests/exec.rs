@@ -294,6 +294,32 @@ async fn restart_on_rotation_stops_the_child_and_starts_it_with_the_new_values()
 }
 
 #[tokio::test]
+async fn sigterm_to_the_wrapper_during_a_restart_ends_it_with_the_childs_status() {
+    let case = Case::new();
+    case.write_values(&[("VAL", "v1")]);
+    // The first SIGTERM (the restart's) is only recorded; the second one exits 42.
+    let mut proc = case.start(
+        case.wrapper(&recording_child(
+            r#"n=0; trap 'n=$((n+1)); echo term >> "$1/events"; [ $n -ge 2 ] && exit 42' TERM"#,
+        ))
+        .env(env::EXEC_ON_ROTATION, "restart")
+        .env(env::EXEC_GRACE, "60s"),
+    );
+    wait_for("the first start", &proc, || case.lines("starts").len() == 1).await;
+    case.write_values(&[("VAL", "v2")]);
+    wait_for("the restart's SIGTERM", &proc, || {
+        case.lines("events").len() == 1
+    })
+    .await;
+
+    proc.signal(Signal::SIGTERM);
+    let status = proc.wait_timeout(DEADLINE).expect("the wrapper exits");
+    assert_eq!(status.code(), Some(42), "{}", proc.log());
+    assert_eq!(case.lines("events").len(), 2);
+    assert_eq!(case.lines("starts").len(), 1, "no new start after the stop");
+}
+
+#[tokio::test]
 async fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let case = Case::new();
     case.write_values(&[("VAL", "v1")]);
