@@ -24,7 +24,7 @@ pub mod values;
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::task::Poll;
 use std::time::Duration;
@@ -181,7 +181,9 @@ async fn supervise(exec: &Exec) -> Result<u8, Error> {
             event = signals.next() => match event {
                 Event::Child => {
                     let Some(status) = reap(Some(child)) else { continue };
-                    if std::mem::replace(&mut restart, Restart::No) == Restart::No || stop_requested {
+                    let restarting = restart != Restart::No;
+                    restart = Restart::No;
+                    if !restarting || stop_requested {
                         info!(status, "the command exited");
                         return Ok(status);
                     }
@@ -208,25 +210,9 @@ async fn supervise(exec: &Exec) -> Result<u8, Error> {
                 restart = Restart::Killed;
             }
             _ = ticker.tick(), if watching && restart == Restart::No && !stop_requested => {
-                if !watch.poll() {
+                let Some(changed) = rotated(&exec.values_dir, &mut watch, &mut current) else {
                     continue;
-                }
-                let new = match values::read(&exec.values_dir) {
-                    Ok(Some(new)) => new,
-                    Ok(None) => {
-                        warn!(path = %values::path(&exec.values_dir).display(), "the values file is gone; the command keeps its values");
-                        continue;
-                    }
-                    Err(e) => {
-                        error!(error = %e, "the new values cannot be used; the command keeps running with the values it has");
-                        continue;
-                    }
                 };
-                let changed = current.changed_names(&new);
-                if changed.is_empty() {
-                    continue;
-                }
-                current = new;
                 match exec.on_rotation {
                     EnvOnRotation::None => {}
                     EnvOnRotation::Restart => {
@@ -245,6 +231,33 @@ async fn supervise(exec: &Exec) -> Result<u8, Error> {
             }
         }
     }
+}
+
+/// Whether the values changed since the last look: the names of the variables that did, with
+/// `current` updated to the new values. A file that is gone or cannot be used is logged and
+/// changes nothing.
+fn rotated(dir: &Path, watch: &mut FileWatch, current: &mut Values) -> Option<Vec<String>> {
+    if !watch.poll() {
+        return None;
+    }
+    let new = match values::read(dir) {
+        Ok(Some(new)) => new,
+        Ok(None) => {
+            warn!(path = %values::path(dir).display(), "the values file is gone; the command keeps its values");
+            return None;
+        }
+        Err(e) => {
+            error!(error = %e, "the new values cannot be used; the command keeps running with the values it has");
+            return None;
+        }
+    };
+    let changed = current.changed_names(&new);
+    if changed.is_empty() {
+        debug!("a new set with the same values");
+        return None;
+    }
+    *current = new;
+    Some(changed)
 }
 
 /// Where a restart is: the old child must exit before the new one starts.

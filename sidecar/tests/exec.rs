@@ -44,13 +44,24 @@ impl Case {
     /// Writes a new set holding these values, as the agent does.
     fn write_values(&self, pairs: &[(&str, &str)]) {
         let doc: BTreeMap<&str, &str> = pairs.iter().copied().collect();
-        let payload = BTreeMap::from([(
-            ENV_VALUES_FILE.to_string(),
-            FilePayload {
-                content: Content::new(serde_json::to_vec(&doc).unwrap()),
-                mode: 0o400,
-            },
-        )]);
+        self.write_set(&serde_json::to_vec(&doc).unwrap(), &[]);
+    }
+
+    /// Writes a new set: this values file and these other files.
+    fn write_set(&self, values_file: &[u8], files: &[(&str, &str)]) {
+        let payload = std::iter::once((ENV_VALUES_FILE, values_file))
+            .chain(files.iter().map(|(n, c)| (*n, c.as_bytes())))
+            .map(|(name, content)| {
+                let content = Content::new(content.to_vec());
+                (
+                    name.to_string(),
+                    FilePayload {
+                        content,
+                        mode: 0o400,
+                    },
+                )
+            })
+            .collect();
         assert!(AtomicWriter::new(&self.values).write(&payload).unwrap());
     }
 
@@ -265,25 +276,20 @@ async fn restart_on_rotation_stops_the_child_and_starts_it_with_the_new_values()
         "the first child got SIGTERM"
     );
 
-    // A set rewritten with the same values is no rotation of the environment.
-    let payload_same = [("VAL", "v2")];
-    let other = BTreeMap::from([
-        (
-            ENV_VALUES_FILE.to_string(),
-            FilePayload {
-                content: Content::new(serde_json::to_vec(&BTreeMap::from(payload_same)).unwrap()),
-                mode: 0o400,
-            },
-        ),
-        (
-            "other-file".to_string(),
-            FilePayload {
-                content: Content::new(b"x".to_vec()),
-                mode: 0o400,
-            },
-        ),
-    ]);
-    assert!(AtomicWriter::new(&case.values).write(&other).unwrap());
+    // A new set with the same values (another file changed) is no rotation of the environment;
+    // an unusable values file is logged and the command keeps running.
+    case.write_set(br#"{"VAL":"v2"}"#, &[("other-file", "x")]);
+    wait_for("the new set with the same values", &proc, || {
+        proc.log().contains("a new set with the same values")
+    })
+    .await;
+    case.write_set(br#"{"VAL":12345}"#, &[]);
+    wait_for("the error about the unusable file", &proc, || {
+        proc.log().contains("the value of VAL is not a string")
+    })
+    .await;
+    assert!(proc.is_running());
+    assert_eq!(case.lines("starts").len(), 2, "{}", proc.log());
 
     // SIGTERM to the wrapper ends it with the child's status (the trap exits 0).
     proc.signal(Signal::SIGTERM);
