@@ -447,6 +447,64 @@ while [ -d "$1" ]; do sleep 0.1; done"#;
     .await;
 }
 
+/// The wrapper as PID 1 of a new PID namespace (`unshare --pid`, in a user namespace so that
+/// no privilege is needed), where the kernel drops any signal PID 1 has no handler for: SIGTERM from outside
+/// still reaches the command and its exit code comes back, and an orphan is adopted and reaped.
+#[tokio::test]
+async fn as_pid_1_it_takes_sigterm_and_reaps_orphans() {
+    let case = Case::new();
+    case.write_values(&[("VAL", "v1")]);
+    let script = r#"/bin/sh -c '(while [ ! -e "$1/go" ]; do sleep 0.05; done) &' sh "$1"
+trap 'exit 42' TERM
+echo "$$ $VAL" >> "$1/starts"
+while [ -d "$1" ]; do sleep 0.1; done"#;
+    let wrapper = case.wrapper(script);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--map-root-user", "--pid", "--kill-child"])
+        .arg(wrapper.get_program())
+        .args(wrapper.get_args())
+        .env_clear()
+        .envs(wrapper.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let mut proc = case.start(&mut cmd);
+    let unshare = proc.pid().as_raw();
+    let started = eventually(DEADLINE, || case.lines("starts").len() == 1).await;
+    if !started {
+        let log = proc.log();
+        if let Some(status) = proc.wait_timeout(Duration::ZERO) {
+            println!("SKIPPED: cannot unshare a PID namespace ({status}): {log}");
+            return;
+        }
+        panic!("the command did not start within {DEADLINE:?}\n{log}");
+    }
+    assert_eq!(
+        pid_of(&case.lines("starts")[0]),
+        2,
+        "the command is the namespace's second process"
+    );
+    let children_of = |parent: i32| -> Vec<i32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| stat(pid).is_some_and(|(ppid, _)| ppid == parent))
+            .collect()
+    };
+    let wrapper_pid = children_of(unshare)[0];
+    wait_for("the orphan's adoption by PID 1", &proc, || {
+        children_of(wrapper_pid).len() == 2
+    })
+    .await;
+    fs::write(case.work.join("go"), "").unwrap();
+    wait_for("the orphan's reaping", &proc, || {
+        children_of(wrapper_pid).len() == 1
+    })
+    .await;
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(wrapper_pid), Signal::SIGTERM).unwrap();
+    let status = proc.wait_timeout(DEADLINE).expect("the wrapper exits");
+    assert_eq!(status.code(), Some(42), "{}", proc.log());
+}
+
 #[tokio::test]
 async fn a_missing_command_is_127_and_a_non_executable_one_126() {
     let case = Case::new();
