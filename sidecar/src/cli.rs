@@ -1,7 +1,8 @@
-//! The `kura-agent` command line: `init`, `run` and `ready`.
+//! The `kura-agent` command line: `init`, `run`, `ready` and `exec`.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use tracing::{error, info};
 
 use crate::agent::{self, Agent};
 use crate::contract::{self, LogFormat, env};
+use crate::exec::{self, Exec};
 use crate::metrics::{self, Metrics};
-use crate::spec::Spec;
+use crate::spec::{EnvOnRotation, Spec};
 use crate::store::{Store, StoreSetting};
 use crate::writer::AtomicWriter;
 
@@ -52,6 +54,32 @@ pub enum Command {
         #[arg(long, env = env::DIR, default_value = contract::DEFAULT_DIR)]
         dir: PathBuf,
     },
+    /// Run a command with the environment variables the agent wrote (wrapped app containers).
+    #[command(name = contract::AgentCommand::Exec.as_str())]
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Directory where the agent's files appear in this container.
+    #[arg(long, env = env::EXEC_VALUES_DIR, default_value = contract::DEFAULT_DIR)]
+    pub values_dir: PathBuf,
+    /// After a rotation: `none`, `restart` or `signal:<SIGNAME>`.
+    #[arg(long, env = env::EXEC_ON_ROTATION, default_value = "none", value_parser = parse_on_rotation)]
+    pub on_rotation: EnvOnRotation,
+    /// Bound on the wait for the agent's first complete write.
+    #[arg(long, env = env::EXEC_WAIT, default_value = exec::DEFAULT_WAIT, value_parser = crate::duration::parse)]
+    pub wait: Duration,
+    /// How long a restart waits after SIGTERM before SIGKILL.
+    #[arg(long, env = env::EXEC_GRACE, default_value = exec::DEFAULT_GRACE, value_parser = crate::duration::parse)]
+    pub grace: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_on_rotation(s: &str) -> Result<EnvOnRotation, String> {
+    EnvOnRotation::parse(s).map_err(|e| e.0)
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +106,10 @@ pub struct RunArgs {
     /// Bound on one store call, retries included.
     #[arg(long, env = env::STORE_TIMEOUT, default_value = "10s", value_parser = crate::duration::parse)]
     pub store_timeout: Duration,
+    /// Copy this binary into DIR (as `kura-agent`, mode 0555) before the first write, for the
+    /// app containers' `kura-agent exec`.
+    #[arg(long, env = env::EXEC_COPY_TO)]
+    pub exec_copy_to: Option<PathBuf>,
 }
 
 pub fn init_tracing(format: LogFormat) {
@@ -120,6 +152,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                 );
                 ExitCode::FAILURE
             }
+        }
+        Command::Exec(args) => {
+            exec::run(Exec {
+                values_dir: args.values_dir,
+                on_rotation: args.on_rotation,
+                wait: args.wait,
+                grace: args.grace,
+                command: args.command,
+            })
+            .await
         }
         Command::Init(args) => {
             let termination_log = args.termination_log.clone();
@@ -180,6 +222,9 @@ async fn serve_metrics(listen: Option<SocketAddr>, agent: &Agent) -> Result<(), 
 
 async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
     let spec = Spec::from_json(&args.spec)?;
+    if let Some(dir) = &args.exec_copy_to {
+        copy_binary(dir)?;
+    }
     let store = Store::open(&args.store, args.store_timeout)
         .await
         .map_err(|e| agent::Error::Store(vec![e]))?;
@@ -190,6 +235,14 @@ async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
         annotations_file: args.annotations_file,
         metrics: Arc::new(Metrics::default()),
     })
+}
+
+/// The copy step: before the first write, so the binary is there when the startup probe passes
+/// and the app containers start.
+fn copy_binary(dir: &Path) -> Result<(), agent::Error> {
+    let to = exec::install_self(dir).map_err(|e| agent::Error::Usage(e.to_string()))?;
+    info!(path = %to.display(), "copied the agent binary for kura-agent exec");
+    Ok(())
 }
 
 async fn finish(termination_log: &std::path::Path, built: Result<Built, agent::Error>) -> ExitCode {
@@ -231,6 +284,7 @@ mod tests {
             contract::AgentCommand::Init,
             contract::AgentCommand::Run,
             contract::AgentCommand::Ready,
+            contract::AgentCommand::Exec,
         ]
         .into_iter()
         .map(contract::AgentCommand::as_str)
@@ -257,6 +311,11 @@ mod tests {
             env::METRICS_LISTEN,
             env::STORE_TIMEOUT,
             env::TERMINATION_LOG,
+            env::EXEC_COPY_TO,
+            env::EXEC_VALUES_DIR,
+            env::EXEC_ON_ROTATION,
+            env::EXEC_WAIT,
+            env::EXEC_GRACE,
         ]
         .into_iter()
         .map(str::to_string)
@@ -272,6 +331,47 @@ mod tests {
             [std::ffi::OsStr::new(contract::DEFAULT_DIR)]
         );
         cli.debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_the_double_dash_as_it_is() {
+        let cli = Cli::try_parse_from([
+            "kura-agent",
+            "exec",
+            "--on-rotation",
+            "signal:HUP",
+            "--grace",
+            "2s",
+            "--",
+            "app",
+            "--grace",
+            "-x",
+        ])
+        .expect("parses");
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec: {:?}", cli.command);
+        };
+        assert_eq!(args.command, ["app", "--grace", "-x"]);
+        assert_eq!(
+            args.on_rotation,
+            EnvOnRotation::Signal(crate::spec::Signal::Hup)
+        );
+        assert_eq!(args.grace, Duration::from_secs(2));
+        assert_eq!(args.wait, Duration::from_secs(60));
+        assert_eq!(args.values_dir, Path::new(contract::DEFAULT_DIR));
+
+        assert!(
+            Cli::try_parse_from(["kura-agent", "exec"]).is_err(),
+            "a command is required"
+        );
+        assert!(
+            Cli::try_parse_from(["kura-agent", "exec", "app"]).is_err(),
+            "only after --"
+        );
+        let bad = Cli::try_parse_from(["kura-agent", "exec", "--on-rotation", "reboot", "--", "x"])
+            .expect_err("not a rotation action")
+            .to_string();
+        assert!(bad.contains("restart"), "{bad}");
     }
 
     #[test]

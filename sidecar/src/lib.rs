@@ -11,6 +11,7 @@ pub mod annotations;
 pub mod cli;
 pub mod contract;
 pub mod duration;
+pub mod exec;
 pub mod metrics;
 pub mod redact;
 pub mod reload;
