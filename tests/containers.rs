@@ -635,3 +635,123 @@ async fn webhook_container_as_deployed() {
 fn url_of(port: u16) -> String {
     format!("https://127.0.0.1:{port}")
 }
+
+/// The pod of environment variables: an app image with no C library at all (busybox-static on
+/// `scratch`), whose `command` kura wraps in `kura-agent exec` from the copy the agent made.
+/// Shows the copied binary runs on any image, the variables and a template reach the app, a
+/// rotation restarts it with the new value inside the container, and SIGTERM to the wrapper —
+/// PID 1 of its container — comes back as the app's status (128 + 15).
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_variables_in_a_libc_less_app_image() {
+    let Some(images) = images() else { return };
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        say("SKIPPED: /bin/busybox (busybox-static) is missing; scripts/test installs it");
+        return;
+    }
+    let app_image = Image::assemble(
+        "kura-busybox-app",
+        FinalStage {
+            base: "scratch".into(),
+            instructions: vec![
+                "COPY --from=build --chown=0:0 --chmod=0555 /busybox /busybox".into(),
+                "USER 65532:65532".into(),
+                "ENTRYPOINT [\"/busybox\"]".into(),
+            ],
+        },
+        busybox,
+    );
+    let moto = Moto::start();
+    let client = moto.client().await;
+    let key = moto.create_kms_key().await;
+    let run = format!("e{}", std::process::id());
+    let db = format!("/demo/{run}/db");
+    client
+        .create_secret()
+        .name(&db)
+        .kms_key_id(&key)
+        .secret_string(r#"{"username":"app","password":"pw-v1"}"#)
+        .send()
+        .await
+        .unwrap();
+    let certs = test_certs();
+    let hook = Webhook::start(&certs, &["--agent-image", &images.agent.tag], &moto.env());
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "generateName": "env-", "namespace": "demo", "annotations": {
+            "kura.dev/inject": "true",
+            "kura.dev/env.DB_PASSWORD": format!("{db}#password"),
+            "kura.dev/env-on-rotation": "restart",
+            "kura.dev/secrets": format!(
+                "- {{envFrom: {db}}}\n- file: dsn\n  inputs: {{db: {db}}}\n  template: 'postgres://{{{{ db.username }}}}:{{{{ db.password | urlencode }}}}@db/app'\n"
+            ),
+        }},
+        "spec": {
+            "securityContext": { "runAsUser": APP_UID, "runAsGroup": APP_GID, "runAsNonRoot": true },
+            "containers": [{
+                "name": "app",
+                "image": app_image.tag,
+                "command": ["/busybox", "sh", "-c",
+                    "echo \"start DB_PASSWORD=$DB_PASSWORD username=$username dsn=$(/busybox cat /var/run/secrets/kura/dsn) pid=$$\"; exec /busybox sleep 600"],
+                "securityContext": {
+                    "readOnlyRootFilesystem": true,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": { "drop": ["ALL"] }
+                }
+            }]
+        }
+    });
+    let pod = admitted(&hook, &certs.ca, &pod).await;
+    let agent = &pod["spec"]["initContainers"][0];
+    let p = PodRun::create(&pod);
+    let aws = aws_env(&from_pod(&moto.endpoint));
+    p.start("kura-agent", &aws);
+    let probe: Vec<&str> = agent["startupProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    wait_until("the agent's startup probe", Duration::from_secs(60), || {
+        p.exec("kura-agent", &probe)
+    });
+    p.start("app", &[]);
+    let first = "start DB_PASSWORD=pw-v1 username=app dsn=postgres://app:pw-v1@db/app pid=";
+    wait_until("the app's first start", Duration::from_secs(30), || {
+        p.logs("app").contains(first)
+    });
+    // The wrapper is PID 1 of the app container; the app is its child.
+    assert!(
+        !p.logs("app").contains(&format!("{first}1\n")),
+        "{}",
+        p.logs("app")
+    );
+
+    testkit::put_value(&client, &db, r#"{"username":"app","password":"pw/v2"}"#).await;
+    let ann_file = p.host_dir.path().join("kura-podinfo/annotations");
+    let mut text = std::fs::read_to_string(&ann_file).unwrap();
+    text.push_str("kura.dev/refresh-now=\"1\"\n");
+    let tmp = ann_file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &ann_file).unwrap();
+    let second = "start DB_PASSWORD=pw/v2 username=app dsn=postgres://app:pw%2Fv2@db/app";
+    wait_until(
+        "the restart with the new value",
+        Duration::from_secs(30),
+        || p.logs("app").contains(second),
+    );
+
+    p.kill("app", "TERM");
+    wait_until(
+        "the app container stopping",
+        Duration::from_secs(15),
+        || p.inspect("app", "{{.State.Running}}") == "false",
+    );
+    assert_eq!(p.inspect("app", "{{.State.ExitCode}}"), "143");
+    let log = p.logs("kura-agent");
+    assert!(
+        !log.contains("pw-v1") && !log.contains("pw/v2"),
+        "a value in the agent's log"
+    );
+}

@@ -369,3 +369,229 @@ fn the_parameters_example_runs_on_the_file_store() {
     assert_eq!(read("db-host.v1"), "db-old.demo.internal");
     assert_eq!(read("db-password"), "local-demo-password");
 }
+
+/// A container of the patched pod as a local process: every path kura chose (the files' mount
+/// path, the exec volume, the podinfo volume) mapped into `root`, AWS to moto. Unlike
+/// [`container_command`], the first word is whatever the container runs: the agent image's
+/// binary becomes the built agent; a wrapped app's `/var/run/kura/bin/kura-agent` is the copy the
+/// agent made, run from where it was copied.
+fn mapped_command(container: &Value, paths: &[(&str, &std::path::Path)], moto: &Moto) -> Command {
+    let map = |s: &str| {
+        paths.iter().fold(s.to_string(), |acc, (from, to)| {
+            acc.replace(from, to.to_str().unwrap())
+        })
+    };
+    let argv: Vec<String> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(container["args"].as_array().into_iter().flatten())
+        .map(|v| map(v.as_str().unwrap()))
+        .collect();
+    let program = if argv[0] == contract::AGENT_BINARY {
+        agent_bin()
+    } else {
+        std::path::PathBuf::from(&argv[0])
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    for e in container["env"].as_array().into_iter().flatten() {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), map(v));
+        }
+    }
+    cmd.envs(moto.env()).env(
+        contract::env::LOG_FORMAT,
+        contract::LogFormat::Text.as_str(),
+    );
+    cmd
+}
+
+/// Environment variables and templates, walked like the pod above: the review over TLS → the
+/// patch → the schema → the agent's native sidecar (`run`, which copies its binary into the
+/// exec volume) and the wrapped app container (`kura-agent exec` from that copy, its child
+/// printing its environment) as processes against moto; then a rotation restarts the app with
+/// the new value and re-renders the templates, and SIGTERM to the wrapper comes back as the
+/// child's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_and_templates_end_to_end() {
+    let moto = Moto::start();
+    let key = moto.create_kms_key().await;
+    moto.secret(
+        "/demo/orders/db",
+        r#"{"username":"orders","password":"p@ss:w/rd%1"}"#,
+        Some(&key),
+        &[],
+    )
+    .await;
+    moto.secret("/demo/orders/api-key", "api-key-v1", Some(&key), &[])
+        .await;
+    moto.parameter(
+        "/demo/orders/db-host",
+        "db.internal",
+        "SecureString",
+        Some(&key),
+    )
+    .await;
+
+    let certs = test_certs();
+    let hook = Webhook::start(
+        &certs,
+        &["--agent-image", "ghcr.io/kura-dev/kura-agent:test"],
+        &moto.env(),
+    );
+    let client = https_client(&certs.ca);
+
+    let mut review = example_review();
+    let object = &mut review["request"]["object"];
+    object["metadata"]["annotations"] = json!({
+        "kura.dev/inject": "true",
+        "kura.dev/env.DB_PASSWORD": "/demo/orders/db#password",
+        "kura.dev/env.API_KEY": "/demo/orders/api-key",
+        "kura.dev/env-on-rotation": "restart",
+        "kura.dev/secrets": "- {env: DB_HOST, secret: 'ssm:/demo/orders/db-host'}\n\
+                             - {envFrom: /demo/orders/db}\n\
+                             - file: database-url\n  inputs: {db: /demo/orders/db, host: 'ssm:/demo/orders/db-host'}\n  \
+                             template: 'postgres://{{ db.username }}:{{ db.password | urlencode }}@{{ host }}/orders'\n\
+                             - file: application.properties\n  inputs: {db: /demo/orders/db}\n  \
+                             template: |\n    spring.datasource.username={{ db.username }}\n    spring.datasource.password={{ db.password }}\n",
+    });
+    // The app: record each start with what it was given, then wait like a server.
+    object["spec"]["containers"][0]["command"] = json!(["/bin/sh", "-c"]);
+    object["spec"]["containers"][0]["args"] = json!([
+        "echo \"start DB_PASSWORD=$DB_PASSWORD API_KEY=$API_KEY DB_HOST=$DB_HOST username=$username exec=${KURA_EXEC_VALUES_DIR:-unset}\" >> \"$OUT\"; exec sleep 600"
+    ]);
+    object["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "OUT", "value": "/var/run/kura/out/starts"}));
+    let object = object.clone();
+
+    let resp = json!({ "response": post(&client, &format!("{}/mutate", hook.url), &review).await });
+    let r = &resp["response"];
+    assert_eq!(r["allowed"], true, "{resp}");
+    let pod = apply_patch(&object, &patch_bytes(&r["patch"]).expect("a patch"));
+    validate_k8s(std::slice::from_ref(&pod)).unwrap();
+    let text = pod.to_string();
+    for value in ["p@ss:w/rd%1", "api-key-v1", "db.internal"] {
+        assert!(!text.contains(value), "no value in the pod");
+    }
+
+    let root = tempfile::tempdir().unwrap();
+    let secrets = root.path().join("secrets");
+    let bin = root.path().join("bin");
+    let podinfo = root.path().join("podinfo");
+    let out = root.path().join("out");
+    for d in [&secrets, &bin, &podinfo, &out] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(podinfo.join("annotations"), "kura.dev/refresh-now=\"0\"\n").unwrap();
+    let paths = [
+        ("/var/run/secrets/kura", secrets.as_path()),
+        (contract::EXEC_DIR, bin.as_path()),
+        (contract::PODINFO_DIR, podinfo.as_path()),
+        ("/var/run/kura/out", out.as_path()),
+    ];
+
+    let agent = pod["spec"]["initContainers"][0].clone();
+    assert_eq!(agent["name"], "kura-agent");
+    let mut agent_proc = mapped_command(&agent, &paths, &moto)
+        .env(
+            contract::env::TERMINATION_LOG,
+            root.path().join("agent-log"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Command::new(agent_bin())
+        .args([AgentCommand::Ready.as_str(), "--dir"])
+        .arg(&secrets)
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(agent_proc.try_wait().unwrap().is_none(), "agent exited");
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let copy = bin.join(contract::EXEC_BINARY);
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(agent_bin()).unwrap(),
+        "the agent copied itself for kura-agent exec"
+    );
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("database-url")).unwrap(),
+        "postgres://orders:p%40ss%3Aw%2Frd%251@db.internal/orders"
+    );
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("application.properties")).unwrap(),
+        "spring.datasource.username=orders\nspring.datasource.password=p@ss:w/rd%1\n"
+    );
+
+    // The wrapped app container, started from the copy.
+    let app = pod["spec"]["containers"][0].clone();
+    assert_eq!(app["command"][0], contract::EXEC_PATH);
+    let mut app_proc = mapped_command(&app, &paths, &moto).spawn().unwrap();
+    let starts = out.join("starts");
+    let wait_for_starts = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines: Vec<String> = std::fs::read_to_string(&starts)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "{n} starts expected: {lines:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let lines = wait_for_starts(1);
+    assert_eq!(
+        lines[0],
+        "start DB_PASSWORD=p@ss:w/rd%1 API_KEY=api-key-v1 DB_HOST=db.internal username=orders exec=unset"
+    );
+
+    // A rotation: the agent refreshes at once (kura.dev/refresh-now), rewrites the set, and the
+    // wrapper restarts the app with the new value.
+    put_value(
+        &moto.client().await,
+        "/demo/orders/db",
+        r#"{"username":"orders","password":"rotated/2"}"#,
+    )
+    .await;
+    std::fs::write(podinfo.join("annotations"), "kura.dev/refresh-now=\"1\"\n").unwrap();
+    let lines = wait_for_starts(2);
+    assert!(
+        lines[1].starts_with("start DB_PASSWORD=rotated/2 API_KEY=api-key-v1"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("database-url")).unwrap(),
+        "postgres://orders:rotated%2F2@db.internal/orders"
+    );
+
+    // SIGTERM to the wrapper reaches the app (sleep dies of it): 128 + 15 comes back.
+    Command::new("kill")
+        .args(["-TERM", &app_proc.id().to_string()])
+        .status()
+        .unwrap();
+    let status = app_proc.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+
+    Command::new("kill")
+        .args(["-TERM", &agent_proc.id().to_string()])
+        .status()
+        .unwrap();
+    let agent_out = agent_proc.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&agent_out.stderr);
+    for value in ["p@ss:w/rd%1", "rotated/2", "api-key-v1"] {
+        assert!(!logs.contains(value), "no value in the agent's logs");
+    }
+}
