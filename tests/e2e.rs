@@ -451,6 +451,7 @@ async fn environment_variables_and_templates_end_to_end() {
         "kura.dev/env.DB_PASSWORD": "/demo/orders/db#password",
         "kura.dev/env.API_KEY": "/demo/orders/api-key",
         "kura.dev/env-on-rotation": "restart",
+        "kura.dev/secret.api-key": "/demo/orders/api-key",
         "kura.dev/secrets": "- {env: DB_HOST, secret: 'ssm:/demo/orders/db-host'}\n\
                              - {envFrom: /demo/orders/db}\n\
                              - file: database-url\n  inputs: {db: /demo/orders/db, host: 'ssm:/demo/orders/db-host'}\n  \
@@ -526,6 +527,11 @@ async fn environment_variables_and_templates_end_to_end() {
     assert_eq!(
         std::fs::read_to_string(secrets.join("database-url")).unwrap(),
         "postgres://orders:p%40ss%3Aw%2Frd%251@db.internal/orders"
+    );
+    // A plain file beside the variables and templates, in the same set.
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("api-key")).unwrap(),
+        "api-key-v1"
     );
     assert_eq!(
         std::fs::read_to_string(secrets.join("application.properties")).unwrap(),
