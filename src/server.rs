@@ -470,6 +470,7 @@ pub async fn start(
     limits: Limits,
 ) -> Result<Running, Error> {
     resolver.count_reloads_in(state.metrics.reloads.clone());
+    resolver.report_expiry_in(state.metrics.certificate_expiry.clone());
     let tls = crate::tls::server_config(resolver)?;
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
     let handle = axum_server::Handle::new();

@@ -129,6 +129,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Connections closed at once because [`crate::server::Limits::max_connections`] were open.
     pub connections_refused: Counter,
+    /// The served certificate's notAfter (Unix seconds), set by [`crate::tls::Resolver`].
+    pub certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -180,8 +182,15 @@ impl Default for Metrics {
             "Connections to the admission listener closed at once: the connection cap was reached",
             connections_refused.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate the admission listener serves expires (its notAfter, Unix seconds)",
+            certificate_expiry.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            certificate_expiry,
             connections_open,
             connections_refused,
             requests,

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use kura_agent::watch::FileWatch;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -76,12 +77,21 @@ pub fn certified_key(pair: &PemPair, origin: &str) -> Result<CertifiedKey, Error
         .map_err(|e| err(format!("key and certificate: {e}")))
 }
 
+/// The leaf certificate's notAfter, in Unix seconds.
+pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Serves the current certificate; [`CertReloader`] swaps it.
 #[derive(Debug)]
 pub struct Resolver {
     current: ArcSwap<CertifiedKey>,
     /// Where reload results are counted (`cert-ok`, `cert-refused`), once the server has metrics.
     reloads: OnceLock<Family<ResultLabels, Counter>>,
+    /// Where the served certificate's notAfter goes (Unix seconds), once the server has metrics.
+    expiry: OnceLock<Gauge>,
 }
 
 impl Resolver {
@@ -89,11 +99,26 @@ impl Resolver {
         Arc::new(Resolver {
             current: ArcSwap::from_pointee(key),
             reloads: OnceLock::new(),
+            expiry: OnceLock::new(),
         })
     }
 
     pub fn set(&self, key: CertifiedKey) {
+        self.report_expiry(&key);
         self.current.store(Arc::new(key));
+    }
+
+    /// Sets `gauge` to the served certificate's notAfter now and after every reload (the first
+    /// call wins), so an alert can fire before it expires, whoever issued it.
+    pub fn report_expiry_in(&self, gauge: Gauge) {
+        let _ = self.expiry.set(gauge);
+        self.report_expiry(&self.current.load());
+    }
+
+    fn report_expiry(&self, key: &CertifiedKey) {
+        if let (Some(gauge), Some(t)) = (self.expiry.get(), not_after(key)) {
+            gauge.set(t);
+        }
     }
 
     /// Counts later reloads in `reloads` (the first call wins).
@@ -275,6 +300,22 @@ fn serving_cert(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expiry_gauge_follows_the_served_certificate() {
+        let names = vec!["kura.kura-system.svc".to_string()];
+        let short = bundle_for(names.clone(), 10).expect("a bundle");
+        let long = bundle_for(names, 400).expect("a bundle");
+        let key = |b: &Bundle| certified_key(&b.serving, "test").expect("loads");
+        let resolver = Resolver::new(key(&short));
+        let gauge = Gauge::default();
+        resolver.report_expiry_in(gauge.clone());
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let days = |t: i64| (t - now) / 86_400;
+        assert!((9..=10).contains(&days(gauge.get())), "{}", gauge.get());
+        resolver.set(key(&long));
+        assert!((399..=400).contains(&days(gauge.get())), "{}", gauge.get());
+    }
 
     #[test]
     fn self_signed_pairs_load() {
