@@ -285,11 +285,19 @@ impl PodSecrets {
                 v
             }))
             .chain(self.env_from.iter().map(|e| {
-                let mut v = value(serde_json::to_value(e));
-                if let Some(o) = v.as_object_mut()
-                    && let Some(secret) = o.remove("secret")
-                {
-                    o.insert("envFrom".into(), secret);
+                // The list form writes an envFrom's key into its reference (`/prod/db#nested`).
+                let reference = Input {
+                    secret: e.secret.clone(),
+                    key: e.key.clone(),
+                };
+                let mut v = serde_json::json!({"envFrom": reference.to_string()});
+                for (field, version) in [
+                    ("versionStage", &e.version_stage),
+                    ("versionId", &e.version_id),
+                ] {
+                    if let Some(version) = version {
+                        v[field] = serde_json::json!(version);
+                    }
                 }
                 v
             }))
@@ -1230,7 +1238,7 @@ mod tests {
             uid in proptest::option::of(1i64..70000),
             containers in proptest::option::of(proptest::collection::vec("[a-z][a-z0-9-]{0,8}[a-z0-9]", 1..3)),
             env in proptest::collection::vec(("[A-Z_][A-Z0-9_]{0,10}", "/[a-z]{1,8}/[a-z]{1,8}", proptest::option::of("[a-z]{1,6}")), 0..4),
-            env_from in proptest::collection::vec(("(ssm:)?/[a-z]{1,8}/[a-z]{1,8}", proptest::option::of(Just("blue".to_string()))), 0..2),
+            env_from in proptest::collection::vec(("(ssm:)?/[a-z]{1,8}/[a-z]{1,8}", proptest::option::of("/?[a-z]{1,6}"), proptest::option::of(Just("blue".to_string()))), 0..2),
             with_template in proptest::bool::ANY,
             on_rotation in prop_oneof![Just("none"), Just("restart"), Just("signal:SIGHUP")],
         ) {
@@ -1244,7 +1252,7 @@ mod tests {
                 .collect();
             let env_from: Vec<EnvFrom> = env_from
                 .into_iter()
-                .map(|(secret, version_stage)| EnvFrom { secret, key: None, version_stage, version_id: None })
+                .map(|(secret, key, version_stage)| EnvFrom { secret, key, version_stage, version_id: None })
                 .collect();
             let templates = if with_template && !seen.contains("app.properties") {
                 vec![TemplateFile {
