@@ -15,8 +15,8 @@
 //! - request bodies are read against one byte budget ([`Limits::body_budget`]) for all requests
 //!   together, so memory does not grow with connections × 3 MiB; past it a request waits
 //!   briefly, then gets a 503 that says so;
-//! - a body over [`INLINE_BODY_MAX`] is decoded and judged on the heavy lane: a few blocking
-//!   threads ([`heavy_lane_width`]) instead of the async workers, so a large or expensive
+//! - a body over [`INLINE_BODY_MAX`] is decoded and judged on the heavy lane: a few threads of
+//!   its own ([`heavy_lane_width`]) instead of the async workers, so a large or expensive
 //!   body waits for and takes the lane's CPU, not the workers' that answer ordinary reviews.
 //!   Ordinary reviews (a pod's is 4 to 10 KB) stay on the worker that read them, with no
 //!   hand-off (see README "Hostile input and fuzzing" for what each costs).
@@ -72,8 +72,8 @@ pub struct AppState {
     /// Bytes of request bodies held at once, all requests together ([`Limits::body_budget`]).
     bodies: Arc<Semaphore>,
     body_budget: usize,
-    /// The heavy lane's places ([`heavy_lane_width`]).
-    heavy: Arc<Semaphore>,
+    /// Where large bodies are decided; `None` if its threads could not be started.
+    heavy: Option<HeavyLane>,
 }
 
 impl AppState {
@@ -90,7 +90,7 @@ impl AppState {
             ready: AtomicBool::new(true),
             bodies: Arc::new(Semaphore::new(budget)),
             body_budget: budget,
-            heavy: Arc::new(Semaphore::new(heavy_lane_width())),
+            heavy: HeavyLane::start(heavy_lane_width()),
         })
     }
 }
@@ -100,6 +100,56 @@ impl AppState {
 pub fn heavy_lane_width() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     cpus.div_ceil(2)
+}
+
+/// A job for the heavy lane: runs on one of its threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads of their own for deciding large bodies, one job each at a time. Long-lived rather
+/// than tokio's blocking pool, which starts a thread whenever none is idle: each new thread
+/// gets its own allocator heap, and under a stream of large bodies that cost some 100 MiB of
+/// RSS (measured with `bench/hostile-load.sh`).
+#[derive(Debug)]
+struct HeavyLane {
+    places: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl HeavyLane {
+    /// Starts `width` threads; `None` if none could be started (large bodies are then decided
+    /// inline, as small ones are).
+    fn start(width: usize) -> Option<HeavyLane> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..width {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("kura-heavy-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held while waiting: one idle thread waits on the
+                        // channel, the others on the lock.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => warn!(error = %e, "a heavy-lane thread could not be started"),
+            }
+        }
+        (started > 0).then(|| HeavyLane {
+            places: Arc::new(Semaphore::new(started)),
+            jobs: tx,
+        })
+    }
 }
 
 /// The admission router (served over TLS).
@@ -207,33 +257,41 @@ async fn read_body(s: &AppState, req: Request) -> Result<Body, Failure> {
     Ok(Body { bytes, _held: held })
 }
 
-/// Decodes and judges a body: inline if it is small, else on the heavy lane (a blocking
-/// thread, one of [`heavy_lane_width`]), where waiting for a place counts under the deadline.
+/// Decodes and judges a body: inline if it is small, else on the heavy lane, where waiting for
+/// a place counts under the deadline.
 async fn decide(s: &Arc<AppState>, endpoint: Endpoint, body: Body) -> Result<Outcome, Failure> {
-    if body.bytes.len() <= INLINE_BODY_MAX {
-        return s
-            .admission
-            .review(endpoint, &body.bytes)
-            .await
-            .map_err(Failure::Malformed);
-    }
-    let place = s
-        .heavy
+    let lane = match &s.heavy {
+        Some(lane) if body.bytes.len() > INLINE_BODY_MAX => lane,
+        _ => {
+            return s
+                .admission
+                .review(endpoint, &body.bytes)
+                .await
+                .map_err(Failure::Malformed);
+        }
+    };
+    let place = lane
+        .places
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| Failure::OverBudget)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
     let state = s.clone();
     let rt = tokio::runtime::Handle::current();
     // Once started it runs to its end even past the deadline (a parse cannot be interrupted;
     // each is bounded), holding its place and its bytes until then.
-    let job = tokio::task::spawn_blocking(move || {
-        let _place = place;
-        rt.block_on(state.admission.review(endpoint, &body.bytes))
+    let job: Job = Box::new(move || {
+        let outcome = rt.block_on(state.admission.review(endpoint, &body.bytes));
+        drop(place);
+        let _ = tx.send(outcome);
     });
-    match job.await {
+    if lane.jobs.send(job).is_err() {
+        return Err(Failure::Unreadable("the heavy lane has stopped".into()));
+    }
+    match rx.await {
         Ok(r) => r.map_err(Failure::Malformed),
-        Err(e) => Err(Failure::Unreadable(format!("the admission failed: {e}"))),
+        Err(_) => Err(Failure::Unreadable("the admission failed".into())),
     }
 }
 
