@@ -285,11 +285,17 @@ impl PodSecrets {
                 v
             }))
             .chain(self.env_from.iter().map(|e| {
+                // The nested key goes into the reference (`envFrom: /prod/app/db#nested`): the
+                // parser refuses a separate `key` on an envFrom entry.
                 let mut v = value(serde_json::to_value(e));
-                if let Some(o) = v.as_object_mut()
-                    && let Some(secret) = o.remove("secret")
-                {
-                    o.insert("envFrom".into(), secret);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("secret");
+                    o.remove("key");
+                    let reference = match &e.key {
+                        Some(k) => format!("{}#{k}", e.secret),
+                        None => e.secret.clone(),
+                    };
+                    o.insert("envFrom".into(), reference.into());
                 }
                 v
             }))
@@ -847,6 +853,25 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn env_from_with_a_nested_key_round_trips() {
+        // Found by the `annotations` fuzz target: the key was written back as a separate `key`,
+        // which the parser refuses on an envFrom entry.
+        let a = map(&[
+            ("kura.dev/inject", "true"),
+            (
+                "kura.dev/secrets",
+                "- envFrom: /prod/app/db#nested\n  versionStage: AWSPREVIOUS\n- envFrom: ssm:/prod/app\n",
+            ),
+        ]);
+        let p = parse(&a).expect("valid").expect("opted in");
+        assert_eq!(p.env_from[0].key.as_deref(), Some("nested"));
+        let again = parse(&p.to_annotations())
+            .expect("normalized annotations parse")
+            .expect("and opt in");
+        assert_eq!(again.to_spec(120), p.to_spec(120));
     }
 
     #[test]
