@@ -104,7 +104,8 @@ pub struct Args {
     /// A connection with no byte in either direction for this long is closed.
     #[arg(long, env = "KURA_IDLE_TIMEOUT", default_value = "60s", value_parser = kura_agent::duration::parse)]
     pub idle_timeout: Duration,
-    /// An HTTP/1.1 client must send a request's headers within this time.
+    /// A client must send a request's headers within this time, and a connection (HTTP/1.1 or
+    /// HTTP/2) with no request in progress for this long is closed.
     #[arg(long, env = "KURA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = kura_agent::duration::parse)]
     pub header_read_timeout: Duration,
     /// Request bodies held at once, all requests together, in MiB (at least 3, one body at the
