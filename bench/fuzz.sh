@@ -7,6 +7,7 @@
 #   bench/fuzz.sh                                  # RUNS=10000000 SECONDS_EACH=3600, every target
 #   TARGETS="annotations agent_spec" SECONDS_EACH=600 bench/fuzz.sh
 #   CMIN=1 bench/fuzz.sh                           # then minimize each corpus (cargo fuzz cmin)
+#   SANITIZER=none bench/fuzz.sh                   # no AddressSanitizer (default: address)
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a C++ compiler. cargo fuzz passes nightly-only
 # flags (-Zsanitizer=address); the toolchain pinned in rust-toolchain.toml is stable, and
@@ -16,18 +17,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 RUNS=${RUNS:-10000000}
 SECONDS_EACH=${SECONDS_EACH:-3600}
+SANITIZER=${SANITIZER:-address}
 command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo install cargo-fuzz" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1
 TARGETS=${TARGETS:-$(cargo fuzz list)}
 
 echo "== building the fuzz targets" >&2
-cargo fuzz build -O >&2
+cargo fuzz build -O -s "$SANITIZER" >&2
 mkdir -p logs
 printf '%-16s %12s %10s %8s %10s  %s\n' target executions exec/s rss_mb seconds result
 for t in $TARGETS; do
     mkdir -p "corpus/$t"
     start=$(date +%s)
-    if cargo fuzz run -O "$t" "corpus/$t" -- -runs="$RUNS" -max_total_time="$SECONDS_EACH" \
+    if cargo fuzz run -O -s "$SANITIZER" "$t" "corpus/$t" -- -runs="$RUNS" -max_total_time="$SECONDS_EACH" \
         -timeout=10 -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 >"logs/$t.log" 2>&1; then
         result=ok
     else
@@ -37,5 +39,5 @@ for t in $TARGETS; do
     stat() { sed -n "s/^stat::$1: *//p" "logs/$t.log" | tail -1; }
     printf '%-16s %12s %10s %8s %10s  %s\n' "$t" "$(stat number_of_executed_units)" \
         "$(stat average_exec_per_sec)" "$(stat peak_rss_mb)" "$secs" "$result"
-    if [ -n "${CMIN:-}" ]; then cargo fuzz cmin -O "$t" "corpus/$t" >/dev/null 2>&1; fi
+    if [ -n "${CMIN:-}" ]; then cargo fuzz cmin -O -s "$SANITIZER" "$t" "corpus/$t" >/dev/null 2>&1; fi
 done

@@ -6,20 +6,32 @@
 //! Whoever reaches the port can open connections, so each one is bounded ([`Limits`]): a cap
 //! on open connections (past it a new one is closed at once and counted), an idle timeout on
 //! the socket (no byte either way: closed, the TLS handshake included), and a timeout on
-//! reading an HTTP/1.1 request's headers (a client that trickles them).
+//! reading a request's headers (a client that trickles them): hyper's own for HTTP/1.1, and for
+//! every protocol a connection with no request in progress must start one within that time
+//! ([`Quiet`]; HTTP/2 has no header timeout of its own).
+//!
+//! Whoever reaches the port can also send what costs CPU and memory, and a slow request must not
+//! delay the others:
+//! - request bodies are read against one byte budget ([`Limits::body_budget`]) for all requests
+//!   together, so memory does not grow with connections × 3 MiB; past it a request waits
+//!   briefly, then gets a 503 that says so;
+//! - a body over [`INLINE_BODY_MAX`] is decoded and judged on the heavy lane: a few threads of
+//!   its own ([`heavy_lane_width`]) instead of the async workers, so a large or expensive
+//!   body waits for and takes the lane's CPU, not the workers' that answer ordinary reviews.
+//!   Ordinary reviews (a pod's is 4 to 10 KB) stay on the worker that read them, with no
+//!   hand-off (see README "Hostile input and fuzzing" for what each costs).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,7 +44,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::admission::{Admission, Endpoint};
+use futures_util::StreamExt as _;
+
+use crate::admission::{Admission, Endpoint, Outcome};
 use crate::telemetry::{EndpointLabels, Metrics, NamespaceLabels, RequestLabels, RuleLabels};
 use crate::wire::encode_review;
 
@@ -41,6 +55,12 @@ pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
 /// Reading the body and deciding, together, finish under the webhook configuration's 5 s
 /// timeout, so the API server gets kura's answer rather than its own timeout error.
 pub const REQUEST_DEADLINE: Duration = Duration::from_millis(4500);
+/// Bodies up to this size are decoded and judged on the async worker that read them; larger
+/// ones on the heavy lane. A pod's review is 4 to 10 KB (managed fields included); a
+/// `kura.dev/secrets` value at its nesting bound makes a body of about 20 KB.
+pub const INLINE_BODY_MAX: usize = 16 * 1024;
+/// How long a request waits for room in the body budget before it gets a 503.
+pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// Shared by every request.
 #[derive(Debug)]
@@ -49,14 +69,85 @@ pub struct AppState {
     pub metrics: Metrics,
     /// False until dependencies are ready, and again once shutdown starts.
     pub ready: AtomicBool,
+    /// Bytes of request bodies held at once, all requests together ([`Limits::body_budget`]).
+    bodies: Arc<Semaphore>,
+    body_budget: usize,
+    /// Where large bodies are decided; `None` if its threads could not be started.
+    heavy: Option<HeavyLane>,
 }
 
 impl AppState {
+    /// With the default [`Limits`].
     pub fn new(admission: Admission) -> Arc<Self> {
+        Self::with_limits(admission, &Limits::default())
+    }
+
+    pub fn with_limits(admission: Admission, limits: &Limits) -> Arc<Self> {
+        let budget = limits.body_budget.clamp(BODY_LIMIT, Semaphore::MAX_PERMITS);
         Arc::new(AppState {
             admission,
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
+            bodies: Arc::new(Semaphore::new(budget)),
+            body_budget: budget,
+            heavy: HeavyLane::start(heavy_lane_width()),
+        })
+    }
+}
+
+/// Requests decided on the heavy lane at once: half the CPUs the process may use, at least
+/// one, so large bodies never take every core from the async workers.
+pub fn heavy_lane_width() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.div_ceil(2)
+}
+
+/// A job for the heavy lane: runs on one of its threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads of their own for deciding large bodies, one job each at a time. Long-lived rather
+/// than tokio's blocking pool, which starts a thread whenever none is idle: each new thread
+/// gets its own allocator heap, and under a stream of large bodies that cost some 100 MiB of
+/// RSS (measured with `bench/hostile-load.sh`).
+#[derive(Debug)]
+struct HeavyLane {
+    places: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl HeavyLane {
+    /// Starts `width` threads; `None` if none could be started (large bodies are then decided
+    /// inline, as small ones are).
+    fn start(width: usize) -> Option<HeavyLane> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..width {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("kura-heavy-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held while waiting: one idle thread waits on the
+                        // channel, the others on the lock.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => warn!(error = %e, "a heavy-lane thread could not be started"),
+            }
+        }
+        (started > 0).then(|| HeavyLane {
+            places: Arc::new(Semaphore::new(started)),
+            jobs: tx,
         })
     }
 }
@@ -109,8 +200,99 @@ async fn validate(State(s): State<Arc<AppState>>, req: Request) -> Response {
 /// Why a request got no AdmissionReview back.
 enum Failure {
     TooLarge,
-    Unreadable(BytesRejection),
+    OverBudget,
+    Unreadable(String),
     Malformed(crate::admission::Error),
+}
+
+/// A body read whole, with its share of the body budget (given back when dropped).
+struct Body {
+    bytes: Vec<u8>,
+    _held: OwnedSemaphorePermit,
+}
+
+/// Reads a request's body against [`BODY_LIMIT`] and the shared body budget. The budget counts
+/// the buffer's capacity, taken before it grows, so what it admits is what is allocated; a
+/// client that declares 3 MiB and sends a few bytes holds a few bytes of it.
+async fn read_body(s: &AppState, req: Request) -> Result<Body, Failure> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut held = s
+        .bodies
+        .clone()
+        .try_acquire_many_owned(0)
+        .map_err(|_| Failure::OverBudget)?;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut stream = req.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Failure::Unreadable(e.to_string()))?;
+        let needed = bytes.len() + chunk.len();
+        if needed > BODY_LIMIT {
+            return Err(Failure::TooLarge);
+        }
+        if needed > bytes.capacity() {
+            // Grow by doubling (an ordinary review, its length declared, in one step), never
+            // past the declared length: the budget pays for bytes received, not promised.
+            let ceiling = declared.map_or(BODY_LIMIT, |n| n.clamp(needed, BODY_LIMIT));
+            let first = declared.map_or(0, |n| n.min(INLINE_BODY_MAX));
+            let want = needed.max(bytes.capacity() * 2).max(first).min(ceiling);
+            let more = u32::try_from(want - bytes.capacity()).map_err(|_| Failure::TooLarge)?;
+            let permit = match s.bodies.clone().try_acquire_many_owned(more) {
+                Ok(p) => p,
+                Err(_) => {
+                    tokio::time::timeout(BUDGET_WAIT, s.bodies.clone().acquire_many_owned(more))
+                        .await
+                        .map_err(|_| Failure::OverBudget)?
+                        .map_err(|_| Failure::OverBudget)?
+                }
+            };
+            held.merge(permit);
+            bytes.reserve_exact(want - bytes.len());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Body { bytes, _held: held })
+}
+
+/// Decodes and judges a body: inline if it is small, else on the heavy lane, where waiting for
+/// a place counts under the deadline.
+async fn decide(s: &Arc<AppState>, endpoint: Endpoint, body: Body) -> Result<Outcome, Failure> {
+    let lane = match &s.heavy {
+        Some(lane) if body.bytes.len() > INLINE_BODY_MAX => lane,
+        _ => {
+            return s
+                .admission
+                .review(endpoint, &body.bytes)
+                .await
+                .map_err(Failure::Malformed);
+        }
+    };
+    let place = lane
+        .places
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Failure::OverBudget)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let state = s.clone();
+    let rt = tokio::runtime::Handle::current();
+    // Once started it runs to its end even past the deadline (a parse cannot be interrupted;
+    // each is bounded), holding its place and its bytes until then.
+    let job: Job = Box::new(move || {
+        let outcome = rt.block_on(state.admission.review(endpoint, &body.bytes));
+        drop(place);
+        let _ = tx.send(outcome);
+    });
+    if lane.jobs.send(job).is_err() {
+        return Err(Failure::Unreadable("the heavy lane has stopped".into()));
+    }
+    match rx.await {
+        Ok(r) => r.map_err(Failure::Malformed),
+        Err(_) => Err(Failure::Unreadable("the admission failed".into())),
+    }
 }
 
 async fn handle(s: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
@@ -123,18 +305,8 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response 
     let result = tokio::time::timeout(
         REQUEST_DEADLINE,
         Box::pin(async {
-            // Extracted here rather than as a handler argument so that the rejection gets kura's
-            // message (and the deadline above), not axum's bare "Failed to buffer the request body".
-            let body = Bytes::from_request(req, &()).await.map_err(|e| match e {
-                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                    Failure::TooLarge
-                }
-                other => Failure::Unreadable(other),
-            })?;
-            s.admission
-                .review(endpoint, &body)
-                .await
-                .map_err(Failure::Malformed)
+            let body = read_body(&s, req).await?;
+            decide(&s, endpoint, body).await
         }),
     )
     .await;
@@ -196,12 +368,28 @@ async fn handle(s: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response 
             )
                 .into_response()
         }
+        Ok(Err(Failure::OverBudget)) => {
+            count("over-budget");
+            warn!(
+                endpoint = name,
+                budget = s.body_budget,
+                "the request-body budget is spent: a request is turned away"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "kura is holding {} MiB of request bodies, its budget (--body-budget-mib): try again",
+                    s.body_budget / (1024 * 1024)
+                ),
+            )
+                .into_response()
+        }
         Ok(Err(Failure::Unreadable(e))) => {
             count("bad-request");
-            info!(endpoint = name, error = %e.body_text(), "admission request body could not be read");
+            info!(endpoint = name, error = %e, "admission request body could not be read");
             (
-                e.status(),
-                format!("the request body could not be read: {}", e.body_text()),
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
             )
                 .into_response()
         }
@@ -247,9 +435,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Longest time without a byte in either direction before a connection is closed.
     pub idle_timeout: Duration,
-    /// Longest time to receive an HTTP/1.1 request's headers, counted from when the server
-    /// starts waiting for them (also between keep-alive requests).
+    /// Longest time to receive a request's headers, counted from when the server starts
+    /// waiting for them (also between keep-alive requests): hyper's timeout for HTTP/1.1, and
+    /// for every protocol the longest a connection may have no request in progress ([`Quiet`]).
     pub header_read_timeout: Duration,
+    /// Bytes of request bodies held at once, all requests together (at least [`BODY_LIMIT`]).
+    pub body_budget: usize,
 }
 
 impl Default for Limits {
@@ -258,6 +449,7 @@ impl Default for Limits {
             max_connections: 4096,
             idle_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
+            body_budget: 64 * 1024 * 1024,
         }
     }
 }
@@ -299,14 +491,15 @@ pub fn connection_cap(wanted: usize, fd_limit: Option<u64>) -> usize {
 struct Guard {
     permits: Arc<Semaphore>,
     idle: Duration,
+    quiet: Duration,
     open: Gauge,
     refused: Counter,
 }
 
 impl<S> axum_server::accept::Accept<TcpStream, S> for Guard {
     type Stream = Guarded;
-    type Service = S;
-    type Future = std::future::Ready<std::io::Result<(Guarded, S)>>;
+    type Service = Tracked<S>;
+    type Future = std::future::Ready<std::io::Result<(Guarded, Tracked<S>)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -315,17 +508,26 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for Guard {
             return std::future::ready(Err(std::io::Error::other("connection cap reached")));
         };
         self.open.inc();
+        let requests = Arc::new(Requests::default());
         std::future::ready(Ok((
             Guarded {
                 inner: stream,
                 idle: self.idle,
                 deadline: Box::pin(tokio::time::sleep(self.idle)),
+                quiet: Quiet {
+                    limit: self.quiet,
+                    requests: requests.clone(),
+                    deadline: Box::pin(tokio::time::sleep(self.quiet)),
+                },
                 _slot: Slot {
                     _permit: permit,
                     open: self.open.clone(),
                 },
             },
-            service,
+            Tracked {
+                inner: service,
+                requests,
+            },
         )))
     }
 }
@@ -343,12 +545,109 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP stream that fails with `TimedOut` once no byte has moved for its idle timeout.
+/// A connection's requests in progress, and when the last one ended (or the connection
+/// opened): shared by its stream ([`Quiet`]) and its service ([`Tracked`]).
+#[derive(Debug)]
+struct Requests {
+    in_progress: AtomicUsize,
+    last_end: Mutex<tokio::time::Instant>,
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Requests {
+            in_progress: AtomicUsize::new(0),
+            last_end: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+/// Counts a request in progress until its response is ready (or it is dropped).
+struct InProgress(Arc<Requests>);
+
+impl InProgress {
+    fn new(requests: &Arc<Requests>) -> Self {
+        requests.in_progress.fetch_add(1, Ordering::Relaxed);
+        InProgress(requests.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.last_end.lock() {
+            *t = tokio::time::Instant::now();
+        }
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's service, counting its requests in progress for [`Quiet`].
+#[derive(Debug, Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    requests: Arc<Requests>,
+}
+
+impl<S, R> tower_service::Service<R> for Tracked<S>
+where
+    S: tower_service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let counted = InProgress::new(&self.requests);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(counted);
+            r
+        })
+    }
+}
+
+/// The header-read timeout of every protocol: a connection with no request in progress must
+/// start one within `limit` of opening or of its last request's end. HTTP/2 needs it (hyper
+/// has no header timeout for it: a client that trickles a HEADERS frame's bytes, or sends
+/// only pings, would hold its connection forever); for HTTP/1.1 it matches hyper's own.
+#[derive(Debug)]
+struct Quiet {
+    limit: Duration,
+    requests: Arc<Requests>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Quiet {
+    /// Whether the connection has gone too long with no request in progress.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.requests.in_progress.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let Ok(last_end) = self.requests.last_end.lock().map(|t| *t) else {
+            return false;
+        };
+        let due = last_end + self.limit;
+        if self.deadline.deadline() != due {
+            self.deadline.as_mut().reset(due);
+        }
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A TCP stream that fails with `TimedOut` once no byte has moved for its idle timeout, or once
+/// it has had no request in progress for its header-read timeout ([`Quiet`]).
 #[derive(Debug)]
 struct Guarded {
     inner: TcpStream,
     idle: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    quiet: Quiet,
     _slot: Slot,
 }
 
@@ -369,6 +668,17 @@ impl Guarded {
             Poll::Pending => Poll::Pending,
         }
     }
+
+    /// Fails a read once the connection has had no request in progress for too long, whether
+    /// bytes arrive (a trickle) or not.
+    fn quiet<T>(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<T>>> {
+        self.quiet.expired(cx).then(|| {
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no request within the header-read timeout",
+            )))
+        })
+    }
 }
 
 impl AsyncRead for Guarded {
@@ -378,6 +688,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(closed) = this.quiet(cx) {
+            return closed;
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -491,6 +804,7 @@ pub async fn start(
     let guard = Guard {
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         idle: limits.idle_timeout,
+        quiet: limits.header_read_timeout,
         open: state.metrics.connections_open.clone(),
         refused: state.metrics.connections_refused.clone(),
     };

@@ -1003,6 +1003,138 @@ async fn idle_and_trickling_connections_are_closed() {
     trickle.abort();
 }
 
+/// An HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_that_trickle_headers_or_only_ping_are_closed() {
+    let certs = test_certs();
+    let (hook, _logs) = start(&certs, &["--idle-timeout=1s", "--header-read-timeout=2s"]);
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // Each connection sends the preface and its SETTINGS, then a byte every 250 ms: never idle
+    // for 1 s, never a complete request. hyper has no header timeout for HTTP/2.
+    let trickles: [Vec<u8>; 2] = [
+        // A HEADERS frame (END_HEADERS, stream 1) that announces 200 bytes, sent one by one.
+        [0, 0, 200, 1, 0x4, 0, 0, 0, 1]
+            .into_iter()
+            .chain(std::iter::repeat_n(b'a', 200))
+            .collect(),
+        // PING frames only (each answered by the server).
+        (0..40u8).flat_map(|i| h2_frame(6, 0, 0, &[i; 8])).collect(),
+    ];
+    for (what, bytes) in ["a trickled HEADERS frame", "pings only"]
+        .into_iter()
+        .zip(trickles)
+    {
+        let tls = tls_connect(&hook, &certs.ca, &[&rustls::version::TLS13], &[b"h2"])
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut rx, mut tx) = tokio::io::split(tls);
+        let step = if what == "pings only" { 17 } else { 1 };
+        let trickle = tokio::spawn(async move {
+            tx.write_all(PREFACE).await.unwrap();
+            tx.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
+            tx.flush().await.unwrap();
+            for chunk in bytes.chunks(step) {
+                if tx.write_all(chunk).await.is_err() || tx.flush().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        let took = closed_within(&mut rx, Duration::from_secs(8)).await;
+        assert!(
+            took >= Duration::from_millis(1500),
+            "{what}: closed by the header-read timeout, not the idle one: {took:?}"
+        );
+        trickle.abort();
+    }
+
+    // A connection that does send requests stays open across them, and HTTP/2 still works.
+    let client = https_client(&certs.ca);
+    for _ in 0..3 {
+        let resp = client
+            .get(format!("{}/healthz", hook.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_one_byte_budget() {
+    let certs = test_certs();
+    let (hook, _logs) = start(&certs, &["--body-budget-mib=3"]);
+    let url = format!("{}/validate", hook.url);
+
+    // One client sends 2.5 MiB of a 3 MiB body and holds the rest: the whole budget is its.
+    let mut hog = tls_connect(&hook, &certs.ca, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        3 * 1024 * 1024 - 1
+    );
+    hog.write_all(head.as_bytes()).await.unwrap();
+    hog.write_all(&vec![b' '; 5 * 512 * 1024]).await.unwrap();
+    hog.flush().await.unwrap();
+
+    // Another client's ordinary review finds no room: a 503 that says why, not a wait for
+    // memory nobody bounds.
+    let client = https_client(&certs.ca);
+    let review = review_with_uid("budget");
+    let mut answer = String::new();
+    eventually(
+        "a review past the budget gets a 503",
+        Duration::from_secs(3),
+        async || {
+            let resp = client.post(&url).json(&review).send().await.unwrap();
+            if resp.status() != 503 {
+                return false;
+            }
+            answer = resp.text().await.unwrap();
+            true
+        },
+    )
+    .await;
+    assert!(answer.contains("budget"), "{answer}");
+    assert!(answer.contains("3 MiB"), "{answer}");
+
+    // Once the hog is gone its bytes are given back.
+    drop(hog);
+    eventually(
+        "the budget is given back",
+        Duration::from_secs(10),
+        async || {
+            client
+                .post(&url)
+                .json(&review)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        },
+    )
+    .await;
+    let metrics = hook.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"kura_admission_requests_total{endpoint="validate",decision="over-budget"}"#
+        ),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_cap_new_connections_are_closed_and_counted() {
     let certs = test_certs();

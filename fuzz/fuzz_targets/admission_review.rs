@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use kura::admission::{Admission, Endpoint};
-use kura::config::InjectConfig;
+use kura::inject::InjectConfig;
 use kura::policy::{Policy, PolicyEngine};
 use kura_agent::store::{Store, StoreSetting};
 use libfuzzer_sys::fuzz_target;

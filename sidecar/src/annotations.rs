@@ -858,6 +858,25 @@ mod tests {
     }
 
     #[test]
+    fn env_from_with_a_nested_key_round_trips() {
+        // Found by the `annotations` fuzz target: the key was written back as a separate `key`,
+        // which the parser refuses on an envFrom entry.
+        let a = map(&[
+            ("kura.dev/inject", "true"),
+            (
+                "kura.dev/secrets",
+                "- envFrom: /prod/app/db#nested\n  versionStage: AWSPREVIOUS\n- envFrom: ssm:/prod/app\n",
+            ),
+        ]);
+        let p = parse(&a).expect("valid").expect("opted in");
+        assert_eq!(p.env_from[0].key.as_deref(), Some("nested"));
+        let again = parse(&p.to_annotations())
+            .expect("normalized annotations parse")
+            .expect("and opt in");
+        assert_eq!(again.to_spec(120), p.to_spec(120));
+    }
+
+    #[test]
     fn contract_example_parses() {
         let a = map(&[
             ("kura.dev/inject", "true"),

@@ -16,6 +16,10 @@
 //! - `tojson` (built in): a JSON value, quotes and escapes included;
 //! - `b64encode`: standard base64.
 //!
+//! Jinja's printf-style `format` filter is removed: minijinja 3.1's panics on a format string
+//! with a non-ASCII character after `%` (found by the `template` fuzz target), and a panic
+//! aborts the agent; a template that uses it fails with "unknown filter".
+//!
 //! Errors name the line and what is wrong, never a value: minijinja's messages name template
 //! positions and names, and [`render`]'s own messages name inputs and keys.
 
@@ -42,6 +46,7 @@ pub fn environment() -> Environment<'static> {
     syntax.keep_trailing_newline(true);
     env.set_syntax(syntax.build().expect("the default delimiters are valid"));
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.remove_filter("format");
     env.add_filter("shell", shell_quote);
     env.add_filter("urlencode", url_encode);
     // Built-ins that would turn an undefined value into output (`null`, an empty string)
@@ -430,6 +435,17 @@ mod tests {
             ["db", "key"],
         )
         .expect("valid");
+    }
+
+    #[test]
+    fn printf_format_is_not_offered() {
+        // minijinja 3.1's `format` panics on these (a non-ASCII character in a `%(name)`
+        // mapping key), over a literal or over an input's value.
+        let e = render("{{ \"%(\u{e9})s\" | format }}", &BTreeMap::new()).expect_err("no format");
+        assert!(e.0.contains("unknown filter"), "{e}");
+        let e =
+            render("{{ a | format }}", &inputs(&[("a", "%(\u{e9}\"k")])).expect_err("no format");
+        assert!(e.0.contains("unknown filter"), "{e}");
     }
 
     #[test]

@@ -104,9 +104,14 @@ pub struct Args {
     /// A connection with no byte in either direction for this long is closed.
     #[arg(long, env = "KURA_IDLE_TIMEOUT", default_value = "60s", value_parser = kura_agent::duration::parse)]
     pub idle_timeout: Duration,
-    /// An HTTP/1.1 client must send a request's headers within this time.
+    /// A client must send a request's headers within this time, and a connection (HTTP/1.1 or
+    /// HTTP/2) with no request in progress for this long is closed.
     #[arg(long, env = "KURA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = kura_agent::duration::parse)]
     pub header_read_timeout: Duration,
+    /// Request bodies held at once, all requests together, in MiB (at least 3, one body at the
+    /// 3 MiB limit); past it a request waits up to 1 s, then gets a 503.
+    #[arg(long, env = "KURA_BODY_BUDGET_MIB", default_value = "64")]
+    pub body_budget_mib: usize,
 }
 
 impl Args {
@@ -153,6 +158,16 @@ impl Args {
                 return Err(config::Error::Zero { flag });
             }
         }
+        if self.body_budget_mib < server::BODY_LIMIT / (1024 * 1024) {
+            return Err(config::Error::Invalid {
+                flag: "body-budget-mib",
+                message: format!(
+                    "{} MiB cannot hold one body at the {} MiB limit",
+                    self.body_budget_mib,
+                    server::BODY_LIMIT / (1024 * 1024)
+                ),
+            });
+        }
         let policy = config::load_policy(self.policy.as_deref())?;
         Ok(Config {
             listen: self.listen,
@@ -176,6 +191,7 @@ impl Args {
                 max_connections: self.max_connections,
                 idle_timeout: self.idle_timeout,
                 header_read_timeout: self.header_read_timeout,
+                body_budget: self.body_budget_mib.saturating_mul(1024 * 1024),
             },
         })
     }
@@ -225,7 +241,7 @@ pub async fn serve(config: Config) -> Result<()> {
         engine = engine.with_namespaces(ns.clone());
         namespaces = Some(ns);
     }
-    let state = AppState::new(Admission::new(inject, engine));
+    let state = AppState::with_limits(Admission::new(inject, engine), &limits);
 
     let resolver = match tls {
         TlsSource::SelfSigned => {
