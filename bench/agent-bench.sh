@@ -13,7 +13,7 @@
 #
 # Needs the test venv with moto (scripts/test prepares it: .venv, or $KURA_VENV), curl, and a
 # Rust toolchain. The release build (opt-level "s", LTO, one codegen unit) takes minutes on a
-# small machine; KURA_BENCH_NO_BUILD=1 reuses target/release/kura-agent.
+# small machine; KURA_BENCH_NO_BUILD=1 reuses target/<host>/release/kura-agent.
 #
 # Knobs: KURA_BENCH_INTERVAL (s, default 2), KURA_BENCH_SETTLE (s before reading RSS, default 30),
 # KURA_BENCH_ROTATIONS (default 10), KURA_BENCH_RUNS (init timings per size, default 7).
@@ -31,11 +31,16 @@ settle="${KURA_BENCH_SETTLE:-30}"
 rotations="${KURA_BENCH_ROTATIONS:-10}"
 runs="${KURA_BENCH_RUNS:-7}"
 
+# The binary the image ships: static-pie, built for the build platform's own target (as the
+# Dockerfile and scripts/test build it).
+host="$(rustc -vV | sed -n 's/^host: //p')"
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 if [ -z "${KURA_BENCH_NO_BUILD:-}" ]; then
-    echo "==> cargo build --release -p kura-agent" >&2
-    cargo build --release -p kura-agent >&2
+    echo "==> cargo build --release -p kura-agent (static-pie, --target $host)" >&2
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release -p kura-agent --bin kura-agent --target "$host" >&2
 fi
-bin="$PWD/target/release/kura-agent"
+bin="$target_dir/$host/release/kura-agent"
 [ -x "$bin" ] || { echo "no $bin" >&2; exit 2; }
 
 work="$(mktemp -d)"
