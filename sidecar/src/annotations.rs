@@ -205,6 +205,28 @@ fn check_secrets_bounds(value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Writes `[ ] { }` inside the JSON strings of `json` as `\u005b` and so on (the same string to
+/// JSON and YAML), so that [`check_secrets_bounds`], which counts brackets without parsing,
+/// counts only the structure: a JSON key or a template may hold any number of them.
+fn escape_brackets(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        match c {
+            '[' | ']' | '{' | '}' if in_string => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+                continue;
+            }
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// One problem with one annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnotationError {
@@ -305,7 +327,7 @@ impl PodSecrets {
         // JSON is YAML, and quoting every string keeps odd names intact.
         out.insert(
             SECRETS.to_string(),
-            serde_json::to_string(&entries).expect("values serialize"),
+            escape_brackets(&serde_json::to_string(&entries).expect("values serialize")),
         );
         if self.mount_path != DEFAULT_MOUNT_PATH {
             out.insert(MOUNT_PATH.to_string(), self.mount_path.clone());
@@ -870,6 +892,23 @@ mod tests {
         ]);
         let p = parse(&a).expect("valid").expect("opted in");
         assert_eq!(p.env_from[0].key.as_deref(), Some("nested"));
+        let again = parse(&p.to_annotations())
+            .expect("normalized annotations parse")
+            .expect("and opt in");
+        assert_eq!(again.to_spec(120), p.to_spec(120));
+    }
+
+    #[test]
+    fn brackets_in_keys_round_trip() {
+        // Found by the `annotations` fuzz target: a short form's JSON key with many `[` parsed,
+        // but written back into kura.dev/secrets it counted as nesting and was refused.
+        let key = format!("pa{}ss\\\"{{}}]word", "[".repeat(40));
+        let a = map(&[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.db", &format!("/prod/app/db#{key}")),
+        ]);
+        let p = parse(&a).expect("valid").expect("opted in");
+        assert_eq!(p.files[0].key.as_deref(), Some(key.as_str()));
         let again = parse(&p.to_annotations())
             .expect("normalized annotations parse")
             .expect("and opt in");
