@@ -179,8 +179,8 @@ pub fn plan_declared(
         }
     }
 
-    if secrets.has_env() {
-        for (c, _, _) in &targets {
+    for (c, list, _) in &targets {
+        if wraps(secrets, list) {
             check_wrappable(c, secrets, &mut problems);
         }
     }
@@ -263,7 +263,8 @@ pub fn plan_declared(
     ];
     for (c, list, index) in &targets {
         let idx = index.to_string();
-        let mounts: &[&shape::Mount] = if secrets.has_env() {
+        let wrapped = wraps(secrets, list);
+        let mounts: &[&shape::Mount] = if wrapped {
             &[&mount, &exec_mount]
         } else {
             &[&mount]
@@ -274,7 +275,7 @@ pub fn plan_declared(
             c.volume_mounts.is_some(),
             mounts,
         );
-        if secrets.has_env() {
+        if wrapped {
             // `add` on an existing member replaces it (RFC 6902 §4.1).
             let command: Vec<&str> = EXEC_COMMAND
                 .into_iter()
@@ -439,6 +440,14 @@ fn select_containers<'a>(
 
 /// The start of a wrapped container's `command`: the agent's copy, then `exec --`.
 const EXEC_COMMAND: [&str; 3] = [contract::EXEC_PATH, AgentCommand::Exec.as_str(), "--"];
+
+/// Whether a selected container (in `list`) runs through `kura-agent exec`: with environment
+/// variables, every app container by default (contract §6), and init containers only when
+/// `kura.dev/containers` names them, so an init container another webhook adds without a
+/// `command` (a mesh's) does not block the pod.
+fn wraps(secrets: &PodSecrets, list: &str) -> bool {
+    secrets.has_env() && (secrets.containers.is_some() || list == "containers")
+}
 
 /// Checks that a selected container can run through `kura-agent exec`: it has a `command` to
 /// wrap (admission cannot see an image's entrypoint), none of its own `env` entries has a

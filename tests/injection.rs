@@ -358,6 +358,35 @@ async fn environment_variables_need_a_command_and_no_clash() {
     };
     assert_eq!(mutate(&a, &rv).await["allowed"], true);
 
+    // By default only app containers are wrapped: an init container without a command (one a
+    // mesh's webhook added, say) neither blocks the pod nor is rewritten.
+    let rv = {
+        let mut v = env_review(&[]);
+        v["request"]["object"]["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove("kura.dev/containers");
+        v["request"]["object"]["spec"]["initContainers"] =
+            json!([{ "name": "mesh-init", "image": "mesh:1", "args": ["--redirect"] }]);
+        v
+    };
+    let resp = mutate(&a, &rv).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let pod = patched(&rv, &resp).unwrap();
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mesh-init")
+        .unwrap();
+    assert!(init.get("command").is_none(), "{init}");
+    assert!(init["volumeMounts"].to_string().contains("kura-secrets"));
+    assert!(!init["volumeMounts"].to_string().contains("kura-bin"));
+    assert_eq!(
+        pod["spec"]["containers"][0]["command"][0],
+        "/var/run/kura/bin/kura-agent"
+    );
+
     let mut rv = env_review(&[]);
     rv["request"]["object"]["spec"]["containers"][0]["env"]
         .as_array_mut()
