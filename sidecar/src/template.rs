@@ -429,6 +429,24 @@ mod tests {
     }
 
     #[test]
+    fn statements_that_load_other_templates_are_syntax_errors() {
+        // Built without minijinja's multi_template: there is no loader, and a template sees
+        // only its inputs, never another file; admission says so with the line.
+        for (source, tag) in [
+            ("a\n{% include 'secrets.txt' %}", "include"),
+            ("a\n{%- import 'm' as m %}", "import"),
+            ("a\n{% from 'm' import x %}", "from"),
+            ("a\n{%  extends 'base' %}", "extends"),
+        ] {
+            let e = check(source, ["db"]).expect_err(source);
+            assert!(
+                e.0.starts_with("syntax error at line 2") && e.0.contains(tag),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn check_accepts_loops_globals_and_set() {
         check(
             "{% for k, v in db|items %}{{ k }}={{ v }}{{ loop.index }}\n{% endfor %}{% set x = key %}{{ x }}{% for i in range(2) %}{% endfor %}",
