@@ -31,9 +31,15 @@ fuzz_target!(|data: &[u8]| {
         let spec = secrets.to_spec(120);
         let back = Spec::from_json(&spec.to_json()).expect("a spec kura writes reads back");
         assert_eq!(back, spec);
-        let again = annotations::parse(&secrets.to_annotations())
-            .expect("normalized annotations parse")
-            .expect("and opt in");
-        assert_eq!(again.to_spec(120), spec);
+        // The round trip writes every entry into kura.dev/secrets: many short-form annotations,
+        // each within bounds, can add up to more than that one annotation's size bound, which
+        // applies to what a developer writes (kura never writes annotations back to a pod).
+        let written = secrets.to_annotations();
+        if written[annotations::SECRETS].len() <= annotations::MAX_SECRETS_BYTES {
+            let again = annotations::parse(&written)
+                .expect("normalized annotations parse")
+                .expect("and opt in");
+            assert_eq!(again.to_spec(120), spec);
+        }
     }
 });
