@@ -315,10 +315,15 @@ async fn containers_with_environment_variables_run_through_kura_agent_exec() {
         assert_eq!(names, ["DB_PASSWORD", "DB_HOST"]);
         assert_eq!(spec_json["envFrom"][0]["secret"], "/demo/orders/db");
         assert_eq!(spec_json["templates"][0]["file"], "dsn");
-        // A second pass adds nothing.
+        // A second pass adds nothing, and the validating webhook admits the mutated pod.
         let mut again = rv.clone();
         again["request"]["object"] = pod.clone();
         assert!(mutate(&a, &again).await.get("patch").is_none());
+        let parsed: AdmissionReview<DynamicObject> = serde_json::from_value(again).unwrap();
+        let out = a.review_parsed(Endpoint::Validate, parsed).await.unwrap();
+        let validated = serde_json::to_value(out.review.response.unwrap()).unwrap();
+        assert_eq!(validated["allowed"], true, "{mode:?}: {validated}");
+        assert!(validated.get("warnings").is_none(), "{validated}");
         validate_k8s(&[pod]).unwrap();
     }
 }
