@@ -633,18 +633,7 @@ pub fn parse(
 
 fn parse_short_form(file: &str, value: &str, mode: FileMode) -> Result<SecretFile, Invalid> {
     validate_file_name(file)?;
-    let (secret, key) = match value.split_once('#') {
-        Some((s, k)) => (s, Some(k)),
-        None => (value, None),
-    };
-    validate_secret_id(secret)?;
-    if key == Some("") {
-        return Err(Invalid::new("the JSON key after '#' is empty"));
-    }
-    check_characters_of(&[
-        ("the secret", Some(secret)),
-        ("the JSON key after '#'", key),
-    ])?;
+    let (secret, key) = split_reference(value)?;
     Ok(SecretFile {
         file: file.to_string(),
         secret: secret.to_string(),
