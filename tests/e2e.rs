@@ -22,35 +22,16 @@ fn container_command(
     dir: &std::path::Path,
     moto: &Moto,
 ) -> Command {
-    let map = |s: &str| s.replace(mount_path, dir.to_str().unwrap());
-    let argv: Vec<String> = container["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(container["args"].as_array().unwrap())
-        .map(|v| map(v.as_str().unwrap()))
-        .collect();
     assert_eq!(
-        argv[0],
+        container["command"][0],
         contract::AGENT_BINARY,
         "the injected container runs the agent binary"
     );
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(&argv[1..]).env_clear();
-    for e in container["env"].as_array().unwrap() {
-        if let Some(v) = e["value"].as_str() {
-            cmd.env(e["name"].as_str().unwrap(), map(v));
-        }
-    }
-    cmd.envs(moto.env())
-        .env(
-            contract::env::TERMINATION_LOG,
-            dir.join("..termination-log"),
-        )
-        .env(
-            contract::env::LOG_FORMAT,
-            contract::LogFormat::Text.as_str(),
-        );
+    let mut cmd = mapped_command(container, &[(mount_path, dir)], moto);
+    cmd.env(
+        contract::env::TERMINATION_LOG,
+        dir.join("..termination-log"),
+    );
     cmd
 }
 
