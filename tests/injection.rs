@@ -174,11 +174,7 @@ fn shapes() -> Vec<(&'static str, Value)> {
         ),
     ] {
         let mut v = review("demo", &with(extra));
-        let spec = &mut v["request"]["object"]["spec"];
-        spec["containers"][0]["command"] = json!(["/app/server"]);
-        spec["containers"][0]["args"] = json!(["--port", "8080"]);
-        spec["initContainers"] =
-            json!([{ "name": "migrate", "image": "migrate:1", "command": ["/migrate", "up"] }]);
+        give_commands(&mut v);
         out.push((name, v));
     }
     out
@@ -204,11 +200,27 @@ fn env_review(extra: &[(&'static str, &'static str)]) -> Value {
         .chain(extra.iter().copied())
         .collect();
     let mut v = review("demo", &pairs);
-    let spec = &mut v["request"]["object"]["spec"];
+    give_commands(&mut v);
+    v
+}
+
+/// The example pod's app container with a command and args, and an init container with a
+/// command: what environment variables need.
+fn give_commands(review: &mut Value) {
+    let spec = &mut review["request"]["object"]["spec"];
     spec["containers"][0]["command"] = json!(["/app/server"]);
     spec["containers"][0]["args"] = json!(["--port", "8080"]);
     spec["initContainers"] =
         json!([{ "name": "migrate", "image": "migrate:1", "command": ["/migrate", "up"] }]);
+}
+
+/// [`env_review`] whose app container lost its command.
+fn env_review_without_command() -> Value {
+    let mut v = env_review(&[]);
+    v["request"]["object"]["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("command");
     v
 }
 
@@ -338,11 +350,7 @@ async fn denial(a: &Admission, rv: &Value) -> String {
 async fn environment_variables_need_a_command_and_no_clash() {
     let a = admission(SidecarMode::Native).await;
 
-    let mut rv = env_review(&[]);
-    rv["request"]["object"]["spec"]["containers"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("command");
+    let rv = env_review_without_command();
     let m = denial(&a, &rv).await;
     assert!(
         m.contains("KURA001") && m.contains("\"api\" has no command"),
@@ -506,11 +514,7 @@ async fn policy_applies_to_every_reference_of_variables_and_templates() {
 #[tokio::test]
 async fn a_workload_whose_pods_cannot_be_wrapped_is_denied_at_validation() {
     let a = admission(SidecarMode::Native).await;
-    let mut rv = env_review(&[]);
-    rv["request"]["object"]["spec"]["containers"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("command");
+    let mut rv = env_review_without_command();
     let template = rv["request"]["object"].clone();
     rv["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     rv["request"]["resource"] =
