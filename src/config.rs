@@ -46,6 +46,33 @@ pub struct Config {
     pub shutdown: crate::shutdown::Timing,
     /// Connection cap and timeouts of the admission listener.
     pub limits: crate::server::Limits,
+    /// The version service's listener, when on (contract §8).
+    pub version_service: Option<VersionService>,
+}
+
+/// The version service's settings (`--version-service-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionService {
+    pub listen: SocketAddr,
+    /// How long versions learned from AWS are trusted.
+    pub ttl: Duration,
+}
+
+/// Reads the PEM CA given to agents for the version service; refuses a file without a
+/// certificate.
+pub fn read_ca(path: &Path) -> Result<String, Error> {
+    let flag = "version-service-ca";
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid {
+        flag,
+        message: format!("{}: {e}", path.display()),
+    })?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Error::Invalid {
+            flag,
+            message: format!("{}: no PEM certificate in it", path.display()),
+        });
+    }
+    Ok(text)
 }
 
 /// A setting that cannot be used; names the flag.

@@ -20,7 +20,10 @@ use crate::wire::PatchText;
 mod config;
 mod declared;
 mod shape;
-pub use config::{DEFAULT_AGENT_IMAGE, DEFAULT_REFRESH_SECS, InjectConfig, Resources, SidecarMode};
+pub use config::{
+    AgentVersionService, DEFAULT_AGENT_IMAGE, DEFAULT_REFRESH_SECS, InjectConfig, Resources,
+    SidecarMode,
+};
 pub use declared::{Declarations, Declared};
 
 pub const VOLUME: &str = "kura-secrets";

@@ -68,6 +68,17 @@ pub mod env {
     /// Optional, on a wrapped app container: how long a `restart` waits after SIGTERM before
     /// SIGKILL (a duration; default 10s).
     pub const EXEC_GRACE: &str = "KURA_EXEC_GRACE";
+    /// Optional, on agent containers: the version service's base URL (`https://…:8444`),
+    /// set when `kura serve --version-service-url` is (contract §8).
+    pub const VERSION_SERVICE_URL: &str = "KURA_VERSION_SERVICE_URL";
+    /// With [`VERSION_SERVICE_URL`]: the PEM CA certificate(s) that sign the service's
+    /// certificate (public, not a secret).
+    pub const VERSION_SERVICE_CA: &str = "KURA_VERSION_SERVICE_CA";
+    /// With [`VERSION_SERVICE_URL`]: the projected service-account token file
+    /// (default [`crate::versions::TOKEN_FILE`]).
+    pub const VERSION_SERVICE_TOKEN: &str = "KURA_VERSION_SERVICE_TOKEN";
+    /// The pod's name (downward API), reported to the version service.
+    pub const POD_NAME: &str = "KURA_POD_NAME";
 }
 
 /// The agent's subcommands, as the webhook names them in the containers it injects.

@@ -112,6 +112,23 @@ pub struct Args {
     /// 3 MiB limit); past it a request waits up to 1 s, then gets a 503.
     #[arg(long, env = "KURA_BODY_BUDGET_MIB", default_value = "64")]
     pub body_budget_mib: usize,
+    /// Address of the version service's HTTPS listener (contract §8); off when not set.
+    #[arg(long, env = "KURA_VERSION_SERVICE_LISTEN")]
+    pub version_service_listen: Option<SocketAddr>,
+    /// The version service's URL as agents reach it (`https://<service>.<namespace>.svc:8444`);
+    /// when set, the patch points agents at it with a projected token.
+    #[arg(
+        long,
+        env = "KURA_VERSION_SERVICE_URL",
+        requires = "version_service_ca"
+    )]
+    pub version_service_url: Option<String>,
+    /// PEM CA certificate agents trust for the version service (the serving Secret's `ca.crt`).
+    #[arg(long, env = "KURA_VERSION_SERVICE_CA")]
+    pub version_service_ca: Option<PathBuf>,
+    /// How long the version service trusts what it learned from AWS before asking again.
+    #[arg(long, env = "KURA_VERSION_SERVICE_TTL", default_value = "30s", value_parser = kura_agent::duration::parse)]
+    pub version_service_ttl: Duration,
 }
 
 impl Args {
@@ -142,6 +159,13 @@ impl Args {
                 cpu_limit: self.agent_cpu_limit,
             },
             agent_store: self.agent_store,
+            version_service: match (&self.version_service_url, &self.version_service_ca) {
+                (Some(url), Some(ca)) => Some(crate::inject::AgentVersionService {
+                    url: url.clone(),
+                    ca_pem: config::read_ca(ca)?,
+                }),
+                _ => None,
+            },
         };
         inject.validate()?;
         if self.watch_interval.is_zero() {
@@ -168,8 +192,19 @@ impl Args {
                 ),
             });
         }
+        if self.version_service_ttl.is_zero() {
+            return Err(config::Error::Zero {
+                flag: "version-service-ttl",
+            });
+        }
         let policy = config::load_policy(self.policy.as_deref())?;
         Ok(Config {
+            version_service: self
+                .version_service_listen
+                .map(|listen| config::VersionService {
+                    listen,
+                    ttl: self.version_service_ttl,
+                }),
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             tls,
@@ -217,6 +252,7 @@ pub async fn serve(config: Config) -> Result<()> {
         watch_interval,
         shutdown,
         mut limits,
+        version_service,
     } = config;
     let fd_limit = server::raise_fd_limit();
     limits.max_connections = server::connection_cap(limits.max_connections, fd_limit);
@@ -286,6 +322,10 @@ pub async fn serve(config: Config) -> Result<()> {
         limits,
     )
     .await?;
+    if let Some(vs) = version_service {
+        // Issue 17: the version service's listener is started here (not built yet).
+        warn!(listen = %vs.listen, "the version service is not available in this build");
+    }
     shutdown::on_signal(&state.ready, running, shutdown).await;
     Ok(())
 }

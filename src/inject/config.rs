@@ -47,6 +47,18 @@ pub struct InjectConfig {
     pub resources: Resources,
     /// `KURA_STORE` for the agent; `None` leaves its default (`aws`).
     pub agent_store: Option<String>,
+    /// Where agents ask for versions (contract §8); `None`: the service is off and agents poll
+    /// AWS directly.
+    pub version_service: Option<AgentVersionService>,
+}
+
+/// What the patch tells agents about the version service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentVersionService {
+    /// Base URL, such as `https://kura-versions.kura-system.svc:8444`.
+    pub url: String,
+    /// PEM of the CA that signs the service's certificate (public).
+    pub ca_pem: String,
 }
 
 impl Default for InjectConfig {
@@ -58,6 +70,7 @@ impl Default for InjectConfig {
             volume_size_limit: "4Mi".into(),
             resources: Resources::default(),
             agent_store: None,
+            version_service: None,
         }
     }
 }
