@@ -4,8 +4,10 @@
 //! What is added: an in-memory `emptyDir`, a downward-API volume of the pod's annotations, the
 //! agent (a native sidecar placed first among the init containers by default; an init container
 //! plus a regular sidecar for clusters before 1.29; an init container alone for `init-only`), and
-//! a read-only mount in the selected containers. The pod is marked with `kura.dev/status`, so a
-//! second pass adds nothing.
+//! a read-only mount in the selected containers. With the version service on (contract §8), the
+//! agent that keeps running also gets a projected service-account token for kura's audience and
+//! the service's address; an init-only agent never asks it. The pod is marked with
+//! `kura.dev/status`, so a second pass adds nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,6 +15,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, VolumeMount};
 use kura_agent::annotations::{self, PodSecrets};
 use kura_agent::contract::{self, AGENT_BINARY, AgentCommand, PODINFO_DIR};
 use kura_agent::spec::AgentMode;
+use kura_agent::versions;
 use sha2::{Digest, Sha256};
 
 use crate::wire::PatchText;
@@ -33,6 +36,9 @@ pub const PODINFO_VOLUME: &str = "kura-podinfo";
 pub const EXEC_VOLUME: &str = "kura-bin";
 /// Size limit of [`EXEC_VOLUME`]: the agent binary (about 7 MB) with room to spare.
 pub const EXEC_VOLUME_SIZE: &str = "32Mi";
+/// The projected service-account token the running agent presents to the version service
+/// (contract §8), added only when the service is on.
+pub const TOKEN_VOLUME: &str = "kura-token";
 pub const AGENT: &str = "kura-agent";
 /// The init container that precedes the regular sidecar in legacy mode.
 pub const AGENT_INIT: &str = "kura-agent-init";
@@ -108,6 +114,14 @@ fn annotations_item() -> &'static str {
         .expect("the contract puts the annotations file inside the podinfo directory")
 }
 
+/// The token file's path inside [`versions::TOKEN_DIR`]: the projected source's `path`.
+fn token_item() -> &'static str {
+    versions::TOKEN_FILE
+        .strip_prefix(versions::TOKEN_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .expect("the protocol puts the token file inside the token directory")
+}
+
 /// Plans the mutation of a pod that has not been injected yet.
 pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan, Vec<Problem>> {
     plan_declared(
@@ -140,7 +154,9 @@ pub fn plan_declared(
 
     // Names we add must not exist already: duplicating or overwriting them would be worse.
     for v in spec.volumes.iter().flatten() {
-        if v.name == VOLUME || v.name == PODINFO_VOLUME || v.name == EXEC_VOLUME {
+        // kura-token is refused even with the version service off, so turning it on never
+        // starts refusing pods that were admitted before.
+        if [VOLUME, PODINFO_VOLUME, EXEC_VOLUME, TOKEN_VOLUME].contains(&v.name.as_str()) {
             problems.push(Problem {
                 field: format!("spec.volumes[{}]", v.name),
                 message: format!(
@@ -234,6 +250,24 @@ pub fn plan_declared(
             },
         });
     }
+    let version_service = cfg
+        .version_service
+        .as_ref()
+        .filter(|_| secrets.agent == AgentMode::Sidecar);
+    if version_service.is_some() {
+        volumes.push(shape::Volume::Token {
+            name: TOKEN_VOLUME,
+            projected: shape::Projected {
+                sources: [shape::ProjectedSource {
+                    service_account_token: shape::TokenProjection {
+                        audience: versions::AUDIENCE,
+                        expiration_seconds: versions::TOKEN_EXPIRATION_SECONDS,
+                        path: token_item(),
+                    },
+                }],
+            },
+        });
+    }
     if spec.volumes.is_some() {
         for v in &volumes {
             ops.add(&["spec", "volumes", "-"], v);
@@ -305,6 +339,7 @@ pub fn plan_declared(
         uid,
         gid,
         identity: &identity,
+        version_service: version_service.filter(|_| kind.command() == AgentCommand::Run),
     };
     let (first_init, regular) = match (secrets.agent, cfg.sidecar_mode) {
         (AgentMode::InitOnly, _) => (agent(AGENT, AgentKind::Init), None),
@@ -671,6 +706,8 @@ struct AgentShape<'a> {
     uid: i64,
     gid: i64,
     identity: &'a Identity,
+    /// Set on the agent that runs `kura-agent run` when the version service is on.
+    version_service: Option<&'a AgentVersionService>,
 }
 
 impl<'a> AgentShape<'a> {
@@ -719,6 +756,36 @@ impl<'a> AgentShape<'a> {
                 name: EXEC_VOLUME,
                 mount_path: contract::EXEC_DIR,
                 read_only: None,
+            });
+        }
+        if let Some(vs) = self.version_service {
+            env.extend([
+                Env::Set {
+                    name: contract::env::VERSION_SERVICE_URL,
+                    value: &vs.url,
+                },
+                Env::Set {
+                    name: contract::env::VERSION_SERVICE_CA,
+                    value: &vs.ca_pem,
+                },
+                Env::Set {
+                    name: contract::env::VERSION_SERVICE_TOKEN,
+                    value: versions::TOKEN_FILE,
+                },
+                Env::Field {
+                    name: contract::env::POD_NAME,
+                    value_from: shape::ValueFrom {
+                        field_ref: shape::FieldRef {
+                            api_version: "v1",
+                            field_path: "metadata.name",
+                        },
+                    },
+                },
+            ]);
+            mounts.push(Mount::Ours {
+                name: TOKEN_VOLUME,
+                mount_path: versions::TOKEN_DIR,
+                read_only: Some(true),
             });
         }
         env.extend(self.identity.env.iter().map(Env::Copied));

@@ -11,25 +11,29 @@ use common::{apply_patch, patch_bytes, review, validate_k8s};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kura::admission::{Admission, Endpoint, Verdict};
-use kura::inject::{InjectConfig, SidecarMode};
+use kura::inject::{AgentVersionService, InjectConfig, SidecarMode, TOKEN_VOLUME};
 use kura::policy::{Policy, PolicyEngine};
+use kura_agent::contract::env as contract_env;
 use kura_agent::store::{Store, StoreSetting};
+use kura_agent::versions;
 use serde_json::{Value, json};
 
 async fn admission(mode: SidecarMode) -> Admission {
+    admission_with(InjectConfig {
+        sidecar_mode: mode,
+        ..InjectConfig::default()
+    })
+    .await
+}
+
+async fn admission_with(cfg: InjectConfig) -> Admission {
     let store = Store::open(
         &StoreSetting::File(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/store.yaml").into()),
         Duration::from_secs(2),
     )
     .await
     .unwrap();
-    Admission::new(
-        InjectConfig {
-            sidecar_mode: mode,
-            ..InjectConfig::default()
-        },
-        PolicyEngine::new(Policy::default(), Some(store)),
-    )
+    Admission::new(cfg, PolicyEngine::new(Policy::default(), Some(store)))
 }
 
 async fn mutate(a: &Admission, rv: &Value) -> Value {
@@ -733,5 +737,175 @@ async fn bytes_and_decoded_reviews_get_the_same_answer() {
                 "{what} {endpoint:?}"
             );
         }
+    }
+}
+
+fn version_service_on(mode: SidecarMode) -> InjectConfig {
+    InjectConfig {
+        sidecar_mode: mode,
+        version_service: Some(AgentVersionService {
+            url: "https://kura-versions.kura-system.svc:8444".into(),
+            ca_pem: common::test_certs().ca,
+        }),
+        ..InjectConfig::default()
+    }
+}
+
+/// The injected containers of a patched pod: (name, args, container).
+fn agents(pod: &Value) -> Vec<(&str, String, &Value)> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| pod["spec"][l].as_array().into_iter().flatten())
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kura-agent"))
+        })
+        .map(|c| (c["name"].as_str().unwrap(), c["args"].to_string(), c))
+        .collect()
+}
+
+/// Every shape, both sidecar modes, with the version service on: the agent that runs `run`
+/// gets the projected token and the service's address, the init agents and the apps get none,
+/// the default API token is never mounted, the pods validate, and a second pass adds nothing.
+#[tokio::test]
+async fn version_service_reaches_the_running_agent_in_every_shape() {
+    let mut results = Vec::new();
+    for mode in [SidecarMode::Native, SidecarMode::Legacy] {
+        let cfg = version_service_on(mode);
+        let vs = cfg.version_service.clone().unwrap();
+        let a = admission_with(cfg).await;
+        for (name, rv) in shapes() {
+            let resp = mutate(&a, &rv).await;
+            assert_eq!(resp["allowed"], true, "{name} ({mode:?}): {resp}");
+            let pod = patched(&rv, &resp).unwrap();
+            let init_only = name.contains("init-only");
+            let volume = pod["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == TOKEN_VOLUME);
+            let serialized = pod.to_string();
+            assert_eq!(
+                pod["spec"]["automountServiceAccountToken"],
+                rv["request"]["object"]["spec"]["automountServiceAccountToken"],
+                "{name}"
+            );
+            if init_only {
+                assert!(volume.is_none(), "{name} ({mode:?})");
+                assert!(!serialized.contains(TOKEN_VOLUME), "{name} ({mode:?})");
+                assert!(
+                    !serialized.contains(contract_env::VERSION_SERVICE_URL),
+                    "{name}"
+                );
+                assert!(!serialized.contains(contract_env::POD_NAME), "{name}");
+            } else {
+                let source = &volume.unwrap()["projected"]["sources"];
+                assert_eq!(source.as_array().unwrap().len(), 1, "{name}");
+                let token = &source[0]["serviceAccountToken"];
+                assert_eq!(token["audience"], versions::AUDIENCE);
+                assert_eq!(
+                    token["expirationSeconds"],
+                    versions::TOKEN_EXPIRATION_SECONDS
+                );
+                assert_eq!(
+                    format!(
+                        "{}/{}",
+                        versions::TOKEN_DIR,
+                        token["path"].as_str().unwrap()
+                    ),
+                    versions::TOKEN_FILE
+                );
+            }
+            for (agent, args, c) in agents(&pod) {
+                let running = args == r#"["run"]"#;
+                // The API server's token (kube-api-access-*) is the app's, never the agent's.
+                assert!(
+                    !c["volumeMounts"].to_string().contains("kube-api-access"),
+                    "{name} {agent}"
+                );
+                assert_eq!(
+                    running,
+                    !init_only && agent == "kura-agent",
+                    "{name} ({mode:?}) {agent}"
+                );
+                let env = c["env"].as_array().unwrap();
+                let get = |n: &str| env.iter().find(|e| e["name"] == n);
+                let mount = c["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["name"] == TOKEN_VOLUME);
+                if running {
+                    assert_eq!(
+                        get(contract_env::VERSION_SERVICE_URL).unwrap()["value"],
+                        *vs.url
+                    );
+                    assert_eq!(
+                        get(contract_env::VERSION_SERVICE_CA).unwrap()["value"],
+                        *vs.ca_pem
+                    );
+                    assert_eq!(
+                        get(contract_env::VERSION_SERVICE_TOKEN).unwrap()["value"],
+                        versions::TOKEN_FILE
+                    );
+                    assert_eq!(
+                        get(contract_env::POD_NAME).unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+                        "metadata.name"
+                    );
+                    let mount = mount.unwrap_or_else(|| panic!("{name}: no token mount"));
+                    assert_eq!(mount["mountPath"], versions::TOKEN_DIR);
+                    assert_eq!(mount["readOnly"], true);
+                } else {
+                    assert!(
+                        get(contract_env::VERSION_SERVICE_URL).is_none(),
+                        "{name} {agent}"
+                    );
+                    assert!(get(contract_env::POD_NAME).is_none(), "{name} {agent}");
+                    assert!(mount.is_none(), "{name} {agent}");
+                }
+            }
+            let apps_with_token = ["initContainers", "containers"]
+                .iter()
+                .flat_map(|l| pod["spec"][l].as_array().into_iter().flatten())
+                .filter(|c| !c["name"].as_str().unwrap().starts_with("kura-agent"))
+                .filter(|c| c.to_string().contains(TOKEN_VOLUME))
+                .count();
+            assert_eq!(apps_with_token, 0, "{name}");
+
+            let mut again = rv.clone();
+            again["request"]["object"] = pod.clone();
+            let second = mutate(&a, &again).await;
+            assert_eq!(second["allowed"], true, "{name}");
+            assert!(
+                second.get("patch").is_none(),
+                "{name}: second pass {second}"
+            );
+            results.push(pod);
+        }
+    }
+    validate_k8s(&results).unwrap();
+}
+
+/// A pod that names a volume `kura-token` is refused with the field to rename, whether the
+/// service is on or off (turning it on never starts refusing pods admitted before).
+#[tokio::test]
+async fn a_pod_volume_named_like_the_token_is_refused() {
+    let mut rv = review("demo", &SECRETS);
+    rv["request"]["object"]["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": TOKEN_VOLUME, "emptyDir": {} }));
+    for cfg in [
+        InjectConfig::default(),
+        version_service_on(SidecarMode::Native),
+    ] {
+        let a = admission_with(cfg).await;
+        let m = denial(&a, &rv).await;
+        assert!(m.contains("KURA001"), "{m}");
+        assert!(
+            m.contains("volume name \"kura-token\" is reserved for kura"),
+            "{m}"
+        );
     }
 }

@@ -9,8 +9,23 @@ use serde::Serialize;
 #[derive(Serialize)]
 #[serde(untagged)]
 pub enum Env<'a> {
-    Set { name: &'a str, value: &'a str },
+    Set {
+        name: &'a str,
+        value: &'a str,
+    },
+    /// A field of the pod, through the downward API (`valueFrom.fieldRef`).
+    #[serde(rename_all = "camelCase")]
+    Field {
+        name: &'a str,
+        value_from: ValueFrom<'a>,
+    },
     Copied(&'a EnvVar),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueFrom<'a> {
+    pub field_ref: FieldRef<'a>,
 }
 
 /// A volume mount: one of kura's, or one copied from an app container.
@@ -48,6 +63,33 @@ pub enum Volume<'a> {
         name: &'a str,
         empty_dir: ScratchDir<'a>,
     },
+    /// A projected service-account token for the version service (contract §8). No
+    /// `defaultMode`: the kubelet's own rule for token files (KEP 2451: owned by the pod's one
+    /// runAsUser with 0600 when all its containers share it, else readable by the pod's users)
+    /// keeps it readable by the agent; a fixed mode could lock the agent out.
+    Token {
+        name: &'a str,
+        projected: Projected<'a>,
+    },
+}
+
+#[derive(Serialize)]
+pub struct Projected<'a> {
+    pub sources: [ProjectedSource<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedSource<'a> {
+    pub service_account_token: TokenProjection<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenProjection<'a> {
+    pub audience: &'a str,
+    pub expiration_seconds: i64,
+    pub path: &'a str,
 }
 
 #[derive(Serialize)]

@@ -435,6 +435,216 @@ fn reserved_names_and_mount_paths_are_refused() {
     assert!(all.contains("already mounts"), "{all}");
 }
 
+fn with_version_service(mode: SidecarMode) -> InjectConfig {
+    InjectConfig {
+        sidecar_mode: mode,
+        version_service: Some(AgentVersionService {
+            url: "https://kura-versions.kura-system.svc:8444".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        }),
+        ..InjectConfig::default()
+    }
+}
+
+/// Every container of the patched pod with its list, agents included.
+fn all_containers(doc: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| doc["spec"][l].as_array().into_iter().flatten())
+        .collect()
+}
+
+fn mounts_token(c: &Value) -> bool {
+    c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| m["name"] == TOKEN_VOLUME)
+}
+
+fn env_names(c: &Value) -> Vec<&str> {
+    c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect()
+}
+
+const VERSION_ENV: [&str; 4] = [
+    contract::env::VERSION_SERVICE_URL,
+    contract::env::VERSION_SERVICE_CA,
+    contract::env::VERSION_SERVICE_TOKEN,
+    contract::env::POD_NAME,
+];
+
+#[test]
+fn version_service_gives_the_running_agent_a_token_and_its_address() {
+    for (mode, running) in [
+        (SidecarMode::Native, ("initContainers", AGENT)),
+        (SidecarMode::Legacy, ("containers", AGENT)),
+    ] {
+        let cfg = with_version_service(mode);
+        let mut v = opted_in(&[]);
+        v["spec"]["automountServiceAccountToken"] = json!(false);
+        let (doc, _) = apply(&v, &plan_for(&v, &cfg).patch);
+        let token: Vec<&Value> = doc["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter(|v| v["name"] == TOKEN_VOLUME)
+            .collect();
+        assert_eq!(
+            token,
+            [
+                &json!({ "name": TOKEN_VOLUME, "projected": { "sources": [{ "serviceAccountToken": {
+                "audience": versions::AUDIENCE,
+                "expirationSeconds": versions::TOKEN_EXPIRATION_SECONDS,
+                "path": "token",
+            } }] } })
+            ],
+            "{mode:?}"
+        );
+        // The default API token stays off: kura never turns it on or mounts it.
+        assert_eq!(doc["spec"]["automountServiceAccountToken"], false);
+
+        let agent = doc["spec"][running.0]
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|c| c["name"] == running.1)
+            .expect("running agent");
+        assert_eq!(
+            agent["args"],
+            json!([AgentCommand::Run.as_str()]),
+            "{mode:?}"
+        );
+        let mount: Vec<&Value> = agent["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .filter(|m| m["name"] == TOKEN_VOLUME)
+            .collect();
+        assert_eq!(
+            mount,
+            [&json!({ "name": TOKEN_VOLUME, "mountPath": versions::TOKEN_DIR, "readOnly": true })]
+        );
+        let env = agent["env"].as_array().expect("env");
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{mode:?}: {name} missing"))
+        };
+        let vs = cfg.version_service.as_ref().expect("configured");
+        assert_eq!(value(contract::env::VERSION_SERVICE_URL)["value"], *vs.url);
+        assert_eq!(
+            value(contract::env::VERSION_SERVICE_CA)["value"],
+            *vs.ca_pem
+        );
+        assert_eq!(
+            value(contract::env::VERSION_SERVICE_TOKEN)["value"],
+            versions::TOKEN_FILE
+        );
+        assert_eq!(
+            value(contract::env::POD_NAME)["valueFrom"],
+            json!({ "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.name" } })
+        );
+
+        // Nobody else gets the token or the address: not the app, not legacy's init agent.
+        for c in all_containers(&doc) {
+            if std::ptr::eq(c, agent) {
+                continue;
+            }
+            assert!(!mounts_token(c), "{mode:?}: {} mounts the token", c["name"]);
+            let names = env_names(c);
+            assert!(
+                VERSION_ENV.iter().all(|n| !names.contains(n)),
+                "{mode:?}: {} has {names:?}",
+                c["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn init_only_and_a_service_that_is_off_add_no_token() {
+    let init_only = opted_in(&[("kura.dev/agent", "init-only")]);
+    let sidecar = opted_in(&[]);
+    for (what, v, cfg) in [
+        (
+            "init-only, native",
+            &init_only,
+            with_version_service(SidecarMode::Native),
+        ),
+        (
+            "init-only, legacy",
+            &init_only,
+            with_version_service(SidecarMode::Legacy),
+        ),
+        ("service off", &sidecar, InjectConfig::default()),
+        (
+            "service off, legacy",
+            &sidecar,
+            InjectConfig {
+                sidecar_mode: SidecarMode::Legacy,
+                ..InjectConfig::default()
+            },
+        ),
+    ] {
+        let (doc, _) = apply(v, &plan_for(v, &cfg).patch);
+        assert!(
+            !doc["spec"]["volumes"].to_string().contains(TOKEN_VOLUME),
+            "{what}"
+        );
+        for c in all_containers(&doc) {
+            assert!(!mounts_token(c), "{what}");
+            let names = env_names(c);
+            assert!(
+                VERSION_ENV.iter().all(|n| !names.contains(n)),
+                "{what}: {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn version_service_adds_one_volume_op_and_nothing_else() {
+    let v = opted_in(&[]);
+    let on = plan_for(&v, &with_version_service(SidecarMode::Native));
+    let off = plan_for(&v, &InjectConfig::default());
+    // Same operations (the token rides in the volumes list and the agent), same status.
+    assert_eq!(pairs(&on.patch), pairs(&off.patch));
+    assert_eq!(on.status, off.status);
+    let mut with_volumes = opted_in(&[]);
+    with_volumes["spec"]["volumes"] = json!([{ "name": "data", "emptyDir": {} }]);
+    let on = plan_for(&with_volumes, &with_version_service(SidecarMode::Native));
+    let off = plan_for(&with_volumes, &InjectConfig::default());
+    let mut want = pairs(&off.patch);
+    want.insert(3, s("add", "/spec/volumes/-"));
+    assert_eq!(pairs(&on.patch), want);
+}
+
+#[test]
+fn the_token_volume_name_is_reserved_whether_the_service_is_on_or_off() {
+    let mut v = opted_in(&[]);
+    v["spec"]["volumes"] = json!([{ "name": TOKEN_VOLUME, "emptyDir": {} }]);
+    let p = pod(v);
+    for cfg in [
+        InjectConfig::default(),
+        with_version_service(SidecarMode::Native),
+    ] {
+        let err = plan(&p, &secrets_of(&p), &cfg).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert_eq!(err[0].field, format!("spec.volumes[{TOKEN_VOLUME}]"));
+        assert!(
+            err[0]
+                .message
+                .contains("volume name \"kura-token\" is reserved for kura"),
+            "{err:?}"
+        );
+    }
+}
+
 #[test]
 fn annotation_keys_with_slash_and_tilde_are_escaped() {
     let mut ops = PatchText::default();
@@ -523,10 +733,12 @@ mod generated {
 
     proptest! {
         #[test]
-        fn every_generated_patch_applies((v, init_only) in arb_pod(), legacy in any::<bool>()) {
-            let cfg = InjectConfig {
-                sidecar_mode: if legacy { SidecarMode::Legacy } else { SidecarMode::Native },
-                ..InjectConfig::default()
+        fn every_generated_patch_applies((v, init_only) in arb_pod(), legacy in any::<bool>(), service in any::<bool>()) {
+            let mode = if legacy { SidecarMode::Legacy } else { SidecarMode::Native };
+            let cfg = if service {
+                with_version_service(mode)
+            } else {
+                InjectConfig { sidecar_mode: mode, ..InjectConfig::default() }
             };
             let p = pod(v.clone());
             let planned = plan(&p, &secrets_of(&p), &cfg).expect("plan");
@@ -540,6 +752,19 @@ mod generated {
             prop_assert_eq!(regular_agent, legacy && !init_only);
             for c in spec.containers.iter().chain(init.iter()).filter(|c| !c.name.starts_with(AGENT)) {
                 prop_assert!(c.volume_mounts.iter().flatten().any(|m| m.name == VOLUME && m.read_only == Some(true)));
+            }
+            // The token: with the service on, exactly the one running agent mounts it.
+            let token_mounts: Vec<&str> = spec.containers.iter().chain(init.iter())
+                .filter(|c| c.volume_mounts.iter().flatten().any(|m| m.name == TOKEN_VOLUME))
+                .map(|c| c.name.as_str())
+                .collect();
+            let volume = spec.volumes.iter().flatten().filter(|v| v.name == TOKEN_VOLUME).count();
+            if service && !init_only {
+                prop_assert_eq!(token_mounts, vec![AGENT]);
+                prop_assert_eq!(volume, 1);
+            } else {
+                prop_assert!(token_mounts.is_empty());
+                prop_assert_eq!(volume, 0);
             }
         }
     }
