@@ -538,7 +538,8 @@ fn kura_certs_defaults_fit_the_install() {
     assert_eq!(s["kind"], "Secret");
     assert_eq!(s["type"], "kubernetes.io/tls");
     assert_eq!(s["metadata"]["namespace"], svc["metadata"]["namespace"]);
-    for key in ["tls.crt", "tls.key"] {
+    // ca.crt too: the version service hands it to agents (--version-service-ca).
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
         let data = b64.decode(s["data"][key].as_str().unwrap()).unwrap();
         assert_eq!(
             String::from_utf8(data).unwrap(),
@@ -744,6 +745,8 @@ fn webhooks_reach_kura_and_cover_what_it_judges() {
                             | "gitops-resources"
                             // Adds Prometheus Operator objects only: monitoring_* below.
                             | "monitoring"
+                            // Leaves the webhooks alone: version_service_component_fits_the_install.
+                            | "version-service"
                     )
                 ),
             || format!("{label}: a component this test has no expectation for"),
@@ -1220,6 +1223,16 @@ fn iam_policies_grant_what_kura_calls() {
             continue;
         }
         let granted: BTreeSet<String> = allows.iter().flat_map(|s| actions(s)).collect();
+        if name == "webhook-policy-version-service.json" {
+            // ListSecrets takes no resource: "*" is the only way to grant it.
+            p.check(
+                allows.len() == 1
+                    && granted == BTreeSet::from(["secretsmanager:ListSecrets".into()])
+                    && allows[0]["Resource"] == "*",
+                || format!("{name}: the version service needs secretsmanager:ListSecrets on \"*\" only; grants {granted:?}"),
+            );
+            continue;
+        }
         if name.starts_with("webhook-") {
             p.check(granted == BTreeSet::from(["secretsmanager:DescribeSecret".into(), "ssm:DescribeParameters".into()]), || format!("{name}: the webhook needs secretsmanager:DescribeSecret and ssm:DescribeParameters only; grants {granted:?}"));
             continue;
@@ -1277,6 +1290,198 @@ fn iam_policies_grant_what_kura_calls() {
             }
         }
     }
+    p.assert_none();
+}
+
+/// The flags of the version service (contract §8): off in every install but the one with
+/// its component.
+const VERSION_SERVICE_FLAGS: [&str; 3] = [
+    "version-service-listen",
+    "version-service-url",
+    "version-service-ca",
+];
+
+/// `deploy/components/version-service` turns the service on and holds together: the listener's
+/// port is the container port, the Service port and the one NetworkPolicy rule it adds (from
+/// the namespaces the mutating webhook injects into, pods only); the URL agents get is that
+/// Service's `<name>.<namespace>.svc` on that port, a name both certificate sources issue; the
+/// CA is the TLS Secret's `ca.crt` through the same whole-directory mount; RBAC gains exactly
+/// `create` on `tokenreviews`. Without the component none of it is there.
+#[test]
+fn version_service_component_fits_the_install() {
+    let mut p = Problems::default();
+    let all = installs();
+    let base = &all[0].1;
+    let base_rules = find(base, "ClusterRole", "kura")["rules"].clone();
+    let base_ingress = find(base, "NetworkPolicy", "kura")["spec"]["ingress"].clone();
+    let base_ports = find(base, "Service", "kura")["spec"]["ports"].clone();
+    let mut seen = false;
+    for (label, docs, component) in &all {
+        let k = kura(docs);
+        let serve = parse_serve(&args_of(k.container)).unwrap();
+        let on = component.as_deref() == Some("version-service");
+        seen |= on;
+        let rules = &find(docs, "ClusterRole", "kura")["rules"];
+        let ingress = &find(docs, "NetworkPolicy", "kura")["spec"]["ingress"];
+        let svc = find(docs, "Service", "kura");
+        if !on {
+            for flag in VERSION_SERVICE_FLAGS {
+                p.check(!serve.given.contains(flag), || {
+                    format!(
+                        "{label}: --{flag} is set; the service is off unless its component is in"
+                    )
+                });
+            }
+            p.check(*rules == base_rules, || {
+                format!("{label}: ClusterRole kura changed")
+            });
+            p.check(*ingress == base_ingress, || {
+                format!("{label}: NetworkPolicy kura changed")
+            });
+            p.check(svc["spec"]["ports"] == base_ports, || {
+                format!("{label}: Service ports changed")
+            });
+            continue;
+        }
+        for flag in VERSION_SERVICE_FLAGS {
+            p.check(serve.given.contains(flag), || {
+                format!("{label}: --{flag} is not set")
+            });
+        }
+        // RBAC: the base's rules, then exactly create on tokenreviews.
+        let mut want = base_rules.as_array().unwrap().clone();
+        want.push(json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}));
+        p.check(*rules == Value::Array(want), || {
+            format!(
+                "{label}: ClusterRole kura must add exactly create on tokenreviews; has {rules}"
+            )
+        });
+
+        // The listener, the container port and the Service port.
+        let listen = serve
+            .values
+            .get("version-service-listen")
+            .and_then(|a| port_of(a));
+        let container_port = k.container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|cp| cp["name"] == "versions");
+        p.check(
+            listen.is_some() && container_port.is_some_and(|cp| cp["containerPort"].as_u64() == listen.map(u64::from)),
+            || format!("{label}: --version-service-listen port {listen:?}, container port `versions` {container_port:?}"),
+        );
+        let service_port = svc["spec"]["ports"].as_array().unwrap().iter().find(|sp| {
+            sp["targetPort"] == "versions" || sp["targetPort"].as_u64() == listen.map(u64::from)
+        });
+        p.check(service_port.is_some(), || {
+            format!("{label}: the Service has no port to `versions`")
+        });
+        let mut base_then_one = base_ports.as_array().unwrap().clone();
+        base_then_one.extend(service_port.cloned());
+        p.check(svc["spec"]["ports"] == Value::Array(base_then_one), || {
+            format!("{label}: the Service must keep its ports and add one")
+        });
+
+        // The URL agents get: https://<service>.<namespace>.svc:<service port>.
+        let url = serve
+            .values
+            .get("version-service-url")
+            .cloned()
+            .unwrap_or_default();
+        let host = format!(
+            "{}.{}.svc",
+            svc["metadata"]["name"].as_str().unwrap(),
+            svc["metadata"]["namespace"].as_str().unwrap()
+        );
+        let want_url = format!(
+            "https://{host}:{}",
+            service_port.map_or(Value::Null, |sp| sp["port"].clone())
+        );
+        p.check(url == want_url, || {
+            format!("{label}: --version-service-url {url}, expected {want_url}")
+        });
+        // Both certificate sources issue that name: cert-manager's Certificate and `kura certs`
+        // (whose names are tls::service_names of its defaults, checked to be this Service).
+        let certs = yaml_docs(&root().join("deploy/overlays/cert-manager/certificates.yaml"));
+        let cert = find(&certs, "Certificate", "kura");
+        p.check(strings(&cert["spec"]["dnsNames"]).contains(&host), || {
+            format!("{label}: cert-manager's Certificate kura lacks {host}")
+        });
+        p.check(
+            kura::tls::service_names("kura", &k.namespace).contains(&host),
+            || format!("{label}: `kura certs` does not issue {host}"),
+        );
+        // cert-manager writes ca.crt into the Secret only for a CA (or self-signed) Issuer.
+        let issuer = find(
+            &certs,
+            "Issuer",
+            cert["spec"]["issuerRef"]["name"].as_str().unwrap(),
+        );
+        p.check(issuer["spec"]["ca"].is_object(), || {
+            format!("{label}: the serving certificate's Issuer is not a CA Issuer, so kura-tls may lack ca.crt")
+        });
+
+        // The CA file: the TLS Secret's ca.crt, through the mount --tls-cert uses.
+        let ca = serve
+            .values
+            .get("version-service-ca")
+            .cloned()
+            .unwrap_or_default();
+        let cert_path = &serve.values["tls-cert"];
+        let dir = |path: &str| {
+            path.rsplit_once('/')
+                .map(|(d, f)| (d.to_string(), f.to_string()))
+        };
+        let (ca_dir, ca_file) = dir(&ca).unwrap_or_default();
+        p.check(dir(cert_path).map(|d| d.0) == Some(ca_dir), || {
+            format!("{label}: --version-service-ca {ca} is not beside --tls-cert {cert_path}")
+        });
+        let tls = k.pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .unwrap();
+        p.check(
+            tls["secret"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["key"] == "ca.crt" && i["path"] == ca_file.as_str()),
+            || format!("{label}: the TLS volume does not put the Secret's ca.crt at {ca_file}"),
+        );
+
+        // NetworkPolicy: the base's rules, then one rule for that port from the injected
+        // namespaces' pods (never open to every source like 8443).
+        let mut ingress_rules = base_ingress.as_array().unwrap().clone();
+        let added = ingress
+            .as_array()
+            .unwrap()
+            .get(ingress_rules.len())
+            .cloned();
+        ingress_rules.extend(added.clone());
+        p.check(*ingress == Value::Array(ingress_rules), || {
+            format!("{label}: NetworkPolicy kura must keep its rules and add one")
+        });
+        let added = added.unwrap_or_default();
+        p.check(
+            added["ports"] == json!([{"port": listen, "protocol": "TCP"}]),
+            || {
+                format!(
+                    "{label}: the added NetworkPolicy rule admits {}, not port {listen:?}",
+                    added["ports"]
+                )
+            },
+        );
+        let selector =
+            &find(docs, "MutatingWebhookConfiguration", "kura")["webhooks"][0]["namespaceSelector"];
+        p.check(
+            added["from"] == json!([{"namespaceSelector": selector}]),
+            || format!("{label}: the added rule must admit the mutating webhook's namespaces ({selector}), got {}", added["from"]),
+        );
+    }
+    p.check(seen, || "no deploy/components/version-service".into());
     p.assert_none();
 }
 
