@@ -122,6 +122,16 @@ fn token_item() -> &'static str {
         .expect("the protocol puts the token file inside the token directory")
 }
 
+/// Whether two absolute directory paths (without a trailing `/`) are one, or one holds the other.
+fn nested(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    within(a, b) || within(b, a)
+}
+
 /// Plans the mutation of a pod that has not been injected yet.
 pub fn plan(pod: &Pod, secrets: &PodSecrets, cfg: &InjectConfig) -> Result<Plan, Vec<Problem>> {
     plan_declared(
@@ -198,6 +208,24 @@ pub fn plan_declared(
         }
     }
 
+    // The running agent mounts both the secrets and the token; one inside the other (or both
+    // at one path, which the API server rejects) would hide or mix them.
+    let version_service = cfg
+        .version_service
+        .as_ref()
+        .filter(|_| secrets.agent == AgentMode::Sidecar);
+    if version_service.is_some() && nested(&secrets.mount_path, versions::TOKEN_DIR) {
+        problems.push(Problem {
+            field: annotations::MOUNT_PATH.into(),
+            message: format!(
+                "{} {} overlaps {}, where kura mounts the agent's token for the version service; choose another path",
+                annotations::MOUNT_PATH,
+                secrets.mount_path,
+                versions::TOKEN_DIR
+            ),
+        });
+    }
+
     for (c, list, _) in &targets {
         if wraps(secrets, list) {
             check_wrappable(c, secrets, &mut problems);
@@ -250,10 +278,6 @@ pub fn plan_declared(
             },
         });
     }
-    let version_service = cfg
-        .version_service
-        .as_ref()
-        .filter(|_| secrets.agent == AgentMode::Sidecar);
     if version_service.is_some() {
         volumes.push(shape::Volume::Token {
             name: TOKEN_VOLUME,

@@ -744,7 +744,7 @@ fn version_service_on(mode: SidecarMode) -> InjectConfig {
     InjectConfig {
         sidecar_mode: mode,
         version_service: Some(AgentVersionService {
-            url: "https://kura-versions.kura-system.svc:8444".into(),
+            url: "https://kura.kura-system.svc:8444".into(),
             ca_pem: common::test_certs().ca,
         }),
         ..InjectConfig::default()

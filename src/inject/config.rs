@@ -55,7 +55,8 @@ pub struct InjectConfig {
 /// What the patch tells agents about the version service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentVersionService {
-    /// Base URL, such as `https://kura-versions.kura-system.svc:8444`.
+    /// Base URL, such as `https://kura.kura-system.svc:8444` (the kura Service's `versions`
+    /// port, deploy/components/version-service).
     pub url: String,
     /// PEM of the CA that signs the service's certificate (public).
     pub ca_pem: String,

@@ -439,7 +439,7 @@ fn with_version_service(mode: SidecarMode) -> InjectConfig {
     InjectConfig {
         sidecar_mode: mode,
         version_service: Some(AgentVersionService {
-            url: "https://kura-versions.kura-system.svc:8444".into(),
+            url: "https://kura.kura-system.svc:8444".into(),
             ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
         }),
         ..InjectConfig::default()
@@ -642,6 +642,51 @@ fn the_token_volume_name_is_reserved_whether_the_service_is_on_or_off() {
                 .contains("volume name \"kura-token\" is reserved for kura"),
             "{err:?}"
         );
+    }
+}
+
+#[test]
+fn a_mount_path_around_or_inside_the_token_directory_is_refused_when_the_token_is_mounted() {
+    for (path, clash) in [
+        ("/var/run/kura/token", true),
+        ("/var/run/kura", true),
+        ("/var/run/kura/token/app", true),
+        ("/var/run/kura/tokens", false),
+        ("/var/run/kura/to", false),
+        ("/etc/app/secrets", false),
+    ] {
+        let v = opted_in(&[("kura.dev/mount-path", path)]);
+        let p = pod(v.clone());
+        let on = plan(
+            &p,
+            &secrets_of(&p),
+            &with_version_service(SidecarMode::Native),
+        );
+        if clash {
+            let err = on.expect_err(path);
+            assert_eq!(err.len(), 1, "{path}: {err:?}");
+            assert_eq!(err[0].field, "kura.dev/mount-path");
+            assert!(
+                err[0].message.contains(versions::TOKEN_DIR)
+                    && err[0].message.contains("choose another path"),
+                "{err:?}"
+            );
+        } else {
+            apply(&v, &on.expect(path).patch);
+        }
+        // No token, no clash: the service off, or an init-only agent.
+        plan(&p, &secrets_of(&p), &InjectConfig::default()).expect(path);
+        let v = opted_in(&[
+            ("kura.dev/mount-path", path),
+            ("kura.dev/agent", "init-only"),
+        ]);
+        let p = pod(v);
+        plan(
+            &p,
+            &secrets_of(&p),
+            &with_version_service(SidecarMode::Native),
+        )
+        .expect(path);
     }
 }
 
