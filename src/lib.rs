@@ -16,5 +16,6 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod version_service;
 pub mod wire;
 pub mod workload;

@@ -21,6 +21,7 @@ use crate::spec::Reference;
 
 pub use aws::AwsStore;
 pub use file::FileStore;
+pub use ssm::DESCRIBE_BATCH;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
