@@ -12,8 +12,8 @@
 //! polls AWS directly for that interval.
 
 mod auth;
-mod flight;
 mod fleet;
+mod flight;
 mod learn;
 
 use std::net::SocketAddr;
@@ -35,8 +35,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 pub use auth::{AuthError, Authenticator, Identity, MAX_TOKEN_BYTES, VERDICT_BOUNDS, VERDICT_TTL};
-pub use flight::Bounds;
 pub use fleet::{Fleet, INTERVALS, MAX_AGENTS, NamespaceCounts, error_kind_label};
+pub use flight::Bounds;
 pub use learn::{LIST_BOUNDS, LOOKUP_BOUNDS, Learner, MAX_LIST_PAGES, list_prefix};
 
 use crate::server::{self, AppState, BodyError, ConnectionMetrics, Limits};
@@ -280,9 +280,7 @@ fn forbidden(namespace: &str, refused: Vec<(String, String)>) -> Refusal {
 
 /// The version service's router.
 pub fn app(vs: Arc<VersionService>) -> Router {
-    Router::new()
-        .route(PATH, post(versions))
-        .with_state(vs)
+    Router::new().route(PATH, post(versions)).with_state(vs)
 }
 
 async fn versions(State(vs): State<Arc<VersionService>>, req: Request) -> Response {
@@ -311,10 +309,18 @@ async fn versions(State(vs): State<Arc<VersionService>>, req: Request) -> Respon
         Ok(versions) => (StatusCode::OK, axum::Json(versions)).into_response(),
         Err(r) => {
             match r.status {
-                StatusCode::UNAUTHORIZED => info!(reason = %r.message, "version check refused: not authenticated"),
-                StatusCode::FORBIDDEN => warn!(refused = ?r.refused, reason = %r.message, "version check refused: out of scope"),
-                StatusCode::SERVICE_UNAVAILABLE => warn!(reason = %r.message, "version check not answered"),
-                _ => info!(status = r.status.as_u16(), reason = %r.message, "version check refused"),
+                StatusCode::UNAUTHORIZED => {
+                    info!(reason = %r.message, "version check refused: not authenticated")
+                }
+                StatusCode::FORBIDDEN => {
+                    warn!(refused = ?r.refused, reason = %r.message, "version check refused: out of scope")
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    warn!(reason = %r.message, "version check not answered")
+                }
+                _ => {
+                    info!(status = r.status.as_u16(), reason = %r.message, "version check refused")
+                }
             }
             let body = ErrorAnswer {
                 message: r.message,

@@ -247,10 +247,18 @@ async fn versions_are_answered_and_a_rotation_is_seen_after_the_ttl() {
     };
     assert_eq!(got, expected(&current, &previous, "2"));
     // The answer echoes what was asked.
-    let (_, text) = h.ask(Some(&token), check(refs.clone(), "x", 60, None)).await;
+    let (_, text) = h
+        .ask(Some(&token), check(refs.clone(), "x", 60, None))
+        .await;
     let answer: VersionsAnswer = serde_json::from_str(&text).unwrap();
-    assert_eq!(answer.versions[1].version_stage.as_deref(), Some("AWSPREVIOUS"));
-    assert_eq!(answer.versions[2].version_id.as_deref(), Some(previous.as_str()));
+    assert_eq!(
+        answer.versions[1].version_stage.as_deref(),
+        Some("AWSPREVIOUS")
+    );
+    assert_eq!(
+        answer.versions[2].version_id.as_deref(),
+        Some(previous.as_str())
+    );
 
     // A rotation of both, seen once what was learned is older than the TTL.
     put_value(&sm, "/orders/db", &format!("{VALUE}-3")).await;
@@ -284,10 +292,16 @@ async fn tokens_are_checked_with_a_token_review_for_the_audience() {
 
     for _ in 0..3 {
         let (status, text) = h
-            .ask(Some("not-a-token-the-cluster-knows"), check(refs.clone(), "x", 60, None))
+            .ask(
+                Some("not-a-token-the-cluster-knows"),
+                check(refs.clone(), "x", 60, None),
+            )
             .await;
         assert_eq!(status, 401, "{text}");
-        assert!(error(&text).message.contains("invalid bearer token"), "{text}");
+        assert!(
+            error(&text).message.contains("invalid bearer token"),
+            "{text}"
+        );
     }
     // Rejections are kept too: one review for the three.
     assert_eq!(h.api.reviews(), 1);
@@ -303,7 +317,10 @@ async fn tokens_are_checked_with_a_token_review_for_the_audience() {
         },
     );
     let (status, text) = h
-        .ask(Some("token-for-the-api-server"), check(refs.clone(), "x", 60, None))
+        .ask(
+            Some("token-for-the-api-server"),
+            check(refs.clone(), "x", 60, None),
+        )
         .await;
     assert_eq!(status, 401, "{text}");
     assert!(error(&text).message.contains(AUDIENCE), "{text}");
@@ -322,7 +339,10 @@ async fn tokens_are_checked_with_a_token_review_for_the_audience() {
         h.metric("kura_version_service_requests_total{outcome=\"unauthenticated\"}"),
         5.0
     );
-    assert_eq!(h.metric("kura_version_service_requests_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(
+        h.metric("kura_version_service_requests_total{outcome=\"ok\"}"),
+        1.0
+    );
 
     // The API server refusing kura's own reviews (RBAC), or gone: 503, the agent polls AWS.
     h.api.fail_with(Some(403));
@@ -330,9 +350,14 @@ async fn tokens_are_checked_with_a_token_review_for_the_audience() {
         .ask(Some("a-new-token"), check(refs.clone(), "x", 60, None))
         .await;
     assert_eq!(status, 503, "{text}");
-    assert!(error(&text).message.contains("tokenreviews: create"), "{text}");
+    assert!(
+        error(&text).message.contains("tokenreviews: create"),
+        "{text}"
+    );
     h.api.stop();
-    let (status, text) = h.ask(Some("another-token"), check(refs, "x", 60, None)).await;
+    let (status, text) = h
+        .ask(Some("another-token"), check(refs, "x", 60, None))
+        .await;
     assert_eq!(status, 503, "{text}");
     assert!(error(&text).message.contains("TokenReview"), "{text}");
 }
@@ -370,7 +395,10 @@ async fn references_outside_the_namespace_scope_are_refused_and_named() {
             "arn:aws:secretsmanager:us-east-1:123456789012:secret:/billing/api-AbCdEf"
         ]
     );
-    assert!(e.message.contains("KURA002") && e.message.contains("\"shop\""), "{text}");
+    assert!(
+        e.message.contains("KURA002") && e.message.contains("\"shop\""),
+        "{text}"
+    );
     assert!(!text.contains("versions"), "{text}");
     // Nothing was asked of AWS for a refused check.
     assert_eq!(h.store.metadata_calls(MetadataApi::ListSecrets), 0);
@@ -386,15 +414,24 @@ async fn a_store_that_cannot_be_reached_is_a_503_and_bad_bodies_are_refused() {
     let h = Harness::start(aws_store(&dead).await, Duration::from_secs(60)).await;
     let token = h.token("pay", "pay-1");
     let (status, text) = h
-        .ask(Some(&token), check(json!([{"secret": "/pay/db"}]), "x", 60, None))
+        .ask(
+            Some(&token),
+            check(json!([{"secret": "/pay/db"}]), "x", 60, None),
+        )
         .await;
     assert_eq!(status, 503, "{text}");
     assert!(error(&text).message.contains("ListSecrets"), "{text}");
     let (status, text) = h
-        .ask(Some(&token), check(json!([{"secret": "ssm:/pay/host"}]), "x", 60, None))
+        .ask(
+            Some(&token),
+            check(json!([{"secret": "ssm:/pay/host"}]), "x", 60, None),
+        )
         .await;
     assert_eq!(status, 503, "{text}");
-    assert!(error(&text).message.contains("DescribeParameters"), "{text}");
+    assert!(
+        error(&text).message.contains("DescribeParameters"),
+        "{text}"
+    );
     assert_eq!(
         h.metric("kura_version_service_requests_total{outcome=\"error\"}"),
         2.0
@@ -408,12 +445,21 @@ async fn a_store_that_cannot_be_reached_is_a_503_and_bad_bodies_are_refused() {
     // Not JSON, or not a check: 400 saying what is wrong.
     let (status, text) = h.send(Some(&token), b"{\"references\": [".to_vec()).await;
     assert_eq!(status, 400, "{text}");
-    assert!(error(&text).message.contains("not a version check"), "{text}");
+    assert!(
+        error(&text).message.contains("not a version check"),
+        "{text}"
+    );
     let (status, text) = h
-        .ask(Some(&token), json!({"references": [], "agent": {"refreshIntervalSeconds": 60}, "value": VALUE}))
+        .ask(
+            Some(&token),
+            json!({"references": [], "agent": {"refreshIntervalSeconds": 60}, "value": VALUE}),
+        )
         .await;
     assert_eq!(status, 400, "{text}");
-    assert!(error(&text).message.contains("unknown field `value`"), "{text}");
+    assert!(
+        error(&text).message.contains("unknown field `value`"),
+        "{text}"
+    );
     let too_many: Vec<_> = (0..kura_agent::versions::MAX_REFERENCES + 1)
         .map(|i| json!({"secret": format!("/pay/s{i}")}))
         .collect();
@@ -423,7 +469,10 @@ async fn a_store_that_cannot_be_reached_is_a_503_and_bad_bodies_are_refused() {
     assert_eq!(status, 400, "{text}");
     // An invalid token with a large body is refused before the body is read.
     let (status, _) = h
-        .send(Some("unknown"), vec![b' '; kura_agent::versions::MAX_REQUEST_BYTES + 1])
+        .send(
+            Some("unknown"),
+            vec![b' '; kura_agent::versions::MAX_REQUEST_BYTES + 1],
+        )
         .await;
     assert_eq!(status, 401);
 }
@@ -437,12 +486,21 @@ async fn no_value_reaches_an_answer_or_a_log_line() {
     let h = Harness::start(aws_store(&moto.endpoint).await, Duration::from_secs(60)).await;
     let token = h.token("vault", "vault-1");
     // Every answer is checked by `send`; these cover each kind of answer.
-    h.versions(&token, json!([{"secret": "/vault/db"}, {"secret": "ssm:/vault/host"}]))
-        .await;
-    h.ask(Some(&token), check(json!([{"secret": "/elsewhere/db"}]), "x", 60, None))
-        .await;
-    h.ask(Some(VALUE), check(json!([{"secret": "/vault/db"}]), "x", 60, None))
-        .await;
+    h.versions(
+        &token,
+        json!([{"secret": "/vault/db"}, {"secret": "ssm:/vault/host"}]),
+    )
+    .await;
+    h.ask(
+        Some(&token),
+        check(json!([{"secret": "/elsewhere/db"}]), "x", 60, None),
+    )
+    .await;
+    h.ask(
+        Some(VALUE),
+        check(json!([{"secret": "/vault/db"}]), "x", 60, None),
+    )
+    .await;
     h.ask(
         Some(&token),
         json!({"references": [{"secret": "/vault/db", "versionId": 7}], "agent": {"refreshIntervalSeconds": 60}}),
@@ -454,7 +512,10 @@ async fn no_value_reaches_an_answer_or_a_log_line() {
     )
     .await;
     let logs = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
-    assert!(logs.contains("version check refused"), "the logs were captured");
+    assert!(
+        logs.contains("version check refused"),
+        "the logs were captured"
+    );
     assert!(!logs.contains(VALUE), "a value in the logs");
 }
 
@@ -517,13 +578,16 @@ async fn many_agents_asking_about_the_same_secrets_cost_one_paged_listing_per_tt
     }
     // More than a page (100) under the prefix, and more elsewhere that the filter leaves out.
     for i in 0..105 {
-        moto.secret(&format!("/many/filler-{i}"), "x", None, &[]).await;
+        moto.secret(&format!("/many/filler-{i}"), "x", None, &[])
+            .await;
     }
     for i in 0..20 {
-        moto.secret(&format!("/other/many/{i}"), "x", None, &[]).await;
+        moto.secret(&format!("/other/many/{i}"), "x", None, &[])
+            .await;
     }
     moto.parameter("/many/p", VALUE, "SecureString", None).await;
-    let h = Arc::new(Harness::start(aws_store(&moto.endpoint).await, Duration::from_secs(600)).await);
+    let h =
+        Arc::new(Harness::start(aws_store(&moto.endpoint).await, Duration::from_secs(600)).await);
     let refs = json!([
         {"secret": "/many/a"}, {"secret": "/many/b"}, {"secret": "/many/c"},
         {"secret": "ssm:/many/p"}

@@ -127,7 +127,9 @@ impl Authenticator {
 fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {
     let refuse = |why: &str| Err(AuthError::Unauthenticated(why.to_string()));
     let Some(value) = authorization else {
-        return refuse("no Authorization header: send the pod's projected service-account token as `Authorization: Bearer <token>`");
+        return refuse(
+            "no Authorization header: send the pod's projected service-account token as `Authorization: Bearer <token>`",
+        );
     };
     let Some((scheme, token)) = value.split_once(' ') else {
         return refuse("the Authorization header is not `Bearer <token>`");
@@ -223,7 +225,13 @@ mod tests {
     fn bearer_headers_are_read_strictly() {
         assert_eq!(bearer(Some("Bearer abc.def")).ok(), Some("abc.def"));
         assert_eq!(bearer(Some("bearer abc")).ok(), Some("abc"));
-        for bad in [None, Some("Basic abc"), Some("Bearer "), Some("Bearer a b"), Some("abc")] {
+        for bad in [
+            None,
+            Some("Basic abc"),
+            Some("Bearer "),
+            Some("Bearer a b"),
+            Some("abc"),
+        ] {
             assert!(
                 matches!(bearer(bad), Err(AuthError::Unauthenticated(_))),
                 "{bad:?}"
@@ -235,9 +243,8 @@ mod tests {
 
     #[test]
     fn only_authenticated_service_accounts_for_the_audience_are_accepted() {
-        let review = |json: serde_json::Value| {
-            verdict(serde_json::from_value(json).expect("a TokenReview"))
-        };
+        let review =
+            |json: serde_json::Value| verdict(serde_json::from_value(json).expect("a TokenReview"));
         let ok = review(serde_json::json!({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
             "metadata": {"creationTimestamp": null}, "spec": {"token": "t"},

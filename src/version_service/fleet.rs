@@ -236,7 +236,12 @@ mod tests {
         let t0 = Instant::now();
         let unix = 1_800_000_000;
         fleet.heard_at("orders", "a", &state(60, Some(unix - 10), None), t0);
-        fleet.heard_at("orders", "b", &state(60, Some(unix - 1000), Some("throttled")), t0);
+        fleet.heard_at(
+            "orders",
+            "b",
+            &state(60, Some(unix - 1000), Some("throttled")),
+            t0,
+        );
         fleet.heard_at("orders", "c", &state(60, None, Some("made-up\nkind")), t0);
         fleet.heard_at("web", "a", &state(10, Some(unix), None), t0);
         let c = fleet.counts_at(t0, unix);
@@ -256,7 +261,12 @@ mod tests {
         // heard under 180 s ago.
         let c = fleet.counts_at(t0 + Duration::from_secs(179), unix + 179);
         assert_eq!(c["orders"].stale, 2, "{c:?}");
-        fleet.heard_at("orders", "c", &state(60, None, None), t0 + Duration::from_secs(179));
+        fleet.heard_at(
+            "orders",
+            "c",
+            &state(60, None, None),
+            t0 + Duration::from_secs(179),
+        );
         // 182 s: a and b, quiet for over 3 intervals, are dropped; c, heard again but never
         // successful since it was first heard 182 s ago, is stale.
         let c = fleet.counts_at(t0 + Duration::from_secs(182), unix + 182);

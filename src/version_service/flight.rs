@@ -145,8 +145,9 @@ where
     {
         let mut waits: Vec<(String, Arc<Flight<V, E>>)> = Vec::with_capacity(keys.len());
         let mut missing: Vec<String> = Vec::new();
+        // One critical section, so that two askers of a new key never both look it up.
         {
-            let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             for key in keys {
                 if waits.iter().any(|(k, _)| k == key) || missing.contains(key) {
@@ -157,32 +158,30 @@ where
                     _ => missing.push(key.clone()),
                 }
             }
-        }
-        if !missing.is_empty() {
-            let task = tokio::spawn(lookup(missing.clone()));
-            let answer: Answer<V, E> = async move {
-                match task.await {
-                    Ok(r) => r.map(Arc::new),
-                    Err(_) => Err(E::from(Lost)),
+            if !missing.is_empty() {
+                let task = tokio::spawn(lookup(missing.clone()));
+                let answer: Answer<V, E> = async move {
+                    match task.await {
+                        Ok(r) => r.map(Arc::new),
+                        Err(_) => Err(E::from(Lost)),
+                    }
                 }
-            }
-            .boxed()
-            .shared();
-            let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            for key in missing {
-                t.remove(&key);
-                let key_bytes = 2 * key.len() + ENTRY_OVERHEAD;
-                t.make_room(key_bytes, self.bounds, self.ttl, now);
-                let f = Arc::new(Flight {
-                    born: now,
-                    key_bytes,
-                    value_bytes: AtomicUsize::new(0),
-                    answer: answer.clone(),
-                });
-                t.map.insert(key.clone(), f.clone());
-                t.bytes += key_bytes;
-                waits.push((key, f));
+                .boxed()
+                .shared();
+                for key in missing {
+                    t.remove(&key);
+                    let key_bytes = 2 * key.len() + ENTRY_OVERHEAD;
+                    t.make_room(key_bytes, self.bounds, self.ttl, now);
+                    let f = Arc::new(Flight {
+                        born: now,
+                        key_bytes,
+                        value_bytes: AtomicUsize::new(0),
+                        answer: answer.clone(),
+                    });
+                    t.map.insert(key.clone(), f.clone());
+                    t.bytes += key_bytes;
+                    waits.push((key, f));
+                }
             }
         }
         let mut out = BTreeMap::new();
@@ -298,9 +297,11 @@ mod tests {
         // A TTL of zero: every ask looks up again.
         for n in 0..2 {
             let got = f
-                .get(&keys(&["a"]), |_| 8, move |_| async move {
-                    Ok(BTreeMap::from([("a".to_string(), n)]))
-                })
+                .get(
+                    &keys(&["a"]),
+                    |_| 8,
+                    move |_| async move { Ok(BTreeMap::from([("a".to_string(), n)])) },
+                )
                 .await
                 .expect("answered");
             assert_eq!(got["a"], Some(n));
@@ -318,9 +319,13 @@ mod tests {
         );
         for i in 0..500 {
             let key = format!("{i}-{}", "k".repeat(i % 300));
-            f.get(&[key.clone()], |v: &String| v.len(), move |asked| async move {
-                Ok(asked.into_iter().map(|k| (k, "v".repeat(900))).collect())
-            })
+            f.get(
+                &[key.clone()],
+                |v: &String| v.len(),
+                move |asked| async move {
+                    Ok(asked.into_iter().map(|k| (k, "v".repeat(900))).collect())
+                },
+            )
             .await
             .expect("answered");
             assert!(f.len() <= 50, "{} entries", f.len());
@@ -328,9 +333,16 @@ mod tests {
         }
         // An answer larger than the whole bound is returned, not kept.
         let got = f
-            .get(&keys(&["huge"]), |v: &String| v.len(), |asked| async move {
-                Ok(asked.into_iter().map(|k| (k, "v".repeat(100_000))).collect())
-            })
+            .get(
+                &keys(&["huge"]),
+                |v: &String| v.len(),
+                |asked| async move {
+                    Ok(asked
+                        .into_iter()
+                        .map(|k| (k, "v".repeat(100_000)))
+                        .collect())
+                },
+            )
             .await
             .expect("answered");
         assert_eq!(got["huge"].as_ref().map(String::len), Some(100_000));

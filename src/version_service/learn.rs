@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use kura_agent::spec::{Reference, parameter_name};
 use kura_agent::store::{
-    MetadataApi, ParameterType, ParameterVersion, SecretListing, SecretMeta, SecretVersions,
-    Store, StoreError, id_matches,
+    MetadataApi, ParameterType, ParameterVersion, SecretListing, SecretMeta, SecretVersions, Store,
+    StoreError, id_matches,
 };
 use kura_agent::versions::{VersionAnswer, VersionRef};
 use prometheus_client::metrics::counter::Counter;
@@ -110,9 +110,7 @@ impl Learner {
         let mut refused = Vec::new();
         for r in refs {
             let resolved = match Reference::of(&r.secret) {
-                Reference::Secret(_) => {
-                    Resolved::Secret(secrets.get(&r.secret).cloned().flatten())
-                }
+                Reference::Secret(_) => Resolved::Secret(secrets.get(&r.secret).cloned().flatten()),
                 Reference::Parameter(p) if r.version_id.is_none() && r.version_stage.is_none() => {
                     Resolved::Parameter(
                         parameters
@@ -170,25 +168,29 @@ impl Learner {
         } else {
             let (store, calls) = (self.store.clone(), self.calls.clone());
             self.lists
-                .get(&prefixes, |l| listing_bytes(l), move |prefixes| async move {
-                    let mut out = BTreeMap::new();
-                    for p in prefixes {
-                        let l = store.list_secret_versions(&p, MAX_LIST_PAGES).await;
-                        // Counted whether or not the last page answered.
-                        let pages = l.as_ref().map_or(1, |l| l.pages);
-                        count(&calls, MetadataApi::ListSecrets, u64::from(pages));
-                        let l = l.map_err(|e| unavailable("ListSecrets", &e))?;
-                        out.insert(p, Arc::new(l));
-                    }
-                    Ok(out)
-                })
+                .get(
+                    &prefixes,
+                    |l| listing_bytes(l),
+                    move |prefixes| async move {
+                        let mut out = BTreeMap::new();
+                        for p in prefixes {
+                            let l = store.list_secret_versions(&p, MAX_LIST_PAGES).await;
+                            // Counted whether or not the last page answered.
+                            let pages = l.as_ref().map_or(1, |l| l.pages);
+                            count(&calls, MetadataApi::ListSecrets, u64::from(pages));
+                            let l = l.map_err(|e| unavailable("ListSecrets", &e))?;
+                            out.insert(p, Arc::new(l));
+                        }
+                        Ok(out)
+                    },
+                )
                 .await?
         };
         let mut found: BTreeMap<String, Option<Arc<SecretVersions>>> = BTreeMap::new();
         let mut describe: Vec<String> = Vec::new();
         for id in ids {
-            let listing = list_prefix(scope, namespace, id)
-                .and_then(|p| listings.get(&p).cloned().flatten());
+            let listing =
+                list_prefix(scope, namespace, id).and_then(|p| listings.get(&p).cloned().flatten());
             let seen = listing.as_ref().and_then(|l| {
                 l.secrets
                     .iter()
@@ -206,29 +208,32 @@ impl Learner {
             let (store, calls) = (self.store.clone(), self.calls.clone());
             let described = self
                 .secrets
-                .get(&describe, |s| s.bytes(), move |ids| async move {
-                    let answers =
-                        futures_util::future::join_all(ids.iter().map(|id| {
+                .get(
+                    &describe,
+                    |s| s.bytes(),
+                    move |ids| async move {
+                        let answers = futures_util::future::join_all(ids.iter().map(|id| {
                             let store = store.clone();
                             async move { store.describe_secret_versions(id).await }
                         }))
                         .await;
-                    count(&calls, MetadataApi::DescribeSecret, ids.len() as u64);
-                    let mut out = BTreeMap::new();
-                    for (id, a) in ids.into_iter().zip(answers) {
-                        match a {
-                            Ok(s) => {
-                                out.insert(id, Arc::new(s));
+                        count(&calls, MetadataApi::DescribeSecret, ids.len() as u64);
+                        let mut out = BTreeMap::new();
+                        for (id, a) in ids.into_iter().zip(answers) {
+                            match a {
+                                Ok(s) => {
+                                    out.insert(id, Arc::new(s));
+                                }
+                                Err(e) if e.is_store_failure() => {
+                                    return Err(unavailable("DescribeSecret", &e));
+                                }
+                                // Not found, access denied…: the agent asks AWS and says so itself.
+                                Err(_) => {}
                             }
-                            Err(e) if e.is_store_failure() => {
-                                return Err(unavailable("DescribeSecret", &e));
-                            }
-                            // Not found, access denied…: the agent asks AWS and says so itself.
-                            Err(_) => {}
                         }
-                    }
-                    Ok(out)
-                })
+                        Ok(out)
+                    },
+                )
                 .await?;
             found.extend(described);
         }

@@ -177,7 +177,10 @@ async fn connection(
 /// kube-apiserver's answer to one `TokenReview`.
 fn review(known: &Mutex<Known>, body: &[u8]) -> (u16, serde_json::Value) {
     let asked: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let token = asked["spec"]["token"].as_str().unwrap_or_default().to_string();
+    let token = asked["spec"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let audiences: Vec<String> = asked["spec"]["audiences"]
         .as_array()
         .map(|a| {

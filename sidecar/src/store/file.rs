@@ -38,8 +38,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
-    FetchRequest, Fetched, ParameterType, ParameterVersion, SecretListing, SecretMeta,
-    SecretValue, SecretVersions, StoreError, id_matches,
+    FetchRequest, Fetched, ParameterType, ParameterVersion, SecretListing, SecretMeta, SecretValue,
+    SecretVersions, StoreError, id_matches,
 };
 use crate::spec::{Invalid, Reference, parameter_name};
 
@@ -564,6 +564,31 @@ secrets:
     scheduledForDeletion: true
     value: x
 "#;
+
+    #[test]
+    fn lists_versions_and_stages_by_prefix_as_the_version_service_reads_them() {
+        let (_f, s) = store(&format!(
+            "{DOC}parameters:\n  - {{name: /demo/p, type: String, versions: [{{version: 1, value: a}}, {{version: 3, value: b}}]}}\n"
+        ));
+        let s = s.expect("valid store");
+        let l = s.list_secret_versions("/demo/").expect("listed");
+        assert!(l.complete);
+        let names: Vec<&str> = l.secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["/demo/db", "/demo/tls"], "scheduled for deletion: left out");
+        let tls = &l.secrets[1];
+        assert!(tls.shared_ids);
+        assert_eq!(tls.with_stage("AWSPREVIOUS"), Some("v1"));
+        // A shorthand value's id is a per-process keyed hash: not comparable with an agent's.
+        assert!(!l.secrets[0].shared_ids);
+        assert!(s.list_secret_versions("/dem/").expect("listed").secrets.is_empty());
+        let d = s.describe_secret_versions(&tls.arn).expect("described");
+        assert_eq!(d, *tls);
+        let p = s
+            .parameter_versions(&["/demo/p".to_string(), "/demo/none".to_string()])
+            .expect("described");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p["/demo/p"].version, 3);
+    }
 
     #[test]
     fn describes_like_secrets_manager() {

@@ -16,8 +16,8 @@ use tokio::sync::OnceCell;
 
 use super::aws::map_err_for;
 use super::{
-    FetchRequest, Fetched, MetadataApi, MetadataCalls, ParameterType, ParameterVersion,
-    SecretMeta, SecretValue, StoreError,
+    FetchRequest, Fetched, MetadataApi, MetadataCalls, ParameterType, ParameterVersion, SecretMeta,
+    SecretValue, StoreError,
 };
 use crate::spec::{Reference, parameter_name};
 
