@@ -621,3 +621,80 @@ async fn many_agents_asking_about_the_same_secrets_cost_one_paged_listing_per_tt
     );
     assert_eq!(h.metric("kura_fleet_agents{namespace=\"many\"}"), 60.0);
 }
+
+/// `kura serve --version-service-listen` with the local store: the service answers on its own
+/// port with the webhook's certificate, its tokens reviewed by the API server of the
+/// kubeconfig, and it drains with the rest on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kura_serve_starts_the_service_on_its_own_port_and_drains_it() {
+    let api = ApiServer::start().await;
+    api.accept(
+        "demo-token",
+        ServiceAccountToken {
+            namespace: "demo".into(),
+            service_account: "orders".into(),
+            pod: "orders-1".into(),
+            audiences: vec![AUDIENCE.into()],
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: kura, user: {{}}}}]\ncontexts: [{{name: stub, context: {{cluster: stub, user: kura}}}}]\ncurrent-context: stub\n",
+            api.url
+        ),
+    )
+    .unwrap();
+    let certs = test_certs();
+    let port = free_port();
+    let listen = format!("--version-service-listen=127.0.0.1:{port}");
+    let store = format!(
+        "--store=file:{}",
+        workspace_root().join("examples/store.yaml").display()
+    );
+    let mut hook = Webhook::start(
+        &certs,
+        &[&listen, &store],
+        &[("KUBECONFIG".into(), kubeconfig.display().to_string())],
+    );
+    wait_for_port(port, "the version service");
+    let answer = https_client(&certs.ca)
+        .post(format!("https://127.0.0.1:{port}{PATH}"))
+        .bearer_auth("demo-token")
+        .json(&check(
+            json!([{"secret": "/demo/orders/db"}, {"secret": "/demo/orders/api-key"}]),
+            "x",
+            60,
+            None,
+        ))
+        .send()
+        .await
+        .expect("the service answers over TLS with the webhook's certificate");
+    assert_eq!(answer.status(), 200);
+    let answer: VersionsAnswer = answer.json().await.unwrap();
+    assert_eq!(
+        answer.versions[0].current.as_deref(),
+        Some("5f0d3c1e-2b4a-4c6d-8e9f-0a1b2c3d4e5f")
+    );
+    // A shorthand value's id is salted per process: the agent asks the store itself.
+    assert!(answer.versions[1].unknown);
+    assert_eq!(api.reviews(), 1);
+    let metrics = hook.metrics().await;
+    assert_eq!(
+        sample(&metrics, "kura_fleet_agents{namespace=\"demo\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hook.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || hook.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -574,13 +574,22 @@ secrets:
         let l = s.list_secret_versions("/demo/").expect("listed");
         assert!(l.complete);
         let names: Vec<&str> = l.secrets.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["/demo/db", "/demo/tls"], "scheduled for deletion: left out");
+        assert_eq!(
+            names,
+            ["/demo/db", "/demo/tls"],
+            "scheduled for deletion: left out"
+        );
         let tls = &l.secrets[1];
         assert!(tls.shared_ids);
         assert_eq!(tls.with_stage("AWSPREVIOUS"), Some("v1"));
         // A shorthand value's id is a per-process keyed hash: not comparable with an agent's.
         assert!(!l.secrets[0].shared_ids);
-        assert!(s.list_secret_versions("/dem/").expect("listed").secrets.is_empty());
+        assert!(
+            s.list_secret_versions("/dem/")
+                .expect("listed")
+                .secrets
+                .is_empty()
+        );
         let d = s.describe_secret_versions(&tls.arn).expect("described");
         assert_eq!(d, *tls);
         let p = s
