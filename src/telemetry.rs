@@ -158,8 +158,6 @@ pub struct Metrics {
     pub version_connections_open: Gauge,
     /// Connections to it closed at once: the connection cap was reached.
     pub version_connections_refused: Counter,
-    /// The agents heard from, exported as the `kura_fleet_*` gauges at each scrape.
-    pub fleet: Arc<crate::version_service::Fleet>,
 }
 
 impl Default for Metrics {
@@ -248,15 +246,12 @@ impl Default for Metrics {
             "Connections to the version service's listener closed at once: the connection cap was reached",
             version_connections_refused.clone(),
         );
-        let fleet = Arc::new(crate::version_service::Fleet::default());
-        registry.register_collector(Box::new(fleet.clone()));
         Metrics {
             registry: Mutex::new(registry),
             version_requests,
             version_aws_calls,
             version_connections_open,
             version_connections_refused,
-            fleet,
             certificate_expiry,
             connections_open,
             connections_refused,
@@ -270,6 +265,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds metrics computed at each scrape (the version service's fleet gauges).
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(collector);
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -60,6 +60,7 @@ pub struct VersionService {
     state: Arc<AppState>,
     auth: Authenticator,
     learner: Learner,
+    fleet: Arc<Fleet>,
     bodies: Arc<Semaphore>,
 }
 
@@ -92,12 +93,16 @@ impl Refusal {
 
 impl VersionService {
     /// `store`: where metadata comes from (the webhook's); `kube`: the API server for
-    /// `TokenReview`s; `ttl`: how long what is learned from the store is trusted.
+    /// `TokenReview`s; `ttl`: how long what is learned from the store is trusted. Registers
+    /// the fleet gauges in the webhook's metrics (one service per [`AppState`]).
     pub fn new(state: Arc<AppState>, store: Store, kube: kube::Client, ttl: Duration) -> Self {
         let calls = state.metrics.version_aws_calls.clone();
+        let fleet = Arc::new(Fleet::default());
+        state.metrics.register_collector(Box::new(fleet.clone()));
         VersionService {
             auth: Authenticator::new(kube),
             learner: Learner::new(store, ttl, calls),
+            fleet,
             bodies: Arc::new(Semaphore::new(BODY_BUDGET)),
             state,
         }
@@ -105,7 +110,7 @@ impl VersionService {
 
     /// The agents heard from.
     pub fn fleet(&self) -> &Fleet {
-        &self.state.metrics.fleet
+        &self.fleet
     }
 
     /// Token verdicts held.
