@@ -19,7 +19,7 @@ pub const VERDICT_TTL: Duration = Duration::from_secs(60);
 /// Verdicts kept at most: entries and bytes (each is a hash and a few names).
 pub const VERDICT_BOUNDS: Bounds = Bounds {
     entries: 100_000,
-    bytes: 32 * 1024 * 1024,
+    bytes: 16 * 1024 * 1024,
 };
 
 /// The longest token looked at (a service-account JWT is about 1 KB).
