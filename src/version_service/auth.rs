@@ -103,10 +103,14 @@ impl Authenticator {
         let token = token.to_string();
         let found = self
             .verdicts
-            .get(&[key.clone()], Verdict::bytes, move |keys| async move {
-                let verdict = review(client, token).await?;
-                Ok(keys.into_iter().map(|k| (k, verdict.clone())).collect())
-            })
+            .get(
+                std::slice::from_ref(&key),
+                Verdict::bytes,
+                move |keys| async move {
+                    let verdict = review(client, token).await?;
+                    Ok(keys.into_iter().map(|k| (k, verdict.clone())).collect())
+                },
+            )
             .await?;
         match found.get(&key).cloned().flatten() {
             Some(Verdict::Accepted(id)) => Ok(id),

@@ -320,7 +320,7 @@ mod tests {
         for i in 0..500 {
             let key = format!("{i}-{}", "k".repeat(i % 300));
             f.get(
-                &[key.clone()],
+                std::slice::from_ref(&key),
                 |v: &String| v.len(),
                 move |asked| async move {
                     Ok(asked.into_iter().map(|k| (k, "v".repeat(900))).collect())
