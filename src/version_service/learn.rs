@@ -34,6 +34,9 @@ use crate::telemetry::ApiLabels;
 /// the listing did not reach are described one by one.
 pub const MAX_LIST_PAGES: u32 = 20;
 
+/// `DescribeSecret` calls of one lookup in flight at once.
+const DESCRIBE_AT_ONCE: usize = 8;
+
 /// Listings kept: prefixes and bytes.
 pub const LIST_BOUNDS: Bounds = Bounds {
     entries: 4096,
@@ -212,11 +215,16 @@ impl Learner {
                     &describe,
                     |s| s.bytes(),
                     move |ids| async move {
-                        let answers = futures_util::future::join_all(ids.iter().map(|id| {
-                            let store = store.clone();
-                            async move { store.describe_secret_versions(id).await }
-                        }))
-                        .await;
+                        // A few at a time: DescribeSecret has a per-second quota of its own.
+                        let mut answers = Vec::with_capacity(ids.len());
+                        for chunk in ids.chunks(DESCRIBE_AT_ONCE) {
+                            answers.extend(
+                                futures_util::future::join_all(
+                                    chunk.iter().map(|id| store.describe_secret_versions(id)),
+                                )
+                                .await,
+                            );
+                        }
                         count(&calls, MetadataApi::DescribeSecret, ids.len() as u64);
                         let mut out = BTreeMap::new();
                         for (id, a) in ids.into_iter().zip(answers) {
