@@ -5,6 +5,9 @@
 //! [`inject`]ion; [`server`] serves them over [`tls`] and stops through [`shutdown`]; [`cli`]
 //! holds one module per command, and `serve` validates a [`config::Config`] before binding.
 #![forbid(unsafe_code)]
+// Proving the admission handler's future `Send` walks the AWS SDK's nested future types
+// (admission → policy cache → store → SSM batch → SDK); the default 128 overflows.
+#![recursion_limit = "256"]
 
 pub mod admission;
 pub mod cli;
@@ -16,5 +19,6 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod version_service;
 pub mod wire;
 pub mod workload;

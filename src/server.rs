@@ -205,48 +205,80 @@ enum Failure {
     Malformed(crate::admission::Error),
 }
 
+/// Why a body could not be read whole.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Over the limit the caller set.
+    TooLarge,
+    /// The budget had no room within [`BUDGET_WAIT`].
+    OverBudget,
+    Unreadable(String),
+}
+
+impl From<BodyError> for Failure {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => Failure::TooLarge,
+            BodyError::OverBudget => Failure::OverBudget,
+            BodyError::Unreadable(m) => Failure::Unreadable(m),
+        }
+    }
+}
+
 /// A body read whole, with its share of the body budget (given back when dropped).
-struct Body {
-    bytes: Vec<u8>,
+pub(crate) struct Body {
+    pub(crate) bytes: Vec<u8>,
     _held: OwnedSemaphorePermit,
 }
 
-/// Reads a request's body against [`BODY_LIMIT`] and the shared body budget. The budget counts
-/// the buffer's capacity, taken before it grows, so what it admits is what is allocated; a
-/// client that declares 3 MiB and sends a few bytes holds a few bytes of it.
+/// Reads a request's body against [`BODY_LIMIT`] and the shared body budget.
 async fn read_body(s: &AppState, req: Request) -> Result<Body, Failure> {
+    Ok(read_limited(&s.bodies, BODY_LIMIT, req).await?)
+}
+
+/// Reads a request's body, at most `limit` bytes, against a byte `budget` shared by the
+/// requests that read at once. The budget counts the buffer's capacity, taken before it grows,
+/// so what it admits is what is allocated; a client that declares 3 MiB and sends a few bytes
+/// holds a few bytes of it.
+pub(crate) async fn read_limited(
+    budget: &Arc<Semaphore>,
+    limit: usize,
+    req: Request,
+) -> Result<Body, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let mut held = s
-        .bodies
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut held = budget
         .clone()
         .try_acquire_many_owned(0)
-        .map_err(|_| Failure::OverBudget)?;
+        .map_err(|_| BodyError::OverBudget)?;
     let mut bytes: Vec<u8> = Vec::new();
     let mut stream = req.into_body().into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Failure::Unreadable(e.to_string()))?;
+        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         let needed = bytes.len() + chunk.len();
-        if needed > BODY_LIMIT {
-            return Err(Failure::TooLarge);
+        if needed > limit {
+            return Err(BodyError::TooLarge);
         }
         if needed > bytes.capacity() {
             // Grow by doubling (an ordinary review, its length declared, in one step), never
             // past the declared length: the budget pays for bytes received, not promised.
-            let ceiling = declared.map_or(BODY_LIMIT, |n| n.clamp(needed, BODY_LIMIT));
+            let ceiling = declared.map_or(limit, |n| n.clamp(needed, limit));
             let first = declared.map_or(0, |n| n.min(INLINE_BODY_MAX));
             let want = needed.max(bytes.capacity() * 2).max(first).min(ceiling);
-            let more = u32::try_from(want - bytes.capacity()).map_err(|_| Failure::TooLarge)?;
-            let permit = match s.bodies.clone().try_acquire_many_owned(more) {
+            let more = u32::try_from(want - bytes.capacity()).map_err(|_| BodyError::TooLarge)?;
+            let permit = match budget.clone().try_acquire_many_owned(more) {
                 Ok(p) => p,
                 Err(_) => {
-                    tokio::time::timeout(BUDGET_WAIT, s.bodies.clone().acquire_many_owned(more))
+                    tokio::time::timeout(BUDGET_WAIT, budget.clone().acquire_many_owned(more))
                         .await
-                        .map_err(|_| Failure::OverBudget)?
-                        .map_err(|_| Failure::OverBudget)?
+                        .map_err(|_| BodyError::OverBudget)?
+                        .map_err(|_| BodyError::OverBudget)?
                 }
             };
             held.merge(permit);
@@ -760,6 +792,16 @@ pub struct Running {
     handle: axum_server::Handle,
     metrics_handle: Option<axum_server::Handle>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Other HTTPS listeners drained with the admission one (the version service's).
+    others: Vec<Listener>,
+}
+
+/// One HTTPS listener of [`serve_tls`].
+#[derive(Debug)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    handle: axum_server::Handle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 /// Errors starting the server.
@@ -774,6 +816,51 @@ pub enum Error {
     Tls(#[from] crate::tls::Error),
 }
 
+/// How a TLS listener counts its connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub refused: Counter,
+}
+
+/// Binds an HTTPS listener serving `router` with the certificate `resolver` gives (reloads
+/// included), each connection bounded by `limits` (cap, idle and header-read timeouts).
+pub fn serve_tls(
+    router: Router,
+    listen: SocketAddr,
+    resolver: Arc<crate::tls::Resolver>,
+    limits: &Limits,
+    counted: ConnectionMetrics,
+) -> Result<Listener, Error> {
+    let tls = crate::tls::server_config(resolver)?;
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+    let handle = axum_server::Handle::new();
+    let bind = |source| Error::Bind {
+        addr: listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(listen).map_err(bind)?;
+    std_listener.set_nonblocking(true).map_err(bind)?;
+    let addr = std_listener.local_addr().map_err(bind)?;
+    let guard = Guard {
+        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        idle: limits.idle_timeout,
+        quiet: limits.header_read_timeout,
+        open: counted.open,
+        refused: counted.refused,
+    };
+    let mut server = axum_server::from_tcp(std_listener)
+        .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(rustls_config).acceptor(guard))
+        .handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
+    Ok(Listener { addr, handle, task })
+}
+
 /// Binds the admission listener (TLS) and, if given, the metrics listener.
 pub async fn start(
     state: Arc<AppState>,
@@ -784,40 +871,17 @@ pub async fn start(
 ) -> Result<Running, Error> {
     resolver.count_reloads_in(state.metrics.reloads.clone());
     resolver.report_expiry_in(state.metrics.certificate_expiry.clone());
-    let tls = crate::tls::server_config(resolver)?;
-    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-    let handle = axum_server::Handle::new();
-    let std_listener = std::net::TcpListener::bind(listen).map_err(|source| Error::Bind {
-        addr: listen,
-        source,
-    })?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|source| Error::Bind {
-            addr: listen,
-            source,
-        })?;
-    let addr = std_listener.local_addr().map_err(|source| Error::Bind {
-        addr: listen,
-        source,
-    })?;
-    let guard = Guard {
-        permits: Arc::new(Semaphore::new(limits.max_connections)),
-        idle: limits.idle_timeout,
-        quiet: limits.header_read_timeout,
-        open: state.metrics.connections_open.clone(),
-        refused: state.metrics.connections_refused.clone(),
-    };
-    let mut server = axum_server::from_tcp(std_listener)
-        .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(rustls_config).acceptor(guard))
-        .handle(handle.clone());
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    let router = app(state.clone());
-    let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
+    let admission = serve_tls(
+        app(state.clone()),
+        listen,
+        resolver,
+        &limits,
+        ConnectionMetrics {
+            open: state.metrics.connections_open.clone(),
+            refused: state.metrics.connections_refused.clone(),
+        },
+    )?;
+    let Listener { addr, handle, task } = admission;
 
     let (metrics_addr, metrics_handle) = match metrics_listen {
         Some(m) => {
@@ -843,6 +907,7 @@ pub async fn start(
         handle,
         metrics_handle,
         task,
+        others: Vec::new(),
     })
 }
 
@@ -853,10 +918,21 @@ impl Running {
         if let Some(h) = &self.metrics_handle {
             h.graceful_shutdown(Some(grace));
         }
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "server stopped with an error"),
-            Err(e) => error!(error = %e, "server task failed"),
+        for other in &self.others {
+            other.handle.graceful_shutdown(Some(grace));
         }
+        let tasks = std::iter::once(self.task).chain(self.others.into_iter().map(|o| o.task));
+        for task in tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "server stopped with an error"),
+                Err(e) => error!(error = %e, "server task failed"),
+            }
+        }
+    }
+
+    /// Drains `listener` with the rest.
+    pub fn add(&mut self, listener: Listener) {
+        self.others.push(listener);
     }
 }

@@ -116,6 +116,25 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailingLabels {
+    pub namespace: String,
+    pub error_kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: String,
+}
+
+/// The outcomes of a version check (`kura_version_service_requests_total{outcome}`).
+pub const VERSION_OUTCOMES: [&str; 4] = ["ok", "unauthenticated", "forbidden", "error"];
+
 /// Every metric the webhook exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -131,6 +150,14 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// The served certificate's notAfter (Unix seconds), set by [`crate::tls::Resolver`].
     pub certificate_expiry: Gauge,
+    /// Version checks by outcome (contract §8).
+    pub version_requests: Family<OutcomeLabels, Counter>,
+    /// The version service's AWS calls, by API.
+    pub version_aws_calls: Family<ApiLabels, Counter>,
+    /// Open connections to the version service's listener.
+    pub version_connections_open: Gauge,
+    /// Connections to it closed at once: the connection cap was reached.
+    pub version_connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -188,8 +215,43 @@ impl Default for Metrics {
             "When the certificate the admission listener serves expires (its notAfter, Unix seconds)",
             certificate_expiry.clone(),
         );
+        let version_requests = Family::<OutcomeLabels, Counter>::default();
+        for outcome in VERSION_OUTCOMES {
+            version_requests
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.into(),
+                })
+                .inc_by(0);
+        }
+        registry.register(
+            "version_service_requests",
+            "Version checks by outcome: ok, unauthenticated, forbidden, error",
+            version_requests.clone(),
+        );
+        let version_aws_calls = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "version_service_aws_calls",
+            "AWS calls the version service made, by API (ListSecrets pages, DescribeSecret, DescribeParameters)",
+            version_aws_calls.clone(),
+        );
+        let version_connections_open = Gauge::default();
+        let version_connections_refused = Counter::default();
+        registry.register(
+            "version_service_connections_open",
+            "Open connections to the version service's listener",
+            version_connections_open.clone(),
+        );
+        registry.register(
+            "version_service_connections_refused",
+            "Connections to the version service's listener closed at once: the connection cap was reached",
+            version_connections_refused.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            version_requests,
+            version_aws_calls,
+            version_connections_open,
+            version_connections_refused,
             certificate_expiry,
             connections_open,
             connections_refused,
@@ -203,6 +265,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds metrics computed at each scrape (the version service's fleet gauges).
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(collector);
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

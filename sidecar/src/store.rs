@@ -21,6 +21,9 @@ use crate::spec::Reference;
 
 pub use aws::AwsStore;
 pub use file::FileStore;
+pub use ssm::DESCRIBE_BATCH;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Errors from a store, per secret where one is concerned. Messages never hold values.
 /// `secret` is the reference as the pod wrote it; messages call it a secret or a parameter.
@@ -133,6 +136,120 @@ impl ParameterType {
             "SecureString" => Some(ParameterType::SecureString),
             _ => None,
         }
+    }
+}
+
+/// A secret's versions and the staging labels on each, as `ListSecrets`
+/// (`SecretVersionsToStages`) or `DescribeSecret` (`VersionIdsToStages`) give them: metadata,
+/// never a value. What the version service answers agents from (contract §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretVersions {
+    pub arn: String,
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    /// Scheduled for deletion (`DeletedDate` set).
+    pub deleted: bool,
+    /// Version id → its stages (`AWSCURRENT`, `AWSPREVIOUS`, custom labels).
+    pub versions: BTreeMap<String, Vec<String>>,
+    /// `false` when the ids mean something only inside this process: the local store's
+    /// shorthand values, whose ids are keyed hashes with a per-process key, so another process
+    /// (the agent) sees other ids for the same value.
+    pub shared_ids: bool,
+}
+
+impl SecretVersions {
+    /// The version that carries `stage`.
+    pub fn with_stage(&self, stage: &str) -> Option<&str> {
+        self.versions
+            .iter()
+            .find(|(_, stages)| stages.iter().any(|s| s == stage))
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// What holding it costs, roughly, in bytes (for the caches that hold many).
+    pub fn bytes(&self) -> usize {
+        let versions: usize = self
+            .versions
+            .iter()
+            .map(|(id, stages)| id.len() + stages.iter().map(|s| s.len() + 24).sum::<usize>() + 48)
+            .sum();
+        let tags: usize = self.tags.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        self.arn.len() + self.name.len() + versions + tags + 128
+    }
+
+    /// The same secret as [`SecretMeta`], for the scope checks that read name, ARN and tags.
+    pub fn meta(&self) -> SecretMeta {
+        SecretMeta {
+            arn: self.arn.clone(),
+            name: self.name.clone(),
+            kms_key_id: None,
+            deleted: self.deleted,
+            tags: self.tags.clone(),
+            parameter_type: None,
+        }
+    }
+}
+
+/// The secrets whose names start with a prefix ([`Store::list_secret_versions`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretListing {
+    pub secrets: Vec<SecretVersions>,
+    /// `false` when the page bound was reached before the last page: a secret missing from
+    /// `secrets` may exist.
+    pub complete: bool,
+    /// `ListSecrets` calls made (one a page).
+    pub pages: u32,
+}
+
+/// An SSM parameter's latest version, as `DescribeParameters` gives it (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParameterVersion {
+    /// Empty when the store did not say (moto's `DescribeParameters` has no ARN).
+    pub arn: String,
+    pub name: String,
+    pub version: u64,
+}
+
+/// `ListSecrets` returns at most this many secrets a page.
+pub const LIST_PAGE_SIZE: i32 = 100;
+
+/// The metadata APIs, counted one by one ([`Store::metadata_calls`]): what the version service
+/// costs in AWS calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataApi {
+    ListSecrets,
+    DescribeSecret,
+    DescribeParameters,
+}
+
+impl MetadataApi {
+    pub const ALL: [MetadataApi; 3] = [
+        MetadataApi::ListSecrets,
+        MetadataApi::DescribeSecret,
+        MetadataApi::DescribeParameters,
+    ];
+
+    /// The API's name, as AWS spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetadataApi::ListSecrets => "ListSecrets",
+            MetadataApi::DescribeSecret => "DescribeSecret",
+            MetadataApi::DescribeParameters => "DescribeParameters",
+        }
+    }
+}
+
+/// Calls made to each [`MetadataApi`].
+#[derive(Debug, Default)]
+pub(crate) struct MetadataCalls([AtomicU64; 3]);
+
+impl MetadataCalls {
+    pub(crate) fn count(&self, api: MetadataApi) {
+        self.0[api as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, api: MetadataApi) -> u64 {
+        self.0[api as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -277,6 +394,52 @@ impl Store {
         match self {
             Store::Aws(s) => s.api_calls(),
             Store::File(_) => 0,
+        }
+    }
+
+    /// Calls made so far to one metadata API (AWS only; 0 for files).
+    pub fn metadata_calls(&self, api: MetadataApi) -> u64 {
+        match self {
+            Store::Aws(s) => s.metadata_calls().get(api),
+            Store::File(_) => 0,
+        }
+    }
+
+    /// The secrets whose names start with `prefix` (case-sensitive, whatever the store's own
+    /// filter matched), with their versions' stages: `ListSecrets` filtered by name, pages of
+    /// [`LIST_PAGE_SIZE`], at most `max_pages` of them. Secrets scheduled for deletion are left
+    /// out, as `ListSecrets` leaves them out.
+    pub async fn list_secret_versions(
+        &self,
+        prefix: &str,
+        max_pages: u32,
+    ) -> Result<SecretListing, StoreError> {
+        match self {
+            Store::Aws(s) => s.list_secret_versions(prefix, max_pages).await,
+            Store::File(s) => s.list_secret_versions(prefix),
+        }
+    }
+
+    /// One secret's versions and their stages (`DescribeSecret`).
+    pub async fn describe_secret_versions(
+        &self,
+        secret: &str,
+    ) -> Result<SecretVersions, StoreError> {
+        match self {
+            Store::Aws(s) => s.describe_secret_versions(secret).await,
+            Store::File(s) => s.describe_secret_versions(secret),
+        }
+    }
+
+    /// The latest version of each named parameter (names without `ssm:`) that exists:
+    /// `DescribeParameters`, 50 names a call. A name missing from the answer does not exist.
+    pub async fn parameter_versions(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, ParameterVersion>, StoreError> {
+        match self {
+            Store::Aws(s) => s.parameter_versions(names).await,
+            Store::File(s) => s.parameter_versions(names),
         }
     }
 }

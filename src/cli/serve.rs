@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::inject::{
 };
 use crate::policy::PolicyEngine;
 use crate::server::{self, AppState};
+use crate::version_service::VersionService;
 use crate::{shutdown, tls};
 
 /// Whether to read namespace labels from the cluster.
@@ -269,14 +271,29 @@ pub async fn serve(config: Config) -> Result<()> {
         );
     }
 
+    // The version service shares the webhook's store (its client and call counter).
+    let versions_store = version_service.as_ref().map(|_| store.clone());
     let mut engine = PolicyEngine::new(policy, Some(store));
     let mut namespaces = None;
+    let mut cluster = None;
     if watch_namespaces {
         let client = kube::Client::try_default().await?;
-        let ns = crate::namespaces::ClusterNamespaces::start(client);
+        let ns = crate::namespaces::ClusterNamespaces::start(client.clone());
         engine = engine.with_namespaces(ns.clone());
         namespaces = Some(ns);
+        cluster = Some(client);
     }
+    // Validating agents' tokens needs the API server whether or not labels are watched.
+    let versions = match (&version_service, versions_store) {
+        (Some(vs), Some(store)) => {
+            let client = match cluster {
+                Some(c) => c,
+                None => kube::Client::try_default().await?,
+            };
+            Some((vs.clone(), store, client))
+        }
+        _ => None,
+    };
     let state = AppState::with_limits(Admission::new(inject, engine), &limits);
 
     let resolver = match tls {
@@ -314,17 +331,22 @@ pub async fn serve(config: Config) -> Result<()> {
         });
     }
 
-    let running = server::start(
+    let mut running = server::start(
         state.clone(),
         listen,
         Some(metrics_listen),
-        resolver,
+        resolver.clone(),
         limits,
     )
     .await?;
-    if let Some(vs) = version_service {
-        // Issue 17: the version service's listener is started here (not built yet).
-        warn!(listen = %vs.listen, "the version service is not available in this build");
+    if let Some((settings, store, client)) = versions {
+        let service = VersionService::new(state.clone(), store, client, settings.ttl);
+        running.add(crate::version_service::start(
+            Arc::new(service),
+            settings.listen,
+            resolver,
+            &limits,
+        )?);
     }
     shutdown::on_signal(&state.ready, running, shutdown).await;
     Ok(())

@@ -103,7 +103,13 @@ impl Default for Scope {
 }
 
 impl Scope {
-    fn patterns<'a>(&'a self, namespace: &'a str, arn: bool) -> impl Iterator<Item = String> + 'a {
+    /// The name templates (or ARN templates when `arn`) that apply to `namespace`, its own and
+    /// those granted to it, `{namespace}` replaced.
+    pub(crate) fn patterns<'a>(
+        &'a self,
+        namespace: &'a str,
+        arn: bool,
+    ) -> impl Iterator<Item = String> + 'a {
         let own = if arn { &self.arns } else { &self.names };
         let granted = self
             .grants

@@ -3,7 +3,8 @@
 //! clients and environments pointed at it, a TLS proxy with an untrusted certificate in front
 //! of it (`tls_proxy`), Prometheus scrapes, Kubernetes schema validation through the Python
 //! venv `scripts/test` prepares, and real containers with podman (`podman`: the images from the
-//! Dockerfiles' final stages, pods run as a patched Pod object says).
+//! Dockerfiles' final stages, pods run as a patched Pod object says), and a stub kube-apiserver
+//! that answers `TokenReview`s (`apiserver`).
 //!
 //! What only one crate's tests need (the `kura serve` process, the agent's scratch area) stays
 //! in that crate's `tests/common/mod.rs`, which re-exports this crate.
@@ -13,12 +14,14 @@
     missing_debug_implementations
 )]
 
+pub mod apiserver;
 pub mod k8s;
 pub mod metrics;
 pub mod moto;
 pub mod podman;
 pub mod tls_proxy;
 
+pub use apiserver::{ApiServer, ServiceAccountToken};
 pub use k8s::validate_k8s;
 pub use metrics::{metric, sample, scrape};
 pub use moto::{

@@ -16,7 +16,10 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use secrecy::{SecretSlice, SecretString};
 
 use super::ssm::Ssm;
-use super::{FetchRequest, Fetched, SecretMeta, SecretValue, StoreError, id_matches};
+use super::{
+    FetchRequest, Fetched, LIST_PAGE_SIZE, MetadataApi, MetadataCalls, ParameterVersion,
+    SecretListing, SecretMeta, SecretValue, SecretVersions, StoreError, id_matches,
+};
 use crate::spec::Reference;
 
 /// Batch reads take at most this many secrets per call.
@@ -28,6 +31,8 @@ pub struct AwsStore {
     secrets: Arc<OnceLock<Client>>,
     parameters: Arc<OnceLock<Ssm>>,
     calls: Arc<AtomicU64>,
+    /// The version service's metadata calls, by API.
+    metadata: Arc<MetadataCalls>,
     /// Where requests go, for errors that people read.
     endpoint: Arc<str>,
 }
@@ -91,6 +96,7 @@ impl AwsStore {
             secrets: Arc::new(OnceLock::new()),
             parameters: Arc::new(OnceLock::new()),
             calls: Arc::new(AtomicU64::new(0)),
+            metadata: Arc::new(MetadataCalls::default()),
             endpoint: endpoint.into(),
         }
     }
@@ -109,7 +115,7 @@ impl AwsStore {
     /// The SSM client, created on first use.
     fn parameters(&self) -> &Ssm {
         self.parameters
-            .get_or_init(|| Ssm::new(&self.conf, self.calls.clone()))
+            .get_or_init(|| Ssm::new(&self.conf, self.calls.clone(), self.metadata.clone()))
     }
 
     /// The services whose client exists so far: `secretsmanager`, `ssm`.
@@ -128,13 +134,72 @@ impl AwsStore {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Metadata of a secret (`DescribeSecret`) or a parameter (`DescribeParameters`, batched
-    /// with the lookups that arrive at the same time).
-    pub async fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
-        if Reference::of(secret).is_parameter() {
-            return self.parameters().describe(secret).await;
+    pub(super) fn metadata_calls(&self) -> &MetadataCalls {
+        &self.metadata
+    }
+
+    /// See [`super::Store::list_secret_versions`].
+    pub async fn list_secret_versions(
+        &self,
+        prefix: &str,
+        max_pages: u32,
+    ) -> Result<SecretListing, StoreError> {
+        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+        let filter = Filter::builder()
+            .key(FilterNameStringType::Name)
+            .values(prefix)
+            .build();
+        let mut listing = SecretListing::default();
+        let mut token: Option<String> = None;
+        loop {
+            if listing.pages >= max_pages {
+                return Ok(listing);
+            }
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.metadata.count(MetadataApi::ListSecrets);
+            listing.pages += 1;
+            let out = self
+                .client()
+                .list_secrets()
+                .filters(filter.clone())
+                .max_results(LIST_PAGE_SIZE)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err(&self.endpoint, prefix, &e))?;
+            for e in out.secret_list() {
+                let name = e.name().unwrap_or_default();
+                // AWS matches the filter without regard to case; the prefix is a scope, which
+                // is case-sensitive.
+                if !name.starts_with(prefix) {
+                    continue;
+                }
+                listing.secrets.push(SecretVersions {
+                    arn: e.arn().unwrap_or_default().to_string(),
+                    name: name.to_string(),
+                    tags: tag_map(e.tags()),
+                    deleted: e.deleted_date().is_some(),
+                    versions: stage_map(e.secret_versions_to_stages()),
+                    shared_ids: true,
+                });
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => {
+                    listing.complete = true;
+                    return Ok(listing);
+                }
+            }
         }
+    }
+
+    /// See [`super::Store::describe_secret_versions`].
+    pub async fn describe_secret_versions(
+        &self,
+        secret: &str,
+    ) -> Result<SecretVersions, StoreError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        self.metadata.count(MetadataApi::DescribeSecret);
         let out = self
             .client()
             .describe_secret()
@@ -142,16 +207,40 @@ impl AwsStore {
             .send()
             .await
             .map_err(|e| map_err(&self.endpoint, secret, &e))?;
-        let tags: BTreeMap<String, String> = out
-            .tags()
-            .iter()
-            .filter_map(|t| {
-                Some((
-                    t.key()?.to_string(),
-                    t.value().unwrap_or_default().to_string(),
-                ))
-            })
-            .collect();
+        Ok(SecretVersions {
+            arn: out.arn().unwrap_or_default().to_string(),
+            name: out.name().unwrap_or_default().to_string(),
+            tags: tag_map(out.tags()),
+            deleted: out.deleted_date().is_some(),
+            versions: stage_map(out.version_ids_to_stages()),
+            shared_ids: true,
+        })
+    }
+
+    /// See [`super::Store::parameter_versions`].
+    pub async fn parameter_versions(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, ParameterVersion>, StoreError> {
+        self.parameters().versions(names).await
+    }
+
+    /// Metadata of a secret (`DescribeSecret`) or a parameter (`DescribeParameters`, batched
+    /// with the lookups that arrive at the same time).
+    pub async fn describe(&self, secret: &str) -> Result<SecretMeta, StoreError> {
+        if Reference::of(secret).is_parameter() {
+            return self.parameters().describe(secret).await;
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.metadata.count(MetadataApi::DescribeSecret);
+        let out = self
+            .client()
+            .describe_secret()
+            .secret_id(secret)
+            .send()
+            .await
+            .map_err(|e| map_err(&self.endpoint, secret, &e))?;
+        let tags = tag_map(out.tags());
         Ok(SecretMeta {
             arn: out.arn().unwrap_or_default().to_string(),
             name: out.name().unwrap_or_default().to_string(),
@@ -355,6 +444,27 @@ impl AwsStore {
             value,
         })
     }
+}
+
+fn tag_map(tags: &[aws_sdk_secretsmanager::types::Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn stage_map(
+    stages: Option<&std::collections::HashMap<String, Vec<String>>>,
+) -> BTreeMap<String, Vec<String>> {
+    stages
+        .into_iter()
+        .flatten()
+        .map(|(id, stages)| (id.clone(), stages.clone()))
+        .collect()
 }
 
 fn clone_value(v: &SecretValue) -> SecretValue {

@@ -38,7 +38,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
-    FetchRequest, Fetched, ParameterType, SecretMeta, SecretValue, StoreError, id_matches,
+    FetchRequest, Fetched, ParameterType, ParameterVersion, SecretListing, SecretMeta, SecretValue,
+    SecretVersions, StoreError, id_matches,
 };
 use crate::spec::{Invalid, Reference, parameter_name};
 
@@ -278,6 +279,72 @@ impl FileStore {
         })
     }
 
+    fn versions_of(&self, doc: &Doc, s: &FileSecret) -> SecretVersions {
+        let versions = if s.versions.is_empty() {
+            BTreeMap::from([(self.shorthand_version_id(s), vec!["AWSCURRENT".to_string()])])
+        } else {
+            s.versions
+                .iter()
+                .map(|v| (v.id.clone(), v.stages.clone()))
+                .collect()
+        };
+        SecretVersions {
+            arn: Self::arn(doc, &s.name),
+            name: s.name.clone(),
+            tags: s.tags.clone(),
+            deleted: s.scheduled_for_deletion,
+            versions,
+            shared_ids: !s.versions.is_empty(),
+        }
+    }
+
+    /// See [`super::Store::list_secret_versions`]: every secret of the file under `prefix`
+    /// (the file is one page).
+    pub fn list_secret_versions(&self, prefix: &str) -> Result<SecretListing, StoreError> {
+        let doc = self.load()?;
+        Ok(SecretListing {
+            secrets: doc
+                .secrets
+                .iter()
+                .filter(|s| s.name.starts_with(prefix) && !s.scheduled_for_deletion)
+                .map(|s| self.versions_of(&doc, s))
+                .collect(),
+            complete: true,
+            pages: 1,
+        })
+    }
+
+    /// See [`super::Store::describe_secret_versions`].
+    pub fn describe_secret_versions(&self, secret: &str) -> Result<SecretVersions, StoreError> {
+        let doc = self.load()?;
+        let s = Self::find(&doc, secret)?;
+        Ok(self.versions_of(&doc, s))
+    }
+
+    /// See [`super::Store::parameter_versions`].
+    pub fn parameter_versions(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, ParameterVersion>, StoreError> {
+        let doc = self.load()?;
+        Ok(doc
+            .parameters
+            .iter()
+            .filter(|p| names.contains(&p.name))
+            .filter_map(|p| {
+                let latest = p.versions().iter().map(|(n, _, _)| *n).max()?;
+                Some((
+                    p.name.clone(),
+                    ParameterVersion {
+                        arn: Self::parameter_arn(&doc, &p.name),
+                        name: p.name.clone(),
+                        version: latest,
+                    },
+                ))
+            })
+            .collect())
+    }
+
     fn fetch_parameter(doc: &Doc, req: &FetchRequest) -> Result<Fetched, StoreError> {
         let p = Self::find_parameter(doc, &req.secret)?;
         let versions = p.versions();
@@ -497,6 +564,40 @@ secrets:
     scheduledForDeletion: true
     value: x
 "#;
+
+    #[test]
+    fn lists_versions_and_stages_by_prefix_as_the_version_service_reads_them() {
+        let (_f, s) = store(&format!(
+            "{DOC}parameters:\n  - {{name: /demo/p, type: String, versions: [{{version: 1, value: a}}, {{version: 3, value: b}}]}}\n"
+        ));
+        let s = s.expect("valid store");
+        let l = s.list_secret_versions("/demo/").expect("listed");
+        assert!(l.complete);
+        let names: Vec<&str> = l.secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["/demo/db", "/demo/tls"],
+            "scheduled for deletion: left out"
+        );
+        let tls = &l.secrets[1];
+        assert!(tls.shared_ids);
+        assert_eq!(tls.with_stage("AWSPREVIOUS"), Some("v1"));
+        // A shorthand value's id is a per-process keyed hash: not comparable with an agent's.
+        assert!(!l.secrets[0].shared_ids);
+        assert!(
+            s.list_secret_versions("/dem/")
+                .expect("listed")
+                .secrets
+                .is_empty()
+        );
+        let d = s.describe_secret_versions(&tls.arn).expect("described");
+        assert_eq!(d, *tls);
+        let p = s
+            .parameter_versions(&["/demo/p".to_string(), "/demo/none".to_string()])
+            .expect("described");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p["/demo/p"].version, 3);
+    }
 
     #[test]
     fn describes_like_secrets_manager() {

@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_ssm::Client;
-use aws_sdk_ssm::types::ParameterStringFilter;
+use aws_sdk_ssm::types::{ParameterMetadata, ParameterStringFilter};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 
 use super::aws::map_err_for;
-use super::{FetchRequest, Fetched, ParameterType, SecretMeta, SecretValue, StoreError};
+use super::{
+    FetchRequest, Fetched, MetadataApi, MetadataCalls, ParameterType, ParameterVersion, SecretMeta,
+    SecretValue, StoreError,
+};
 use crate::spec::{Reference, parameter_name};
 
 /// `GetParameters` takes at most this many names.
@@ -49,11 +52,16 @@ pub(super) struct Ssm {
     /// Where requests go, for errors that people read.
     endpoint: String,
     calls: Arc<AtomicU64>,
+    metadata: Arc<MetadataCalls>,
     open: Mutex<Option<Arc<Batch>>>,
 }
 
 impl Ssm {
-    pub(super) fn new(conf: &aws_config::SdkConfig, calls: Arc<AtomicU64>) -> Self {
+    pub(super) fn new(
+        conf: &aws_config::SdkConfig,
+        calls: Arc<AtomicU64>,
+        metadata: Arc<MetadataCalls>,
+    ) -> Self {
         // The SDK resolves the service's own variable per client; it wins over the general one.
         let endpoint = std::env::var("AWS_ENDPOINT_URL_SSM")
             .ok()
@@ -70,6 +78,7 @@ impl Ssm {
             ),
             endpoint,
             calls,
+            metadata,
             open: Mutex::new(None),
         }
     }
@@ -143,16 +152,48 @@ impl Ssm {
                 *open = None;
             }
         }
+        let mut found = BTreeMap::new();
+        for p in self.describe_names(names).await? {
+            let Some(name) = p.name() else { continue };
+            let parameter_type = p
+                .r#type()
+                .and_then(|t| ParameterType::parse(t.as_str()))
+                .unwrap_or(ParameterType::String);
+            found.insert(
+                name.to_string(),
+                SecretMeta {
+                    arn: p.arn().unwrap_or_default().to_string(),
+                    name: name.to_string(),
+                    kms_key_id: p
+                        .key_id()
+                        .filter(|k| !k.is_empty() && parameter_type == ParameterType::SecureString)
+                        .map(str::to_string),
+                    deleted: false,
+                    tags: BTreeMap::new(),
+                    parameter_type: Some(parameter_type),
+                },
+            );
+        }
+        Ok(found)
+    }
+
+    /// `DescribeParameters` filtered by `Name Equals` (at most [`DESCRIBE_BATCH`] names), every
+    /// page.
+    async fn describe_names(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<ParameterMetadata>, StoreError> {
         let filter = ParameterStringFilter::builder()
             .key("Name")
             .option("Equals")
             .set_values(Some(names))
             .build()
             .map_err(|e| StoreError::Config(format!("DescribeParameters filter: {e}")))?;
-        let mut found = BTreeMap::new();
+        let mut found = Vec::new();
         let mut token: Option<String> = None;
         loop {
             self.calls.fetch_add(1, Ordering::Relaxed);
+            self.metadata.count(MetadataApi::DescribeParameters);
             let out = self
                 .client
                 .describe_parameters()
@@ -162,32 +203,39 @@ impl Ssm {
                 .send()
                 .await
                 .map_err(|e| map_err_for(SERVICE, &self.endpoint, "", &e))?;
-            for p in out.parameters() {
+            found.extend(out.parameters.unwrap_or_default());
+            match out.next_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// The latest version of each named parameter that exists ([`DESCRIBE_BATCH`] names a
+    /// call): what the version service answers unpinned parameter references with.
+    pub(super) async fn versions(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, ParameterVersion>, StoreError> {
+        let mut unique: Vec<String> = names.to_vec();
+        unique.sort();
+        unique.dedup();
+        let mut found = BTreeMap::new();
+        for chunk in unique.chunks(DESCRIBE_BATCH) {
+            for p in self.describe_names(chunk.to_vec()).await? {
                 let Some(name) = p.name() else { continue };
-                let parameter_type = p
-                    .r#type()
-                    .and_then(|t| ParameterType::parse(t.as_str()))
-                    .unwrap_or(ParameterType::String);
+                let Ok(version) = u64::try_from(p.version()) else {
+                    continue;
+                };
                 found.insert(
                     name.to_string(),
-                    SecretMeta {
+                    ParameterVersion {
                         arn: p.arn().unwrap_or_default().to_string(),
                         name: name.to_string(),
-                        kms_key_id: p
-                            .key_id()
-                            .filter(|k| {
-                                !k.is_empty() && parameter_type == ParameterType::SecureString
-                            })
-                            .map(str::to_string),
-                        deleted: false,
-                        tags: BTreeMap::new(),
-                        parameter_type: Some(parameter_type),
+                        version,
                     },
                 );
-            }
-            match out.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                _ => break,
             }
         }
         Ok(found)
