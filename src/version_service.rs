@@ -59,7 +59,7 @@ const MAX_REFERENCE_BYTES: usize = 2048;
 pub struct VersionService {
     state: Arc<AppState>,
     auth: Authenticator,
-    learner: Learner,
+    learner: Arc<Learner>,
     fleet: Arc<Fleet>,
     bodies: Arc<Semaphore>,
 }
@@ -101,7 +101,7 @@ impl VersionService {
         state.metrics.register_collector(Box::new(fleet.clone()));
         VersionService {
             auth: Authenticator::new(kube),
-            learner: Learner::new(store, ttl, calls),
+            learner: Arc::new(Learner::new(store, ttl, calls)),
             fleet,
             bodies: Arc::new(Semaphore::new(BODY_BUDGET)),
             state,
@@ -111,6 +111,11 @@ impl VersionService {
     /// The agents heard from.
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
+    }
+
+    /// What learns versions from the store (its hot prefixes are refreshed by [`start`]).
+    pub fn learner(&self) -> &Arc<Learner> {
+        &self.learner
     }
 
     /// Token verdicts held.
@@ -348,6 +353,8 @@ pub fn start(
         open: vs.state.metrics.version_connections_open.clone(),
         refused: vs.state.metrics.version_connections_refused.clone(),
     };
+    // Hot prefixes are listed once a TTL from here on, ahead of the agents' checks.
+    tokio::spawn(vs.learner.clone().refresh_loop());
     let listener = server::serve_tls(app(vs), listen, resolver, limits, counted)?;
     info!(addr = %listener.addr, "version service listening");
     Ok(listener)

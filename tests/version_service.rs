@@ -57,6 +57,7 @@ struct Harness {
     http: reqwest::Client,
     state: Arc<AppState>,
     store: Store,
+    service: Arc<VersionService>,
     _certs: TestCerts,
     _listener: kura::server::Listener,
 }
@@ -84,7 +85,12 @@ impl Harness {
             InjectConfig::default(),
             PolicyEngine::new(Policy::default(), None),
         ));
-        let service = VersionService::new(state.clone(), store.clone(), kube, ttl);
+        let service = Arc::new(VersionService::new(
+            state.clone(),
+            store.clone(),
+            kube,
+            ttl,
+        ));
         let resolver = kura::tls::Resolver::new(
             kura::tls::CertReloader {
                 cert_path: certs.cert.clone(),
@@ -94,7 +100,7 @@ impl Harness {
             .unwrap(),
         );
         let listener = version_service::start(
-            Arc::new(service),
+            service.clone(),
             "127.0.0.1:0".parse().unwrap(),
             resolver,
             &Limits::default(),
@@ -106,6 +112,7 @@ impl Harness {
             api,
             state,
             store,
+            service,
             _certs: certs,
             _listener: listener,
         }
@@ -624,6 +631,57 @@ async fn many_agents_asking_about_the_same_secrets_cost_one_paged_listing_per_tt
     }
     assert_eq!(h.store.metadata_calls(MetadataApi::DescribeSecret), 1);
     assert_eq!(h.store.metadata_calls(MetadataApi::ListSecrets), 2);
+}
+
+/// The refresher lists every prefix agents asked about in one `ListSecrets` filter (ten a
+/// call), ahead of their checks: twelve namespaces cost two calls a TTL, not twelve, and a
+/// rotation is answered from that listing without any agent's check paying for it.
+#[tokio::test]
+async fn hot_prefixes_are_listed_together_ahead_of_the_checks() {
+    let moto = Moto::start();
+    let namespaces: Vec<String> = (0..12).map(|i| format!("hot{i}")).collect();
+    for ns in &namespaces {
+        moto.secret(&format!("/{ns}/db"), VALUE, None, &[]).await;
+    }
+    moto.secret("/elsewhere/db", VALUE, None, &[]).await;
+    // A TTL no test run reaches: the refresher runs only when the test says.
+    let h = Harness::start(aws_store(&moto.endpoint).await, Duration::from_secs(600)).await;
+    let sm = moto.client().await;
+    let mut before = Vec::new();
+    for ns in &namespaces {
+        let token = h.token(ns, &format!("{ns}-pod"));
+        let got = h
+            .versions(&token, json!([{"secret": format!("/{ns}/db")}]))
+            .await;
+        before.push(got[0].1.clone());
+    }
+    // Each namespace's first check listed its own prefix.
+    assert_eq!(h.store.metadata_calls(MetadataApi::ListSecrets), 12);
+
+    put_value(&sm, "/hot3/db", &format!("{VALUE}-2")).await;
+    let rotated = version_id_of(&sm, "/hot3/db", "AWSCURRENT").await;
+    assert_ne!(rotated, before[3]);
+    let token = h.token("hot3", "hot3-pod");
+    let ask = || h.versions(&token, json!([{"secret": "/hot3/db"}]));
+    assert_eq!(ask().await[0].1, before[3], "within the TTL: what was learned");
+
+    let listed = h.service.learner().refresh_hot().await.expect("listed");
+    assert_eq!(listed, 12);
+    assert_eq!(
+        h.store.metadata_calls(MetadataApi::ListSecrets),
+        14,
+        "twelve prefixes, ten a call"
+    );
+    assert_eq!(ask().await[0].1, rotated);
+    for (i, ns) in namespaces.iter().enumerate().filter(|(i, _)| *i != 3) {
+        let token = h.token(ns, &format!("{ns}-pod"));
+        let got = h
+            .versions(&token, json!([{"secret": format!("/{ns}/db")}]))
+            .await;
+        assert_eq!(got[0].1, before[i]);
+    }
+    assert_eq!(h.store.metadata_calls(MetadataApi::ListSecrets), 14);
+    assert_eq!(h.store.metadata_calls(MetadataApi::DescribeSecret), 0);
 }
 
 /// `kura serve --version-service-listen` with the local store: the service answers on its own

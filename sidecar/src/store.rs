@@ -213,6 +213,9 @@ pub struct ParameterVersion {
 /// `ListSecrets` returns at most this many secrets a page.
 pub const LIST_PAGE_SIZE: i32 = 100;
 
+/// Values one `ListSecrets` filter may hold (AWS's limit): prefixes listed by one call.
+pub const LIST_FILTER_VALUES: usize = 10;
+
 /// The metadata APIs, counted one by one ([`Store::metadata_calls`]): what the version service
 /// costs in AWS calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,18 +408,19 @@ impl Store {
         }
     }
 
-    /// The secrets whose names start with `prefix` (case-sensitive, whatever the store's own
-    /// filter matched), with their versions' stages: `ListSecrets` filtered by name, pages of
-    /// [`LIST_PAGE_SIZE`], at most `max_pages` of them. Secrets scheduled for deletion are left
+    /// The secrets whose names start with one of `prefixes` (case-sensitive, whatever the
+    /// store's own filter matched), with their versions' stages: `ListSecrets` filtered by
+    /// name, up to [`LIST_FILTER_VALUES`] prefixes a call, pages of [`LIST_PAGE_SIZE`], at most
+    /// `max_pages` pages for each group of prefixes. Secrets scheduled for deletion are left
     /// out, as `ListSecrets` leaves them out.
     pub async fn list_secret_versions(
         &self,
-        prefix: &str,
+        prefixes: &[String],
         max_pages: u32,
     ) -> Result<SecretListing, StoreError> {
         match self {
-            Store::Aws(s) => s.list_secret_versions(prefix, max_pages).await,
-            Store::File(s) => s.list_secret_versions(prefix),
+            Store::Aws(s) => s.list_secret_versions(prefixes, max_pages).await,
+            Store::File(s) => s.list_secret_versions(prefixes),
         }
     }
 

@@ -128,8 +128,10 @@ pub struct Args {
     /// PEM CA certificate agents trust for the version service (the serving Secret's `ca.crt`).
     #[arg(long, env = "KURA_VERSION_SERVICE_CA")]
     pub version_service_ca: Option<PathBuf>,
-    /// How long the version service trusts what it learned from AWS before asking again.
-    #[arg(long, env = "KURA_VERSION_SERVICE_TTL", default_value = "30s", value_parser = kura_agent::duration::parse)]
+    /// How often the version service lists the secrets agents ask about (every hot scope
+    /// prefix, ten a `ListSecrets` call) and how long what it learned is trusted: a rotation
+    /// reaches agents within this plus their refresh interval.
+    #[arg(long, env = "KURA_VERSION_SERVICE_TTL", default_value = "5s", value_parser = kura_agent::duration::parse)]
     pub version_service_ttl: Duration,
 }
 

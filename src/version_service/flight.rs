@@ -196,6 +196,33 @@ where
         Ok(out)
     }
 
+    /// Keeps `found` as fresh answers (born now) for its keys, replacing what the table held
+    /// for them: how a lookup made ahead of time (the version service's refresher) lands.
+    pub fn put(&self, found: BTreeMap<String, V>, size: impl Fn(&V) -> usize) {
+        let sizes: Vec<(String, usize)> = found.iter().map(|(k, v)| (k.clone(), size(v))).collect();
+        let answer: Answer<V, E> = futures_util::future::ready(Ok(Arc::new(found)))
+            .boxed()
+            .shared();
+        let now = Instant::now();
+        for (key, bytes) in sizes {
+            let key_bytes = 2 * key.len() + ENTRY_OVERHEAD;
+            let flight = Arc::new(Flight {
+                born: now,
+                key_bytes,
+                value_bytes: AtomicUsize::new(0),
+                answer: answer.clone(),
+            });
+            {
+                let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+                t.remove(&key);
+                t.make_room(key_bytes, self.bounds, self.ttl, now);
+                t.map.insert(key.clone(), flight.clone());
+                t.bytes += key_bytes;
+            }
+            self.charge(&key, &flight, bytes);
+        }
+    }
+
     /// Counts an arrived answer's bytes once, if its entry is still in the table, and makes
     /// room for it.
     fn charge(&self, key: &str, flight: &Arc<Flight<V, E>>, bytes: usize) {

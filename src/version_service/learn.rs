@@ -1,10 +1,14 @@
 //! Current versions, learned from metadata calls the whole cluster shares, never a value.
 //!
-//! - Secrets Manager: `ListSecrets` filtered by `name` = a scope prefix (`/{namespace}/` of the
-//!   built-in policy), every page ([`MAX_LIST_PAGES`] at most), `SecretVersionsToStages`
-//!   included: one listing per prefix per TTL, however many agents ask. A reference the last
-//!   listing does not hold (created since, outside any prefix, past the page bound) gets one
-//!   `DescribeSecret`, kept for the TTL too.
+//! - Secrets Manager: `ListSecrets` filtered by `name` = the scope prefixes (`/{namespace}/` of
+//!   the built-in policy), ten prefixes a call (AWS's filter limit), every page
+//!   ([`MAX_LIST_PAGES`] at most), `SecretVersionsToStages` included. A prefix agents asked
+//!   about in the last [`HOT_FOR`] is *hot*: [`Learner::refresh_loop`] lists every hot prefix
+//!   together once a TTL, whether one agent asks or a thousand, so the cost is a constant
+//!   `ceil(hot prefixes / 10) × pages` calls per TTL and what agents are told is at most a TTL
+//!   old. A prefix not yet hot is listed when first asked about. A reference the last listing
+//!   does not hold (created since, outside any prefix, past the page bound) gets one
+//!   `DescribeSecret`, kept for the TTL.
 //! - SSM: `DescribeParameters` (`Name Equals`, 50 names a call) gives an unpinned
 //!   parameter's latest version; a pinned version is its own answer; a label is `unknown`
 //!   (only `GetParameterHistory`, which returns values, says where labels are).
@@ -33,6 +37,14 @@ use crate::telemetry::ApiLabels;
 /// `ListSecrets` pages read for one prefix at most (100 secrets a page); past it, references
 /// the listing did not reach are described one by one.
 pub const MAX_LIST_PAGES: u32 = 20;
+
+/// How long a prefix stays hot (listed ahead of time each TTL) after an agent last asked about
+/// it: several of the longest usual refresh intervals.
+pub const HOT_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// A listing refreshed ahead of time is trusted for this many TTLs: if the refresher falls
+/// behind (AWS slow), asking agents look it up themselves after that.
+const LIST_TTLS: u32 = 3;
 
 /// `DescribeSecret` calls of one lookup in flight at once.
 const DESCRIBE_AT_ONCE: usize = 8;
@@ -74,6 +86,9 @@ pub enum Learned {
 #[derive(Debug)]
 pub struct Learner {
     store: Store,
+    ttl: Duration,
+    /// Prefixes asked about, with when they last were (at most `LIST_BOUNDS.entries`).
+    hot: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     lists: Flights<Arc<SecretListing>, Unavailable>,
     secrets: Flights<Arc<SecretVersions>, Unavailable>,
     parameters: Flights<ParameterVersion, Unavailable>,
@@ -93,7 +108,9 @@ impl Learner {
     pub fn new(store: Store, ttl: Duration, calls: Family<ApiLabels, Counter>) -> Self {
         Learner {
             store,
-            lists: Flights::new(ttl, LIST_BOUNDS),
+            ttl,
+            hot: std::sync::Mutex::default(),
+            lists: Flights::new(ttl * LIST_TTLS, LIST_BOUNDS),
             secrets: Flights::new(ttl, LOOKUP_BOUNDS),
             parameters: Flights::new(ttl, LOOKUP_BOUNDS),
             calls,
@@ -166,6 +183,7 @@ impl Learner {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        self.mark_hot(&prefixes);
         let listings = if prefixes.is_empty() {
             BTreeMap::new()
         } else {
@@ -174,18 +192,7 @@ impl Learner {
                 .get(
                     &prefixes,
                     |l| listing_bytes(l),
-                    move |prefixes| async move {
-                        let mut out = BTreeMap::new();
-                        for p in prefixes {
-                            let l = store.list_secret_versions(&p, MAX_LIST_PAGES).await;
-                            // Counted whether or not the last page answered.
-                            let pages = l.as_ref().map_or(1, |l| l.pages);
-                            count(&calls, MetadataApi::ListSecrets, u64::from(pages));
-                            let l = l.map_err(|e| unavailable("ListSecrets", &e))?;
-                            out.insert(p, Arc::new(l));
-                        }
-                        Ok(out)
-                    },
+                    move |prefixes| async move { list(&store, &calls, &prefixes).await },
                 )
                 .await?
         };
@@ -248,6 +255,63 @@ impl Learner {
         Ok(found)
     }
 
+    /// Notes that agents asked about `prefixes` now.
+    fn mark_hot(&self, prefixes: &[String]) {
+        let now = std::time::Instant::now();
+        let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        for p in prefixes {
+            if !hot.contains_key(p) && hot.len() >= LIST_BOUNDS.entries {
+                let oldest = hot.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    hot.remove(&k);
+                }
+            }
+            hot.insert(p.clone(), now);
+        }
+    }
+
+    /// Lists every hot prefix together, ahead of the agents' checks; forgets prefixes nobody
+    /// asked about for [`HOT_FOR`]. Returns how many prefixes were listed. A store failure is
+    /// returned (the listings held stay until they expire; agents then look up themselves).
+    pub async fn refresh_hot(&self) -> Result<usize, Unavailable> {
+        let prefixes: Vec<String> = {
+            let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            hot.retain(|_, t| now.duration_since(*t) < HOT_FOR);
+            let mut v: Vec<String> = hot.keys().cloned().collect();
+            v.sort();
+            v
+        };
+        if prefixes.is_empty() {
+            return Ok(0);
+        }
+        let found = list(&self.store, &self.calls, &prefixes).await?;
+        self.lists.put(found, |l| listing_bytes(l));
+        Ok(prefixes.len())
+    }
+
+    /// Refreshes the hot prefixes once a TTL, until the runtime stops.
+    pub async fn refresh_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.ttl);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match self.refresh_hot().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("listing secret versions works again");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "could not list secret versions ahead of the agents' checks; retrying each TTL");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// The latest version of each unpinned parameter reference's parameter, by name.
     async fn parameters_of(
         &self,
@@ -282,6 +346,37 @@ impl Learner {
             )
             .await
     }
+}
+
+/// One listing of `prefixes` (ten a `ListSecrets` filter), split by prefix: a secret is in the
+/// listing of each prefix its name starts with.
+async fn list(
+    store: &Store,
+    calls: &Family<ApiLabels, Counter>,
+    prefixes: &[String],
+) -> Result<BTreeMap<String, Arc<SecretListing>>, Unavailable> {
+    let l = store.list_secret_versions(prefixes, MAX_LIST_PAGES).await;
+    // Counted whether or not the last page answered.
+    let pages = l.as_ref().map_or(1, |l| l.pages);
+    count(calls, MetadataApi::ListSecrets, u64::from(pages));
+    let l = l.map_err(|e| unavailable("ListSecrets", &e))?;
+    Ok(prefixes
+        .iter()
+        .map(|p| {
+            let secrets = l
+                .secrets
+                .iter()
+                .filter(|s| s.name.starts_with(p.as_str()))
+                .cloned()
+                .collect();
+            let listing = SecretListing {
+                secrets,
+                complete: l.complete,
+                pages: l.pages,
+            };
+            (p.clone(), Arc::new(listing))
+        })
+        .collect())
 }
 
 fn count(calls: &Family<ApiLabels, Counter>, api: MetadataApi, n: u64) {

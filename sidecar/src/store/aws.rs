@@ -141,20 +141,35 @@ impl AwsStore {
     /// See [`super::Store::list_secret_versions`].
     pub async fn list_secret_versions(
         &self,
-        prefix: &str,
+        prefixes: &[String],
         max_pages: u32,
     ) -> Result<SecretListing, StoreError> {
+        let mut listing = SecretListing {
+            complete: true,
+            ..SecretListing::default()
+        };
+        for group in prefixes.chunks(super::LIST_FILTER_VALUES) {
+            self.list_group(group, max_pages, &mut listing).await?;
+        }
+        Ok(listing)
+    }
+
+    /// One `ListSecrets` filter's pages (at most [`super::LIST_FILTER_VALUES`] prefixes), added
+    /// to `listing`.
+    async fn list_group(
+        &self,
+        prefixes: &[String],
+        max_pages: u32,
+        listing: &mut SecretListing,
+    ) -> Result<(), StoreError> {
         use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
         let filter = Filter::builder()
             .key(FilterNameStringType::Name)
-            .values(prefix)
+            .set_values(Some(prefixes.to_vec()))
             .build();
-        let mut listing = SecretListing::default();
+        let subject = prefixes.join(", ");
         let mut token: Option<String> = None;
-        loop {
-            if listing.pages >= max_pages {
-                return Ok(listing);
-            }
+        for _ in 0..max_pages {
             self.calls.fetch_add(1, Ordering::Relaxed);
             self.metadata.count(MetadataApi::ListSecrets);
             listing.pages += 1;
@@ -166,12 +181,12 @@ impl AwsStore {
                 .set_next_token(token.take())
                 .send()
                 .await
-                .map_err(|e| map_err(&self.endpoint, prefix, &e))?;
+                .map_err(|e| map_err(&self.endpoint, &subject, &e))?;
             for e in out.secret_list() {
                 let name = e.name().unwrap_or_default();
-                // AWS matches the filter without regard to case; the prefix is a scope, which
+                // AWS matches the filter without regard to case; a prefix is a scope, which
                 // is case-sensitive.
-                if !name.starts_with(prefix) {
+                if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
                     continue;
                 }
                 listing.secrets.push(SecretVersions {
@@ -185,12 +200,12 @@ impl AwsStore {
             }
             match out.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_string()),
-                _ => {
-                    listing.complete = true;
-                    return Ok(listing);
-                }
+                _ => return Ok(()),
             }
         }
+        // The page bound came first: a secret missing from the listing may exist.
+        listing.complete = false;
+        Ok(())
     }
 
     /// See [`super::Store::describe_secret_versions`].

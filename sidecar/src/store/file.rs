@@ -298,15 +298,18 @@ impl FileStore {
         }
     }
 
-    /// See [`super::Store::list_secret_versions`]: every secret of the file under `prefix`
+    /// See [`super::Store::list_secret_versions`]: every secret of the file under a prefix
     /// (the file is one page).
-    pub fn list_secret_versions(&self, prefix: &str) -> Result<SecretListing, StoreError> {
+    pub fn list_secret_versions(&self, prefixes: &[String]) -> Result<SecretListing, StoreError> {
         let doc = self.load()?;
         Ok(SecretListing {
             secrets: doc
                 .secrets
                 .iter()
-                .filter(|s| s.name.starts_with(prefix) && !s.scheduled_for_deletion)
+                .filter(|s| {
+                    prefixes.iter().any(|p| s.name.starts_with(p.as_str()))
+                        && !s.scheduled_for_deletion
+                })
                 .map(|s| self.versions_of(&doc, s))
                 .collect(),
             complete: true,
@@ -571,7 +574,7 @@ secrets:
             "{DOC}parameters:\n  - {{name: /demo/p, type: String, versions: [{{version: 1, value: a}}, {{version: 3, value: b}}]}}\n"
         ));
         let s = s.expect("valid store");
-        let l = s.list_secret_versions("/demo/").expect("listed");
+        let l = s.list_secret_versions(&["/demo/".to_string()]).expect("listed");
         assert!(l.complete);
         let names: Vec<&str> = l.secrets.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
@@ -585,7 +588,7 @@ secrets:
         // A shorthand value's id is a per-process keyed hash: not comparable with an agent's.
         assert!(!l.secrets[0].shared_ids);
         assert!(
-            s.list_secret_versions("/dem/")
+            s.list_secret_versions(&["/dem/".to_string()])
                 .expect("listed")
                 .secrets
                 .is_empty()
