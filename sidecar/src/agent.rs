@@ -501,7 +501,6 @@ impl Agent {
         } else {
             env_values.keys().cloned().collect()
         };
-        let fetched_count = fetched.len() + store_errors.len();
         for (req, f) in fetched {
             state.held.insert(
                 req.clone(),
@@ -531,7 +530,7 @@ impl Agent {
             changed_files,
             changed_variables,
             error_kind,
-            fetched: fetched_count,
+            fetched: asked.len(),
         })
     }
 
