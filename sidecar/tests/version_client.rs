@@ -528,6 +528,27 @@ async fn the_service_decides_what_is_fetched_from_aws() {
         "{last_success_unix:?}"
     );
     assert_eq!((consecutive_failures, error_kind), (0, None));
+
+    // A failing agent says so: the service reports a version AWS then refuses to serve.
+    aws.set_throttle(usize::MAX);
+    stub.set_version(&a, "a-version-aws-throttles");
+    let failing = |seen: &Seen| {
+        let r: VersionsRequest = serde_json::from_str(&seen.body).unwrap();
+        r.agent.consecutive_failures >= 1 && r.agent.error_kind.as_deref() == Some("throttled")
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || stub.seen().iter().any(failing)).await,
+        "{}",
+        agent.log()
+    );
+    aws.set_throttle(0);
+    stub.set_version(&a, &va2);
+    assert_eq!(
+        s.read("a").as_deref(),
+        Some("sv-a-2"),
+        "the last good file stays"
+    );
+
     let values = ["sv-a-1", "sv-a-2", "sv-b-1", "sv-b-2", "sv-p-1"];
     for seen in stub.seen() {
         for v in values {
@@ -710,7 +731,8 @@ async fn the_first_fetch_backs_off_while_aws_throttles() {
     let aws = AwsProxy::in_front_of(&moto.endpoint, usize::MAX);
     let s = Scratch::new();
     let mut env = aws.env();
-    env.push((env::INIT_DEADLINE.into(), "2s".into()));
+    // Longer than one attempt can take (--store-timeout 5s), so there are at least two.
+    env.push((env::INIT_DEADLINE.into(), "8s".into()));
     let (status, log) = s.init(&spec, &env);
     assert!(!status.success(), "{log}");
     let msg = s.termination_message();
@@ -734,6 +756,14 @@ async fn the_first_fetch_backs_off_while_aws_throttles() {
         log.contains("the store is throttling or unavailable; trying again"),
         "{log}"
     );
+    // `run` (the native sidecar, with no set on disk yet) backs off the same way.
+    aws.set_throttle(6);
+    let s = Scratch::new();
+    let mut agent = s.run(&spec, &aws.env(), &[]);
+    s.expect_file(&agent, "db", "th-1", Duration::from_secs(30))
+        .await;
+    assert!(agent.is_running(), "{}", agent.log());
+
     // A failure that waiting cannot fix is not retried.
     let before = aws.count();
     let s = Scratch::new();
