@@ -5,9 +5,20 @@
 //! fetched once), renders each item and hands the whole set, the environment values file
 //! included, to the [`AtomicWriter`]. An item whose reference fails (or whose rendering fails)
 //! keeps its last good content; nothing is ever removed or truncated because a fetch failed.
-//! The first refresh must be complete.
+//! The first refresh must be complete; while the store throttles or cannot be reached, it is
+//! tried again with exponential backoff and full jitter until `--init-deadline`, so that a
+//! rollout of many pods spreads its first fetches instead of failing them all into the kubelet's
+//! crash-loop backoff.
+//!
+//! With the version service configured (contract §8), each interval of `run` first asks it which
+//! version each reference currently resolves to, and fetches from the store only what differs
+//! from the version held (and what it does not know, and what was never fetched); every item is
+//! still rendered from complete inputs, the values not fetched being the last ones fetched
+//! ([`State`] keeps them, wrapped). When the service fails in any way the interval polls the
+//! store directly, exactly as without it, and the next interval asks the service again: it only
+//! decides *when* to fetch, never *what* the files hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +35,21 @@ use crate::render::{
     template_input,
 };
 use crate::spec::{AgentMode, Reference, Spec};
-use crate::store::{FetchRequest, Fetched, Store, StoreError};
+use crate::store::{FetchRequest, Fetched, SecretValue, Store, StoreError};
+use crate::version_client::VersionClient;
+use crate::versions::{AgentState, VersionRef, VersionsRequest};
 use crate::writer::{AtomicWriter, FilePayload, WriteError};
 
 /// Mode of the environment values file: read by its owner (the agent's uid, which is the app's).
 pub const ENV_VALUES_MODE: u32 = 0o400;
+
+/// How long the first fetch keeps trying while the store throttles or cannot be reached
+/// (`--init-deadline`).
+pub const DEFAULT_INIT_DEADLINE: &str = "60s";
+
+/// The first fetch's backoff: full jitter over 0.5 s, 1 s, 2 s … capped at 16 s.
+const FIRST_FETCH_BACKOFF_BASE: Duration = Duration::from_millis(500);
+const FIRST_FETCH_BACKOFF_CAP: Duration = Duration::from_secs(16);
 
 /// Errors of the agent. Each names secrets, files and variables, never values.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +68,46 @@ pub enum Error {
     Write(#[from] WriteError),
     #[error("{0}")]
     Usage(String),
+    /// The first fetch met only throttling or an unavailable store until `--init-deadline`.
+    #[error(
+        "{last} (still throttled or unavailable after {attempts} attempts over {:?}, the --init-deadline)",
+        .deadline
+    )]
+    GaveUp {
+        attempts: u32,
+        deadline: Duration,
+        last: Box<Error>,
+    },
+}
+
+impl Error {
+    /// The kind of the (last) failure, as metrics and the version service label it.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Error::Store(errors) => errors.last().map(StoreError::kind),
+            Error::Incomplete { store, render } => store
+                .last()
+                .map(StoreError::kind)
+                .or((!render.is_empty()).then_some(ErrorKind::Render)),
+            Error::Write(_) => Some(ErrorKind::Write),
+            Error::GaveUp { last, .. } => last.kind(),
+            Error::Spec(_) | Error::Usage(_) => None,
+        }
+    }
+
+    /// Whether trying again later may succeed: every failure is the store throttling or not
+    /// answering (a missing secret, a denied read or a rendering error would fail again).
+    fn is_transient(&self) -> bool {
+        let transient =
+            |e: &StoreError| matches!(e.kind(), ErrorKind::Throttled | ErrorKind::Unavailable);
+        match self {
+            Error::Store(errors) => !errors.is_empty() && errors.iter().all(transient),
+            Error::Incomplete { store, render } => {
+                render.is_empty() && !store.is_empty() && store.iter().all(transient)
+            }
+            _ => false,
+        }
+    }
 }
 
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
@@ -77,6 +138,12 @@ pub struct Agent {
     pub annotations_file: Option<PathBuf>,
     /// What the refreshes did, for `--metrics-listen`.
     pub metrics: Arc<Metrics>,
+    /// The version service, when configured: asked each interval of `run` what changed.
+    pub versions: Option<VersionClient>,
+    /// The pod's name, reported to the version service.
+    pub pod: String,
+    /// How long the first fetch retries a throttling or unavailable store (zero: no retry).
+    pub init_deadline: Duration,
 }
 
 /// The outcome of one refresh.
@@ -91,6 +158,10 @@ pub struct Refresh {
     pub changed_files: Vec<String>,
     /// Environment variables that were added, removed or got a new value, by name.
     pub changed_variables: Vec<String>,
+    /// The kind of the last failure in `errors`.
+    pub error_kind: Option<ErrorKind>,
+    /// The requests fetched from the store (the others reused their last value).
+    pub fetched: usize,
 }
 
 /// In-memory state between refreshes: the last good content of every item.
@@ -104,9 +175,58 @@ pub struct State {
     env_from: BTreeMap<usize, EnvValues>,
     /// The variables as last written (precedence applied).
     env_values: EnvValues,
-    versions: BTreeMap<FetchRequest, String>,
+    /// The last value fetched for each request and its version: what an interval that fetches
+    /// only what changed renders the rest from.
+    held: BTreeMap<FetchRequest, Held>,
     /// This process wrote (or found unchanged) a complete set.
     complete: bool,
+}
+
+/// A fetched value kept between refreshes (wrapped: its `Debug` shows no value).
+#[derive(Debug)]
+struct Held {
+    version_id: String,
+    value: SecretValue,
+}
+
+impl State {
+    /// The version held for a request, if it was ever fetched.
+    pub fn version(&self, request: &FetchRequest) -> Option<&str> {
+        self.held.get(request).map(|h| h.version_id.as_str())
+    }
+}
+
+/// What `run` carries from one interval to the next: the state, the health it reports to the
+/// version service, and whether the service answered last time (so that a change is logged
+/// once, not every interval).
+#[derive(Debug)]
+pub struct Cycle {
+    pub state: State,
+    /// Refreshes in a row that had an error.
+    pub failures: u32,
+    /// The kind of the last refresh's error; `None` after a clean one.
+    pub last_error: Option<ErrorKind>,
+    service: Link,
+}
+
+/// The version service as the last check found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    NotAsked,
+    Answering,
+    Failing,
+}
+
+impl Cycle {
+    /// Starts from the first refresh's state (an incomplete one counts as a failure).
+    pub fn new(state: State) -> Cycle {
+        Cycle {
+            failures: u32::from(!state.complete),
+            last_error: None,
+            service: Link::NotAsked,
+            state,
+        }
+    }
 }
 
 /// What one reference reads. `versionStage: AWSCURRENT` on a secret is what an unpinned read
@@ -168,8 +288,25 @@ fn changed_names(a: &EnvValues, b: &EnvValues) -> Vec<String> {
 }
 
 impl Agent {
-    /// Every distinct request the spec makes: files, variables, envFrom, template inputs.
-    fn requests(&self) -> Vec<FetchRequest> {
+    /// An agent over `store` writing with `writer`: no downward-API file, no version service,
+    /// the default `--init-deadline`.
+    pub fn new(spec: Spec, store: Store, writer: AtomicWriter) -> Agent {
+        Agent {
+            spec,
+            store,
+            writer,
+            annotations_file: None,
+            metrics: Arc::default(),
+            versions: None,
+            pod: String::new(),
+            init_deadline: crate::duration::parse(DEFAULT_INIT_DEADLINE)
+                .expect("the default deadline parses"),
+        }
+    }
+
+    /// Every distinct request the spec makes (files, variables, envFrom, template inputs),
+    /// sorted.
+    pub fn requests(&self) -> Vec<FetchRequest> {
         let spec = &self.spec;
         let mut reqs: Vec<FetchRequest> = spec
             .files
@@ -197,11 +334,22 @@ impl Agent {
         reqs
     }
 
-    /// Fetches and writes. On the first refresh (empty state) any failure is an error and
-    /// nothing is written; later, failed items keep their last good content.
+    /// Fetches everything and writes. On the first refresh (empty state) any failure is an
+    /// error and nothing is written; later, failed items keep their last good content.
     pub async fn refresh(&self, state: &mut State) -> Result<Refresh> {
+        self.refresh_with(state, None).await
+    }
+
+    /// Like [`Agent::refresh`], but with `stale` (what the version service says changed) fetches
+    /// only those requests and the ones never fetched, and renders the rest from their held
+    /// values.
+    pub async fn refresh_with(
+        &self,
+        state: &mut State,
+        stale: Option<&BTreeSet<FetchRequest>>,
+    ) -> Result<Refresh> {
         let calls_before = self.store.api_calls();
-        let result = self.refresh_inner(state).await;
+        let result = self.refresh_inner(state, stale).await;
         let aws_calls = self.store.api_calls().saturating_sub(calls_before);
         let m = &self.metrics;
         m.refreshed(aws_calls);
@@ -221,16 +369,32 @@ impl Agent {
         result
     }
 
-    async fn refresh_inner(&self, state: &mut State) -> Result<Refresh> {
+    async fn refresh_inner(
+        &self,
+        state: &mut State,
+        stale: Option<&BTreeSet<FetchRequest>>,
+    ) -> Result<Refresh> {
         let requests = self.requests();
-        let results = self.store.fetch(&requests).await;
+        // Sorted, as `requests` is: looked up by binary search below.
+        let asked: Vec<FetchRequest> = match stale {
+            None => requests,
+            Some(stale) => requests
+                .into_iter()
+                .filter(|r| stale.contains(r) || !state.held.contains_key(r))
+                .collect(),
+        };
+        let results = if asked.is_empty() {
+            Vec::new()
+        } else {
+            self.store.fetch(&asked).await
+        };
         let mut fetched: BTreeMap<&FetchRequest, Fetched> = BTreeMap::new();
-        let mut store_errors = Vec::new();
-        for (req, res) in requests.iter().zip(results) {
+        let mut store_errors: Vec<StoreError> = Vec::new();
+        for (req, res) in asked.iter().zip(results) {
             match res {
                 Ok(f) => {
-                    if let Some(old) = state.versions.get(req)
-                        && old != &f.version_id
+                    if let Some(old) = state.version(req)
+                        && old != f.version_id
                     {
                         info!(secret = %req.secret, from = %old, to = %f.version_id, "secret changed version");
                     }
@@ -242,7 +406,17 @@ impl Agent {
                 }
             }
         }
-        let value = |r: FetchRequest| fetched.get(&r).map(|f| &f.value);
+        // A request fetched now uses what came back (nothing when its fetch failed, so its
+        // items keep their last good content, as without the service); one not fetched reuses
+        // its held value.
+        let held = &state.held;
+        let value = |r: FetchRequest| {
+            if asked.binary_search(&r).is_ok() {
+                fetched.get(&r).map(|f| &f.value)
+            } else {
+                held.get(&r).map(|h| &h.value)
+            }
+        };
 
         let spec = &self.spec;
         let m = &self.metrics;
@@ -327,14 +501,24 @@ impl Agent {
         } else {
             env_values.keys().cloned().collect()
         };
-        for (req, f) in &fetched {
-            state.versions.insert((*req).clone(), f.version_id.clone());
+        for (req, f) in fetched {
+            state.held.insert(
+                req.clone(),
+                Held {
+                    version_id: f.version_id,
+                    value: f.value,
+                },
+            );
         }
         state.files = files;
         state.env = env;
         state.env_from = from;
         state.env_values = env_values;
         state.complete = true;
+        let error_kind = store_errors
+            .last()
+            .map(StoreError::kind)
+            .or((!render_errors.is_empty()).then_some(ErrorKind::Render));
         let errors = store_errors
             .iter()
             .map(ToString::to_string)
@@ -345,6 +529,8 @@ impl Agent {
             errors,
             changed_files,
             changed_variables,
+            error_kind,
+            fetched: asked.len(),
         })
     }
 
@@ -393,19 +579,49 @@ impl Agent {
         out
     }
 
-    /// `kura-agent init`: fetch everything once.
+    /// `kura-agent init`: fetch everything once. While the store throttles or cannot be
+    /// reached, tries again with exponential backoff and full jitter until `init_deadline`;
+    /// any other failure ends it at once.
     pub async fn init(&self) -> Result<State> {
-        let mut state = State::default();
-        let r = self.refresh(&mut state).await?;
-        info!(
-            files = self.spec.files.len(),
-            templates = self.spec.templates.len(),
-            variables = state.env_values.len(),
-            dir = %self.writer.dir().display(),
-            changed = r.changed,
-            "secrets written"
-        );
-        Ok(state)
+        let deadline = tokio::time::Instant::now() + self.init_deadline;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            let mut state = State::default();
+            match self.refresh(&mut state).await {
+                Ok(r) => {
+                    info!(
+                        files = self.spec.files.len(),
+                        templates = self.spec.templates.len(),
+                        variables = state.env_values.len(),
+                        dir = %self.writer.dir().display(),
+                        changed = r.changed,
+                        attempts,
+                        "secrets written"
+                    );
+                    return Ok(state);
+                }
+                Err(e) if e.is_transient() && !self.init_deadline.is_zero() => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::GaveUp {
+                            attempts,
+                            deadline: self.init_deadline,
+                            last: Box::new(e),
+                        });
+                    }
+                    let wait = full_jitter(attempts).min(left);
+                    warn!(
+                        error = %e,
+                        attempts,
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "first fetch: the store is throttling or unavailable; trying again"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `kura-agent run`: init (unless a complete set is already there from the init container),
@@ -432,11 +648,13 @@ impl Agent {
     }
 
     async fn follow(&self) -> Result<()> {
-        let mut state = match self.init().await {
+        let mut first_error = None;
+        let state = match self.init().await {
             Ok(s) => s,
             // The init container wrote a set; the sidecar keeps it and retries with backoff.
             Err(e) if self.writer.is_ready() => {
                 warn!(error = %e, "first refresh failed; keeping the files already written");
+                first_error = e.kind();
                 State::default()
             }
             Err(e) => return Err(e),
@@ -445,15 +663,17 @@ impl Agent {
             return Ok(());
         }
         let interval = Duration::from_secs(self.spec.refresh_interval.max(1));
-        let mut failures: u32 = u32::from(!state.complete);
+        let mut cycle = Cycle::new(state);
+        cycle.last_error = first_error;
         let mut refresh_now = self.annotations_file.as_deref().and_then(read_refresh_now);
         loop {
-            let wait = if failures == 0 {
+            let wait = if cycle.failures == 0 {
                 jitter(interval)
             } else {
-                backoff(failures, interval)
+                backoff(cycle.failures, interval)
             };
             let deadline = tokio::time::Instant::now() + wait;
+            let mut forced = false;
             // Poll the downward-API file until the deadline; a changed refresh-now cuts the wait.
             loop {
                 let now = tokio::time::Instant::now();
@@ -467,35 +687,114 @@ impl Agent {
                     if seen.is_some() && seen != refresh_now {
                         info!("kura.dev/refresh-now changed: refreshing now");
                         refresh_now = seen;
+                        forced = true;
                         break;
                     }
                 }
             }
-            match self.refresh(&mut state).await {
-                Ok(r) => {
-                    if r.errors.is_empty() {
-                        failures = 0;
-                    } else {
-                        failures = failures.saturating_add(1);
-                        for e in &r.errors {
-                            warn!(error = %e, "refresh incomplete; last good files kept");
-                        }
+            self.step(&mut cycle, forced).await;
+        }
+    }
+
+    /// One interval of `run`: unless `forced` (`kura.dev/refresh-now`, a full fetch), ask the
+    /// version service what changed; fetch that, or everything when there is no service or it
+    /// failed; write, and run the reload hook when the set changed.
+    pub async fn step(&self, cycle: &mut Cycle, forced: bool) {
+        let stale = if forced {
+            None
+        } else {
+            self.check_versions(cycle).await
+        };
+        match self.refresh_with(&mut cycle.state, stale.as_ref()).await {
+            Ok(r) => {
+                cycle.last_error = r.error_kind;
+                if r.errors.is_empty() {
+                    cycle.failures = 0;
+                } else {
+                    cycle.failures = cycle.failures.saturating_add(1);
+                    for e in &r.errors {
+                        warn!(error = %e, "refresh incomplete; last good files kept");
                     }
-                    if r.changed {
-                        info!(files = ?r.changed_files, variables = ?r.changed_variables, "secrets changed: new set written");
-                        if let Some(hook) = &self.spec.reload {
-                            if reload::run(hook).await {
-                                self.metrics.reloaded();
-                            } else {
-                                self.metrics.error(ErrorKind::Reload);
-                            }
+                }
+                if r.changed {
+                    info!(files = ?r.changed_files, variables = ?r.changed_variables, "secrets changed: new set written");
+                    if let Some(hook) = &self.spec.reload {
+                        if reload::run(hook).await {
+                            self.metrics.reloaded();
+                        } else {
+                            self.metrics.error(ErrorKind::Reload);
                         }
                     }
                 }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    error!(error = %e, failures, "refresh failed; last good files kept");
+            }
+            Err(e) => {
+                cycle.last_error = e.kind();
+                cycle.failures = cycle.failures.saturating_add(1);
+                error!(error = %e, failures = cycle.failures, "refresh failed; last good files kept");
+            }
+        }
+    }
+
+    /// Asks the version service about every request, with this agent's state. Returns the
+    /// requests to fetch (answered with another version than the one held, or `unknown`), or
+    /// `None` when there is no service or it failed: then the interval fetches everything.
+    async fn check_versions(&self, cycle: &mut Cycle) -> Option<BTreeSet<FetchRequest>> {
+        let client = self.versions.as_ref()?;
+        let requests = self.requests();
+        let ask = VersionsRequest {
+            references: requests
+                .iter()
+                .map(|r| VersionRef {
+                    secret: r.secret.clone(),
+                    version_stage: r.version_stage.clone(),
+                    version_id: r.version_id.clone(),
+                })
+                .collect(),
+            agent: AgentState {
+                pod: self.pod.clone(),
+                refresh_interval_seconds: self.spec.refresh_interval,
+                last_success_unix: self.metrics.last_success(),
+                consecutive_failures: cycle.failures,
+                error_kind: cycle.last_error.map(|k| k.as_str().to_string()),
+            },
+        };
+        match client.check(&ask).await {
+            Ok(answers) => {
+                self.metrics.version_check(true);
+                match cycle.service {
+                    Link::Failing => info!(
+                        url = client.url(),
+                        "the version service answers again: fetching from AWS only what changed"
+                    ),
+                    Link::NotAsked => info!(
+                        url = client.url(),
+                        "the version service answers: fetching from AWS only what changed"
+                    ),
+                    Link::Answering => {}
                 }
+                cycle.service = Link::Answering;
+                let stale: BTreeSet<FetchRequest> = requests
+                    .into_iter()
+                    .zip(answers)
+                    .filter(|(r, a)| a.unknown || a.current.as_deref() != cycle.state.version(r))
+                    .map(|(r, _)| r)
+                    .collect();
+                debug!(
+                    references = ask.references.len(),
+                    to_fetch = stale.len(),
+                    "version service answered"
+                );
+                Some(stale)
+            }
+            Err(e) => {
+                self.metrics.version_check(false);
+                if cycle.service == Link::Failing {
+                    debug!(error = %e, "the version service still fails; polling AWS directly");
+                } else {
+                    warn!(error = %e, "the version service failed: polling AWS directly until it answers again");
+                }
+                cycle.service = Link::Failing;
+                None
             }
         }
     }
@@ -508,6 +807,15 @@ pub fn ready(dir: &Path) -> bool {
 
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// The first fetch's wait before attempt `attempts + 1`: uniformly random up to 0.5 s × 2^(n-1),
+/// capped (full jitter: pods that failed together do not come back together).
+fn full_jitter(attempts: u32) -> Duration {
+    let exp = FIRST_FETCH_BACKOFF_BASE
+        .saturating_mul(1 << attempts.saturating_sub(1).min(10))
+        .min(FIRST_FETCH_BACKOFF_CAP);
+    exp.mul_f64(fastrand::f64())
 }
 
 /// 1 s, 2 s, 4 s … capped at the refresh interval (and at 5 minutes), with jitter.
@@ -550,6 +858,55 @@ mod tests {
         assert!(backoff(3, i) >= Duration::from_millis(3600));
         assert!(backoff(30, i) <= Duration::from_secs(66));
         assert!(backoff(30, i) >= Duration::from_secs(54));
+    }
+
+    #[test]
+    fn first_fetch_backoff_is_full_jitter_under_a_cap() {
+        for attempts in 1..40 {
+            let cap = FIRST_FETCH_BACKOFF_BASE
+                .saturating_mul(1 << (attempts - 1).min(10))
+                .min(FIRST_FETCH_BACKOFF_CAP);
+            assert!(full_jitter(attempts) <= cap, "{attempts}");
+        }
+        assert!(full_jitter(u32::MAX) <= FIRST_FETCH_BACKOFF_CAP);
+    }
+
+    #[test]
+    fn only_throttling_and_unavailability_are_retried() {
+        let throttled = || StoreError::Throttled {
+            secret: "/a".into(),
+            message: "slow down".into(),
+        };
+        let missing = || StoreError::NotFound {
+            secret: "/b".into(),
+        };
+        assert!(Error::Store(vec![throttled()]).is_transient());
+        assert!(
+            Error::Incomplete {
+                store: vec![
+                    throttled(),
+                    StoreError::Unavailable {
+                        secret: "/c".into(),
+                        message: "down".into()
+                    }
+                ],
+                render: vec![],
+            }
+            .is_transient()
+        );
+        assert!(
+            !Error::Incomplete {
+                store: vec![throttled(), missing()],
+                render: vec![],
+            }
+            .is_transient()
+        );
+        assert!(!Error::Store(vec![missing()]).is_transient());
+        assert!(!Error::Usage("x".into()).is_transient());
+        assert_eq!(
+            Error::Store(vec![missing(), throttled()]).kind(),
+            Some(ErrorKind::Throttled)
+        );
     }
 
     #[test]

@@ -4,18 +4,18 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::agent::{self, Agent};
 use crate::contract::{self, LogFormat, env};
 use crate::exec::{self, Exec};
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::spec::{EnvOnRotation, Spec};
 use crate::store::{Store, StoreSetting};
+use crate::version_client::VersionClient;
 use crate::writer::AtomicWriter;
 
 #[derive(Debug, Parser)]
@@ -46,6 +46,8 @@ pub enum Command {
         /// (127.0.0.1:PORT or [::1]:PORT). Off when unset.
         #[arg(long, env = env::METRICS_LISTEN, value_parser = metrics::parse_listen)]
         metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        versions: VersionServiceArgs,
     },
     /// Exit 0 once a complete set of files has been written (startup probe).
     #[command(name = contract::AgentCommand::Ready.as_str())]
@@ -110,6 +112,58 @@ pub struct RunArgs {
     /// app containers' `kura-agent exec`.
     #[arg(long, env = env::EXEC_COPY_TO)]
     pub exec_copy_to: Option<PathBuf>,
+    /// How long the first fetch keeps trying, with backoff, while the store throttles or cannot
+    /// be reached (0s: fail at the first such error).
+    #[arg(long, env = env::INIT_DEADLINE, default_value = agent::DEFAULT_INIT_DEADLINE, value_parser = crate::duration::parse)]
+    pub init_deadline: Duration,
+}
+
+/// The version service (contract §8), set by the webhook's patch when it is on.
+#[derive(Debug, clap::Args)]
+pub struct VersionServiceArgs {
+    /// The version service's base URL (https://…); each interval asks it what changed and
+    /// fetches only that. Off when unset: every interval polls the store directly.
+    #[arg(long, env = env::VERSION_SERVICE_URL)]
+    pub version_service_url: Option<String>,
+    /// The PEM CA certificate(s) that sign the version service's certificate (the text itself).
+    #[arg(long, env = env::VERSION_SERVICE_CA)]
+    pub version_service_ca: Option<String>,
+    /// The projected service-account token presented to the version service (re-read at each
+    /// check).
+    #[arg(long, env = env::VERSION_SERVICE_TOKEN, default_value = crate::versions::TOKEN_FILE)]
+    pub version_service_token: PathBuf,
+    /// The pod's name, reported to the version service.
+    #[arg(long, env = env::POD_NAME, default_value = "")]
+    pub pod_name: String,
+}
+
+impl VersionServiceArgs {
+    /// The client, or `None` when the service is off. A URL or CA that cannot be used is logged
+    /// and the agent polls the store directly: the service is never a reason for a pod to fail.
+    fn client(&self) -> Option<VersionClient> {
+        let url = self
+            .version_service_url
+            .as_deref()
+            .filter(|u| !u.is_empty())?;
+        let Some(ca) = self.version_service_ca.as_deref().filter(|c| !c.is_empty()) else {
+            warn!(
+                url,
+                "the version service has no CA ({}): polling the store directly",
+                env::VERSION_SERVICE_CA
+            );
+            return None;
+        };
+        match VersionClient::new(url, ca, self.version_service_token.clone()) {
+            Ok(c) => {
+                info!(url, "asking the version service what changed each interval");
+                Some(c)
+            }
+            Err(e) => {
+                warn!(error = %e, "the version service cannot be used: polling the store directly");
+                None
+            }
+        }
+    }
 }
 
 pub fn init_tracing(format: LogFormat) {
@@ -174,13 +228,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run {
             args,
             metrics_listen,
+            versions,
         } => {
             let termination_log = args.termination_log.clone();
             let built = match build(args).await {
-                Ok(agent) => serve_metrics(metrics_listen, &agent).await.map(|()| Built {
-                    agent,
-                    mode: Mode::Follow,
-                }),
+                Ok(mut agent) => {
+                    agent.versions = versions.client();
+                    agent.pod = versions.pod_name;
+                    serve_metrics(metrics_listen, &agent).await.map(|()| Built {
+                        agent,
+                        mode: Mode::Follow,
+                    })
+                }
                 Err(e) => Err(e),
             };
             finish(&termination_log, built).await
@@ -228,13 +287,10 @@ async fn build(args: RunArgs) -> Result<Agent, agent::Error> {
     let store = Store::open(&args.store, args.store_timeout)
         .await
         .map_err(|e| agent::Error::Store(vec![e]))?;
-    Ok(Agent {
-        spec,
-        store,
-        writer: AtomicWriter::new(args.dir),
-        annotations_file: args.annotations_file,
-        metrics: Arc::new(Metrics::default()),
-    })
+    let mut agent = Agent::new(spec, store, AtomicWriter::new(args.dir));
+    agent.annotations_file = args.annotations_file;
+    agent.init_deadline = args.init_deadline;
+    Ok(agent)
 }
 
 /// The copy step: before the first write, so the binary is there when the startup probe passes
@@ -316,6 +372,11 @@ mod tests {
             env::EXEC_ON_ROTATION,
             env::EXEC_WAIT,
             env::EXEC_GRACE,
+            env::INIT_DEADLINE,
+            env::VERSION_SERVICE_URL,
+            env::VERSION_SERVICE_CA,
+            env::VERSION_SERVICE_TOKEN,
+            env::POD_NAME,
         ]
         .into_iter()
         .map(str::to_string)

@@ -79,6 +79,9 @@ pub mod env {
     pub const VERSION_SERVICE_TOKEN: &str = "KURA_VERSION_SERVICE_TOKEN";
     /// The pod's name (downward API), reported to the version service.
     pub const POD_NAME: &str = "KURA_POD_NAME";
+    /// Optional, on agent containers: how long the first fetch retries, with backoff, while
+    /// the store throttles or cannot be reached (a duration; default 60s, 0s: no retry).
+    pub const INIT_DEADLINE: &str = "KURA_INIT_DEADLINE";
 }
 
 /// The agent's subcommands, as the webhook names them in the containers it injects.

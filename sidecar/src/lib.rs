@@ -19,6 +19,7 @@ pub mod render;
 pub mod spec;
 pub mod store;
 pub mod template;
+pub mod version_client;
 pub mod versions;
 pub mod watch;
 pub mod writer;

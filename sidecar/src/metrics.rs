@@ -85,6 +85,10 @@ pub struct Metrics {
     errors: [AtomicU64; ErrorKind::ALL.len()],
     last_refresh_aws_calls: AtomicU64,
     last_success: AtomicU64,
+    /// Version service checks answered (only what changed was fetched).
+    version_checks_ok: AtomicU64,
+    /// Version service checks that failed (AWS was polled directly for that interval).
+    version_checks_fallback: AtomicU64,
 }
 
 impl Metrics {
@@ -117,6 +121,21 @@ impl Metrics {
             .unwrap_or_default()
             .as_secs();
         self.last_success.store(now, Ordering::Relaxed);
+    }
+
+    /// One version service check: answered (`true`) or failed, so AWS was polled directly.
+    pub fn version_check(&self, answered: bool) {
+        let counter = if answered {
+            &self.version_checks_ok
+        } else {
+            &self.version_checks_fallback
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Unix time of the last refresh that had no error, if any.
+    pub fn last_success(&self) -> Option<u64> {
+        Some(self.last_success.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
 
     /// The errors of one kind counted so far.
@@ -180,6 +199,18 @@ impl Metrics {
             "gauge",
             "Unix time of the last refresh that fetched every secret and wrote the set (0: never).",
             &[(String::new(), load(&self.last_success))],
+        );
+        metric(
+            "kura_agent_version_checks_total",
+            "counter",
+            "Version service checks by outcome: ok (answered; only what changed was fetched from AWS) or fallback (failed; AWS was polled directly for that interval).",
+            &[
+                ("{outcome=\"ok\"}".into(), load(&self.version_checks_ok)),
+                (
+                    "{outcome=\"fallback\"}".into(),
+                    load(&self.version_checks_fallback),
+                ),
+            ],
         );
         out
     }
@@ -351,6 +382,9 @@ mod tests {
         m.error(ErrorKind::Unavailable);
         m.error(ErrorKind::Other);
         m.succeeded();
+        m.version_check(true);
+        m.version_check(true);
+        m.version_check(false);
         let text = m.render(7);
         for line in [
             "kura_agent_refreshes_total 1",
@@ -361,6 +395,8 @@ mod tests {
             "kura_agent_aws_calls_total 7",
             "kura_agent_last_refresh_aws_calls 3",
             "# TYPE kura_agent_last_success_timestamp_seconds gauge",
+            "kura_agent_version_checks_total{outcome=\"ok\"} 2",
+            "kura_agent_version_checks_total{outcome=\"fallback\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

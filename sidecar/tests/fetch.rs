@@ -5,13 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::primitives::Blob;
 use common::*;
 use kura_agent::agent::{Agent, State};
-use kura_agent::metrics::Metrics;
 use kura_agent::spec::{Format, SPEC_VERSION, SecretFile, Spec};
 use kura_agent::store::{AwsStore, FetchRequest, Store, StoreError};
 use kura_agent::writer::AtomicWriter;
@@ -318,8 +316,8 @@ async fn batches_take_twenty_secrets_per_call() {
     files.push(p);
     files.push(q);
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent {
-        spec: Spec {
+    let agent = Agent::new(
+        Spec {
             version: SPEC_VERSION.into(),
             agent: Default::default(),
             refresh_interval: 60,
@@ -329,11 +327,9 @@ async fn batches_take_twenty_secrets_per_call() {
             env_from: Vec::new(),
             templates: Vec::new(),
         },
-        store: Store::Aws(store.clone()),
-        writer: AtomicWriter::new(dir.path()),
-        annotations_file: None,
-        metrics: Arc::new(Metrics::default()),
-    };
+        Store::Aws(store.clone()),
+        AtomicWriter::new(dir.path()),
+    );
     let mut state = State::default();
     let before = store.api_calls();
     let r = agent.refresh(&mut state).await.unwrap();

@@ -9,12 +9,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kura_agent::agent::Agent;
 use kura_agent::contract::{ENV_VALUES_FILE, env};
-use kura_agent::metrics::Metrics;
 use kura_agent::spec::{
     DEFAULT_FILE_MODE, EnvFrom, EnvVar, FileMode, Format, Input, SPEC_VERSION, SecretFile, Spec,
     TemplateFile, split_reference,
@@ -356,11 +354,5 @@ impl Scratch {
 /// An in-process agent over `store`, writing into `dir`, for tests that drive refreshes one by
 /// one.
 pub fn agent(store: Store, dir: &Path, spec: Spec) -> Agent {
-    Agent {
-        spec,
-        store,
-        writer: AtomicWriter::new(dir),
-        annotations_file: None,
-        metrics: Arc::new(Metrics::default()),
-    }
+    Agent::new(spec, store, AtomicWriter::new(dir))
 }
