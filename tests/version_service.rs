@@ -85,12 +85,7 @@ impl Harness {
             InjectConfig::default(),
             PolicyEngine::new(Policy::default(), None),
         ));
-        let service = Arc::new(VersionService::new(
-            state.clone(),
-            store.clone(),
-            kube,
-            ttl,
-        ));
+        let service = Arc::new(VersionService::new(state.clone(), store.clone(), kube, ttl));
         let resolver = kura::tls::Resolver::new(
             kura::tls::CertReloader {
                 cert_path: certs.cert.clone(),
@@ -663,7 +658,11 @@ async fn hot_prefixes_are_listed_together_ahead_of_the_checks() {
     assert_ne!(rotated, before[3]);
     let token = h.token("hot3", "hot3-pod");
     let ask = || h.versions(&token, json!([{"secret": "/hot3/db"}]));
-    assert_eq!(ask().await[0].1, before[3], "within the TTL: what was learned");
+    assert_eq!(
+        ask().await[0].1,
+        before[3],
+        "within the TTL: what was learned"
+    );
 
     let listed = h.service.learner().refresh_hot().await.expect("listed");
     assert_eq!(listed, 12);

@@ -98,8 +98,7 @@ impl Error {
     /// Whether trying again later may succeed: every failure is the store throttling or not
     /// answering (a missing secret, a denied read or a rendering error would fail again).
     fn is_transient(&self) -> bool {
-        let transient =
-            |e: &StoreError| matches!(e.kind(), ErrorKind::Throttled | ErrorKind::Unavailable);
+        let transient = StoreError::is_transient;
         match self {
             Error::Store(errors) => !errors.is_empty() && errors.iter().all(transient),
             Error::Incomplete { store, render } => {

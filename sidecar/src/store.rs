@@ -44,6 +44,10 @@ pub enum StoreError {
         subject(.secret)
     )]
     Unavailable { secret: String, message: String },
+    /// The endpoint's TLS certificate is not trusted: it will be presented again, so this is
+    /// never retried (counted as `unavailable`).
+    #[error("{}: {message}", subject(.secret))]
+    Certificate { secret: String, message: String },
     #[error("{}: version {version:?} does not exist", subject(.secret))]
     VersionNotFound { secret: String, version: String },
     #[error("{}: {code}: {message}", subject(.secret))]
@@ -74,7 +78,9 @@ impl StoreError {
             StoreError::AccessDenied { .. } => ErrorKind::AccessDenied,
             StoreError::Decryption { .. } => ErrorKind::Decryption,
             StoreError::Throttled { .. } => ErrorKind::Throttled,
-            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
+            StoreError::Unavailable { .. } | StoreError::Certificate { .. } => {
+                ErrorKind::Unavailable
+            }
             StoreError::VersionNotFound { .. } => ErrorKind::VersionNotFound,
             StoreError::Other { .. } => ErrorKind::Other,
             StoreError::Config(_) => ErrorKind::Config,
@@ -85,7 +91,19 @@ impl StoreError {
     pub fn is_store_failure(&self) -> bool {
         matches!(
             self,
-            StoreError::Throttled { .. } | StoreError::Unavailable { .. } | StoreError::Config(_)
+            StoreError::Throttled { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Certificate { .. }
+                | StoreError::Config(_)
+        )
+    }
+
+    /// Whether trying again later may succeed: throttling, or a store that did not answer (not
+    /// an untrusted certificate, which is presented again).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Throttled { .. } | StoreError::Unavailable { .. }
         )
     }
 }

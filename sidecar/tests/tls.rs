@@ -28,11 +28,9 @@ async fn an_untrusted_endpoint_certificate_is_named_as_such() {
 
     let proxy = UntrustedTls::in_front_of(&moto.endpoint);
     let s = Scratch::new();
-    // The store reports a certificate problem as unavailable, which the first fetch retries
-    // until --init-deadline: a short one keeps the test short.
-    let mut env = aws_env(&proxy.endpoint);
-    env.push((kura_agent::contract::env::INIT_DEADLINE.into(), "1s".into()));
-    let (status, log) = s.init(&spec, &env);
+    // A certificate problem is final: the first fetch, which retries throttling and an
+    // unreachable store until --init-deadline (60 s here), does not retry it.
+    let (status, log) = s.init(&spec, &aws_env(&proxy.endpoint));
     assert!(!status.success());
     let want = format!(
         "TLS certificate problem with Secrets Manager at {}",
@@ -45,4 +43,5 @@ async fn an_untrusted_endpoint_certificate_is_named_as_such() {
         "termination message lacks {want:?}: {msg}"
     );
     assert!(msg.contains("UnknownIssuer"), "{msg}");
+    assert!(!msg.contains("attempts"), "retried: {msg}");
 }

@@ -518,11 +518,14 @@ pub(super) fn map_err_for<
             message: format!("timed out waiting for {service}"),
         },
         SdkError::DispatchFailure(d) => {
-            let message = if let Some(cert) =
-                super::connect_error::certificate_problem(service, endpoint, err)
+            if let Some(message) = super::connect_error::certificate_problem(service, endpoint, err)
             {
-                cert
-            } else if d.is_timeout() {
+                return StoreError::Certificate {
+                    secret: secret.into(),
+                    message,
+                };
+            }
+            let message = if d.is_timeout() {
                 format!("timed out connecting to {service}")
             } else if d.is_io() {
                 format!("could not connect to {service}")

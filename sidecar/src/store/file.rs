@@ -574,7 +574,9 @@ secrets:
             "{DOC}parameters:\n  - {{name: /demo/p, type: String, versions: [{{version: 1, value: a}}, {{version: 3, value: b}}]}}\n"
         ));
         let s = s.expect("valid store");
-        let l = s.list_secret_versions(&["/demo/".to_string()]).expect("listed");
+        let l = s
+            .list_secret_versions(&["/demo/".to_string()])
+            .expect("listed");
         assert!(l.complete);
         let names: Vec<&str> = l.secrets.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(

@@ -376,6 +376,7 @@ fn with_secret(e: StoreError, reference: &str) -> StoreError {
         StoreError::Decryption { message, .. } => StoreError::Decryption { secret, message },
         StoreError::Throttled { message, .. } => StoreError::Throttled { secret, message },
         StoreError::Unavailable { message, .. } => StoreError::Unavailable { secret, message },
+        StoreError::Certificate { message, .. } => StoreError::Certificate { secret, message },
         StoreError::VersionNotFound { version, .. } => {
             StoreError::VersionNotFound { secret, version }
         }
