@@ -250,9 +250,8 @@ pub(crate) async fn read_limited(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(BodyError::TooLarge);
-    }
+    // A declared length over the limit is not refused before the body is read: answering
+    // while an HTTP/1.1 client still writes makes it see a broken pipe, not the 413's message.
     let mut held = budget
         .clone()
         .try_acquire_many_owned(0)
