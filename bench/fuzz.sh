@@ -18,6 +18,9 @@ cd "$(dirname "$0")/../fuzz"
 RUNS=${RUNS:-10000000}
 SECONDS_EACH=${SECONDS_EACH:-3600}
 SANITIZER=${SANITIZER:-address}
+# Seconds one input may take before libFuzzer calls it a timeout (wall clock: raise it when the
+# fuzzer runs at low priority beside builds, or a starved unit looks like a hang).
+TIMEOUT=${TIMEOUT:-10}
 command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo install cargo-fuzz" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1
 TARGETS=${TARGETS:-$(cargo fuzz list)}
@@ -30,7 +33,7 @@ for t in $TARGETS; do
     mkdir -p "corpus/$t"
     start=$(date +%s)
     if cargo fuzz run -O -s "$SANITIZER" "$t" "corpus/$t" -- -runs="$RUNS" -max_total_time="$SECONDS_EACH" \
-        -timeout=10 -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 >"logs/$t.log" 2>&1; then
+        -timeout="$TIMEOUT" -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 >"logs/$t.log" 2>&1; then
         result=ok
     else
         result="FAILED (see fuzz/logs/$t.log and fuzz/artifacts/$t/)"
