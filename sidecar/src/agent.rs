@@ -665,9 +665,10 @@ impl Agent {
         let mut cycle = Cycle::new(state);
         cycle.last_error = first_error;
         let mut refresh_now = self.annotations_file.as_deref().and_then(read_refresh_now);
+        let mut first = true;
         loop {
             let wait = if cycle.failures == 0 {
-                jitter(interval)
+                interval_wait(interval, std::mem::take(&mut first))
             } else {
                 backoff(cycle.failures, interval)
             };
@@ -808,6 +809,15 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
+/// The wait before a healthy refresh: never longer than the interval, so a rotation is seen
+/// within one interval (plus the version service's TTL); 90–100 % of it, so pods do not stay
+/// in step. The first wait after start is 50–100 %: a rollout's pods, started together, spread
+/// their first checks over half an interval instead of arriving at once.
+fn interval_wait(interval: Duration, first: bool) -> Duration {
+    let low = if first { 0.5 } else { 0.9 };
+    interval.mul_f64(low + fastrand::f64() * (1.0 - low))
+}
+
 /// The first fetch's wait before attempt `attempts + 1`: uniformly random up to 0.5 s × 2^(n-1),
 /// capped (full jitter: pods that failed together do not come back together).
 fn full_jitter(attempts: u32) -> Duration {
@@ -849,6 +859,18 @@ pub fn write_termination_log(path: &Path, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interval_waits_never_exceed_the_interval_and_the_first_spreads_wider() {
+        let i = Duration::from_secs(120);
+        let waits: Vec<Duration> = (0..2000).map(|_| interval_wait(i, false)).collect();
+        assert!(waits.iter().all(|w| *w <= i && *w >= i.mul_f64(0.9)));
+        let first: Vec<Duration> = (0..2000).map(|_| interval_wait(i, true)).collect();
+        assert!(first.iter().all(|w| *w <= i && *w >= i / 2));
+        // Spread over the whole range, not bunched at one end.
+        assert!(first.iter().any(|w| *w < i.mul_f64(0.6)));
+        assert!(first.iter().any(|w| *w > i.mul_f64(0.9)));
+    }
 
     #[test]
     fn backoff_grows_then_caps() {
