@@ -18,8 +18,10 @@ Usage: apiserver.py LISTEN_PORT
 """
 
 import json
+import socket
 import sys
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -44,7 +46,7 @@ def review(req):
             "authenticated": True,
             "user": {
                 "username": f"system:serviceaccount:{ns}:{sa}",
-                "uid": f"00000000-0000-4000-8000-{abs(hash((ns, sa))) % 10**12:012d}",
+                "uid": f"00000000-0000-4000-8000-{zlib.crc32(f"{ns}:{sa}".encode()):012d}",
                 "groups": [
                     "system:serviceaccounts",
                     f"system:serviceaccounts:{ns}",
@@ -64,6 +66,12 @@ def review(req):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle's algorithm and the
+        # client's delayed ACK add 40 ms to every answer.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *_):
         pass
