@@ -444,6 +444,12 @@ current-context: sim
             r["serviceCpuSeconds"] = cpu - svc0[0]
             r["serviceCpuSecondsPerHourNormalized"] = (cpu - svc0[0]) * 3600.0 / length / self.scale
             r["servicePeakRssKiB"] = hwm
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/__sim/counts",
+                                            timeout=5) as resp:
+                    r["tokenReviews"] = json.load(resp)
+            except OSError:
+                pass
         # What the calls were for: with the service on, agents call BatchGetSecretValue only
         # for a version that changed (rotations); everything else is the shared metadata
         # polling. With it off, every BatchGetSecretValue is an agent's poll.
@@ -523,7 +529,7 @@ current-context: sim
                     p.kill()
         with open(self.a.out, "w") as f:
             json.dump(self.result, f, indent=1)
-        print_run(self.result)
+        print_run(self.result, sys.stderr)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -536,12 +542,12 @@ def fmt(x, nd=1):
     return f"{x:,}"
 
 
-def print_run(r):
+def print_run(r, out=sys.stdout):
     s, ro = r.get("steady", {}), r.get("rollout", {})
     sc = r["scale"]
     print(f"\n## N = {r['n']}, version service {r['mode']} "
           f"(interval {r['interval']}s = 2m / {sc:g}; TTL {r['ttl']}s; M = {r['m']}, "
-          f"{r['perAgent']} per agent)")
+          f"{r['perAgent']} per agent)", file=out)
     rows = [
         ("time-to-ready, whole rollout (real s)", fmt(ro.get("timeToReady"))),
         ("agents ready / restarted containers", f"{ro.get('ready')} / {ro.get('restarts')}"),
@@ -572,6 +578,8 @@ def print_run(r):
             ("service CPU s in window / per hour at 2m",
              f"{fmt(s.get('serviceCpuSeconds'), 2)} / {fmt(s.get('serviceCpuSecondsPerHourNormalized'), 1)}"),
             ("service peak RSS (MiB)", fmt((s.get("servicePeakRssKiB") or 0) / 1024.0)),
+            ("TokenReviews asked of the stub apiserver (whole run so far)",
+             json.dumps(s.get("tokenReviews"))),
             ("service killed: agents back on direct polling",
              f"{o.get('agentsBackOnDirect')}/{o.get('agents')}"),
             ("  first direct call after kill p50 / max (sim s)",
@@ -582,9 +590,9 @@ def print_run(r):
              fmt(o.get("agentsStillDirectAfterRecovery"))),
         ]
     w = max(len(k) for k, _ in rows)
-    print(f"| {'figure':<{w}} | value |\n|{'-' * (w + 2)}|-------|")
+    print(f"| {'figure':<{w}} | value |\n|{'-' * (w + 2)}|-------|", file=out)
     for k, v in rows:
-        print(f"| {k:<{w}} | {v} |")
+        print(f"| {k:<{w}} | {v} |", file=out)
 
 
 def verdict(ok):
