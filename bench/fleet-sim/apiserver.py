@@ -42,11 +42,12 @@ def review(req):
     }
     if len(parts) == 4 and parts[0] == "sim" and all(parts[1:]):
         _, ns, sa, pod = parts
+        username = f"system:serviceaccount:{ns}:{sa}"
         out["status"] = {
             "authenticated": True,
             "user": {
-                "username": f"system:serviceaccount:{ns}:{sa}",
-                "uid": f"00000000-0000-4000-8000-{zlib.crc32(f"{ns}:{sa}".encode()):012d}",
+                "username": username,
+                "uid": f"00000000-0000-4000-8000-{zlib.crc32(username.encode()):012d}",
                 "groups": [
                     "system:serviceaccounts",
                     f"system:serviceaccounts:{ns}",

@@ -238,9 +238,9 @@ class Sim:
         a = self.a
         if not hasattr(self, "vs_port"):
             self.api_port = free_port()
-            self.start([sys.executable, os.path.join(HERE, "apiserver.py"), str(self.api_port)],
-                       "apiserver.log")
-            wait_port(self.api_port)
+            api = self.start([sys.executable, os.path.join(HERE, "apiserver.py"),
+                              str(self.api_port)], "apiserver.log")
+            wait_port(self.api_port, proc=api)
             kubeconfig = os.path.join(self.work, "kubeconfig")
             with open(kubeconfig, "w") as f:
                 f.write(f"""apiVersion: v1
