@@ -401,9 +401,17 @@ current-context: sim
 
     def steady(self):
         a, I = self.a, self.interval
-        # Let the rollout's first cycle pass, then measure a window of whole intervals.
-        start = max(time.time(), self.t_ready + I)
+        # The first two intervals after the rollout are reported apart: the agents started
+        # together, so their first checks (of the service, or of AWS) come together too.
+        start = max(time.time(), self.t_ready + 2 * I)
         time.sleep(max(0.0, start - time.time()))
+        ev = self.events.read(self.t_ready, start)
+        self.result["afterRollout"] = {
+            "window": start - self.t_ready, "calls": by_api(ev),
+            "throttled": sum(1 for e in ev if e[3] == "throttled"),
+            "agentsPollingDirectly": len({e[1] for e in ev if e[2] == "BatchGetSecretValue"
+                                          and e[1].startswith("AKIASIM0")}),
+        }
         length = a.steady_intervals * I
         end = start + length
         svc0 = proc_cpu_rss(self.service.pid) if a.mode == "on" else None
@@ -553,6 +561,12 @@ def print_run(r, out=sys.stdout):
         ("agents ready / restarted containers", f"{ro.get('ready')} / {ro.get('restarts')}"),
         ("ThrottlingExceptions during rollout", fmt(ro.get("throttled"))),
         ("ThrottlingExceptions in steady state", fmt(s.get("throttled"))),
+        ("first 2 intervals after the rollout: agents calling BatchGetSecretValue",
+         fmt((r.get("afterRollout") or {}).get("agentsPollingDirectly"))),
+        ("first 2 intervals after the rollout: calls ok / throttled",
+         "{} / {}".format(
+             fmt(sum(c.get("ok", 0) for c in ((r.get("afterRollout") or {}).get("calls") or {}).values())),
+             fmt((r.get("afterRollout") or {}).get("throttled")))),
     ]
     for api, v in sorted(s.get("perHourNormalized", {}).items()):
         rows.append((f"{api} calls/h (measured {fmt(s['perHourMeasured'][api], 0)}/h)",
@@ -609,8 +623,9 @@ def report(paths):
     ns = sorted({n for n, _ in runs})
     print("\n## On vs off (calls per hour normalized to the default 2 m interval)\n")
     print("| N | mode | polling+metadata/h | rotation fetches/h | total/h | $/month | "
-          "rotation p99 (sim s) | time-to-ready (s) | throttled (rollout) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "rotation p99 (sim s) | time-to-ready (s) | throttled (rollout) | "
+          "throttled (2 intervals after) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in ns:
         for mode in ("off", "on"):
             r = runs.get((n, mode))
@@ -622,7 +637,8 @@ def report(paths):
                   f"{fmt(s.get('rotationFetchesPerHourNormalized'), 0)} | {fmt(tot, 0)} | "
                   f"${tot * HOURS_PER_MONTH * PRICE_PER_CALL:,.2f} | "
                   f"{fmt(s.get('rotationP99'), 2)} | {fmt(ro.get('timeToReady'))} | "
-                  f"{fmt(ro.get('throttled'))} |")
+                  f"{fmt(ro.get('throttled'))} | "
+                  f"{fmt((r.get('afterRollout') or {}).get('throttled'))} |")
     print("\n## Budgets\n")
     print("| budget | figures | verdict |\n|---|---|---|")
     on = {n: runs[(n, "on")] for n in ns if (n, "on") in runs}
