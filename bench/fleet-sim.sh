@@ -19,11 +19,12 @@
 #     pools, the SDK's retry and its client-side retry quota), its own timers and jitter, its own
 #     file writes; nothing is shared between agents that is not shared between pods. A failed
 #     agent is restarted like the kubelet restarts a container (10 s doubling to 5 minutes). At
-#     ~7 MiB each, 1,000 agents need ~7 GiB.
+#     ~10 MiB each (the dynamically linked release build), 1,000 agents need ~10 GiB.
 #
 # Each run (N, service on/off): a rollout (all agents started at once) -> time-to-ready (from
 # the first start until every agent's `..data` exists) and the ThrottlingExceptions meanwhile;
-# a steady window of whole intervals with a rotation (PutSecretValue straight to moto, not
+# the two intervals after it, reported apart (agents started together check together); a steady
+# window of whole intervals with a rotation (PutSecretValue straight to moto, not
 # counted by the proxy) every few intervals -> AWS calls per hour by API, rotation visibility
 # (p50/p99 over holders, from PutSecretValue to the new content in the holder's file), the
 # service's CPU seconds and peak RSS (/proc); with the service on, the service is then killed
@@ -44,7 +45,7 @@
 # KURA_SIM_ROTATE_EVERY (intervals, default 3), KURA_SIM_NO_BUILD=1 (reuse the release
 # binaries), KURA_BIN / KURA_AGENT_BIN (other builds), KEEP=1 (keep the scratch dir with every
 # log and the proxy's per-call log). Needs the venv with moto (scripts/test prepares .venv, or
-# $KURA_VENV). N = 1,000 takes ~25 minutes a mode and most of a 2-core machine.
+# $KURA_VENV). A run takes 5–7 minutes a mode and size; N = 1,000 needs ~10 GiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
