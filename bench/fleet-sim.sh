@@ -33,7 +33,7 @@
 #
 # Time is scaled. The real default interval (2 m) would make a run last hours, so agents refresh
 # every KURA_SIM_INTERVAL seconds (default 20: scale 6) and the service's TTL is scaled alike
-# (30 s / 6 = 5 s); the rotation period and the windows are counted in intervals. Everything
+# (5 s / 6 = 833 ms); the rotation period and the windows are counted in intervals. Everything
 # periodic is 6x denser, so calls per hour are printed as measured and normalized to the default
 # interval (divided by the scale); latencies made of scaled waits are printed in simulated
 # seconds and as their real equivalent. The rollout is not scaled (pods start at once in real
