@@ -1,0 +1,457 @@
+//! The version service with its real parts together (contract §8): `kura serve` as a process
+//! with `--store aws` on moto and its version service on, tokens reviewed by the stub
+//! kube-apiserver; a pod reviewed over TLS as kube-apiserver sends it, the patch applied and
+//! validated against the schema; the injected agent container's command and environment run
+//! as a process, its token the one the stub accepts. Then what the service is for: intervals
+//! that ask the service and fetch nothing, a rotation that still lands, the service killed
+//! (the agent polls AWS directly and a rotation still lands) and brought back (the agent asks
+//! it again), and no value in either process's logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kura_agent::contract::{self, env};
+use kura_agent::versions::{AUDIENCE, TOKEN_DIR, TOKEN_FILE};
+use serde_json::Value;
+
+/// The secret's value (and the prefix of its rotated values): no log line may carry it.
+const VALUE: &str = "kura-vs-e2e-plaintext-8b3f06";
+
+/// The pod the stub kube-apiserver binds the token to.
+const POD: &str = "orders-api-6d9c8b7f5d-x2v7q";
+
+/// The projected token the kubelet would write into the agent's token volume.
+const TOKEN: &str = "token-demo-orders-api-x2v7q";
+
+/// Longest wait for anything, generous for a loaded two-core machine; never a timing assertion.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Logs of both processes at debug for kura's own crates (the HTTP and SDK layers below, which
+/// would print raw AWS responses, stay at info as the agent also forces).
+const LOG: &str = "debug,aws_smithy_runtime=info,aws_smithy_http=info,aws_config=info,hyper=info,hyper_util=info,h2=info,rustls=info,kube=info,tower=info,tower_http=info";
+
+/// A child process, killed and reaped on drop (a failed assertion included).
+struct Running(Child);
+
+impl Running {
+    fn id(&self) -> i32 {
+        i32::try_from(self.0.id()).expect("a pid fits i32")
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.id()), signal).unwrap();
+    }
+
+    fn assert_alive(&mut self, what: &str, log: &Path) {
+        if let Some(status) = self.0.try_wait().unwrap() {
+            panic!(
+                "{what} exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Waits (up to [`WAIT`]) for the process to exit after a signal.
+    async fn exited(&mut self, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what} did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Output to a file: a pipe nobody reads would fill and stall the process.
+fn log_to(path: &Path) -> (Stdio, Stdio) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    (file.try_clone().unwrap().into(), file.into())
+}
+
+/// The ports and files of `kura serve`, the same for each start.
+struct Serve {
+    listen: u16,
+    metrics: u16,
+    versions: u16,
+    certs: TestCerts,
+    ca_file: PathBuf,
+    kubeconfig: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Serve {
+    /// `kura serve` on moto's AWS with the version service on, logging to `log`.
+    fn start(&self, log: &Path) -> Running {
+        let (stdout, stderr) = log_to(log);
+        let vs = format!("127.0.0.1:{}", self.versions);
+        let child = Command::new(kura_bin())
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", self.listen)])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", self.metrics)])
+            .arg("--tls-cert")
+            .arg(&self.certs.cert)
+            .arg("--tls-key")
+            .arg(&self.certs.key)
+            .args(["--store", "aws", "--watch-namespaces", "never"])
+            .args(["--shutdown-delay", "200ms", "--log-format", "json"])
+            .args(["--agent-image", "ghcr.io/kura-dev/kura-agent:test"])
+            .args(["--refresh-interval", "2s"])
+            .args(["--version-service-listen", &vs])
+            .args(["--version-service-url", &format!("https://{vs}")])
+            .arg("--version-service-ca")
+            .arg(&self.ca_file)
+            .args(["--version-service-ttl", "1s"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KURA_LOG", LOG)
+            .envs(self.env.iter().cloned())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("kura serve starts");
+        Running(child)
+    }
+
+    /// A sample of the service's `/metrics` (0 while it does not answer).
+    fn metric(&self, series: &str) -> f64 {
+        metric(self.metrics, series)
+    }
+}
+
+/// Polls `done` every 100 ms until it holds; fails naming `what` after [`WAIT`].
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of the env var `name` of a container (the whole entry).
+fn env_entry<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {container}"))
+}
+
+/// The agent container as a local process: its command, args and plain env values from the
+/// pod, each path kura chose mapped to `paths`, the binary the built agent.
+fn agent_command(container: &Value, paths: &[(&str, &Path)]) -> Command {
+    let map = |s: &str| {
+        paths.iter().fold(s.to_string(), |acc, (from, to)| {
+            acc.replace(from, to.to_str().unwrap())
+        })
+    };
+    assert_eq!(container["command"][0], contract::AGENT_BINARY);
+    let mut cmd = Command::new(agent_bin());
+    for a in container["args"].as_array().into_iter().flatten() {
+        cmd.arg(map(a.as_str().unwrap()));
+    }
+    cmd.env_clear().env("PATH", "/usr/bin:/bin");
+    for e in container["env"].as_array().unwrap() {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), map(v));
+        }
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
+    // AWS: a secret of the namespace under a customer KMS key.
+    let moto = Moto::start();
+    let key = moto.create_kms_key().await;
+    moto.secret("/demo/orders/db", VALUE, Some(&key), &[]).await;
+    let sm = moto.client().await;
+
+    // The cluster: a token projected for the version service, bound to the pod.
+    let api = ApiServer::start().await;
+    api.accept(
+        TOKEN,
+        ServiceAccountToken {
+            namespace: "demo".into(),
+            service_account: "orders-api".into(),
+            pod: POD.into(),
+            audiences: vec![AUDIENCE.into()],
+        },
+    );
+    let root = tempfile::tempdir().unwrap();
+    let kubeconfig = root.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: kura, user: {{}}}}]\ncontexts: [{{name: stub, context: {{cluster: stub, user: kura}}}}]\ncurrent-context: stub\n",
+            api.url
+        ),
+    )
+    .unwrap();
+
+    // kura serve, its version service on its own port with the webhook's certificate.
+    let certs = test_certs();
+    let ca_file = root.path().join("ca.crt");
+    std::fs::write(&ca_file, &certs.ca).unwrap();
+    let serve = Serve {
+        listen: free_port(),
+        metrics: free_port(),
+        versions: free_port(),
+        certs,
+        ca_file,
+        kubeconfig,
+        env: moto.env(),
+    };
+    let serve_logs = [root.path().join("serve-1.log"), root.path().join("serve-2.log")];
+    let mut server = Some(serve.start(&serve_logs[0]));
+    wait_for_port(serve.listen, "kura serve");
+    wait_for_port(serve.versions, "the version service");
+
+    // The pod, as kube-apiserver sends it for review.
+    let review = review(
+        "demo",
+        &[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.db-password", "/demo/orders/db"),
+        ],
+    );
+    let client = https_client(&serve.certs.ca);
+    let r = post(
+        &client,
+        &format!("https://127.0.0.1:{}/mutate", serve.listen),
+        &review,
+    )
+    .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let pod = apply_patch(
+        &review["request"]["object"],
+        &patch_bytes(&r["patch"]).expect("a patch"),
+    );
+    validate_k8s(std::slice::from_ref(&pod)).unwrap();
+    assert!(!pod.to_string().contains(VALUE), "no value in the pod");
+
+    // The running agent: the token volume mounted read-only, and the four variables.
+    let agent = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kura-agent")
+        .expect("the agent's native sidecar")
+        .clone();
+    assert_eq!(agent["restartPolicy"], "Always");
+    assert_eq!(agent["args"][0], contract::AgentCommand::Run.as_str());
+    let token_mount = agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == TOKEN_DIR)
+        .unwrap_or_else(|| panic!("no token mount in {agent}"));
+    assert_eq!(token_mount["readOnly"], true);
+    let token_volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == token_mount["name"])
+        .unwrap();
+    let projection = &token_volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(projection["audience"], AUDIENCE, "{token_volume}");
+    assert_eq!(
+        format!("{TOKEN_DIR}/{}", projection["path"].as_str().unwrap()),
+        TOKEN_FILE
+    );
+    for c in pod["spec"]["containers"].as_array().unwrap() {
+        assert!(
+            !c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["name"] == token_mount["name"]),
+            "only the agent mounts the token: {c}"
+        );
+    }
+    let vs_url = format!("https://127.0.0.1:{}", serve.versions);
+    assert_eq!(
+        env_entry(&agent, env::VERSION_SERVICE_URL)["value"],
+        vs_url.as_str()
+    );
+    assert_eq!(
+        env_entry(&agent, env::VERSION_SERVICE_CA)["value"],
+        serve.certs.ca.as_str()
+    );
+    assert_eq!(env_entry(&agent, env::VERSION_SERVICE_TOKEN)["value"], TOKEN_FILE);
+    assert_eq!(
+        env_entry(&agent, env::POD_NAME)["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    let spec: Value =
+        serde_json::from_str(env_entry(&agent, env::SPEC)["value"].as_str().unwrap()).unwrap();
+    assert_eq!(spec["refreshInterval"], 2, "--refresh-interval 2s: {spec}");
+
+    // The agent as a process: its paths mapped under `root`, the kubelet's part done by hand
+    // (the token file, the pod's name), AWS through a counting proxy to moto.
+    let mount_path = agent["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let secrets = root.path().join("secrets");
+    let token_dir = root.path().join("token");
+    let podinfo = root.path().join("podinfo");
+    for d in [&secrets, &token_dir, &podinfo] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(token_dir.join("token"), TOKEN).unwrap();
+    let proxy = Proxy::start(&moto.endpoint).await;
+    let agent_metrics = free_port();
+    let agent_log = root.path().join("agent.log");
+    let (stdout, stderr) = log_to(&agent_log);
+    let mut agent_proc = Running(
+        agent_command(
+            &agent,
+            &[
+                (mount_path, secrets.as_path()),
+                (TOKEN_DIR, token_dir.as_path()),
+                (contract::PODINFO_DIR, podinfo.as_path()),
+            ],
+        )
+        .envs(proxy.env(&moto))
+        .env(env::POD_NAME, POD)
+        .env(env::METRICS_LISTEN, format!("127.0.0.1:{agent_metrics}"))
+        .env(env::TERMINATION_LOG, root.path().join("termination-log"))
+        .env(env::LOG_FORMAT, contract::LogFormat::Text.as_str())
+        .env("KURA_LOG", LOG)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("the agent starts"),
+    );
+    let file = secrets.join("db-password");
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    let value_calls = || proxy.count("batchgetsecretvalue") + proxy.count("getsecretvalue");
+    let checks = |outcome: &str| {
+        metric(
+            agent_metrics,
+            &format!("kura_agent_version_checks_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    let agent_logs = || std::fs::read_to_string(&agent_log).unwrap_or_default();
+
+    until("the first write", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        read() == VALUE
+    })
+    .await;
+    let first_fetch = value_calls();
+    assert_eq!(first_fetch, 1, "one BatchGetSecretValue for the first fetch");
+
+    // Several intervals answered by the service: nothing fetched from AWS.
+    until("three answered checks", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        checks("ok") >= 3.0
+    })
+    .await;
+    assert_eq!(value_calls(), first_fetch, "no value fetched while nothing changed");
+    assert_eq!(checks("fallback"), 0.0);
+    assert_eq!(
+        serve.metric("kura_fleet_agents{namespace=\"demo\"}"),
+        1.0,
+        "the agent is counted in its namespace"
+    );
+    let ok_requests = "kura_version_service_requests_total{outcome=\"ok\"}";
+    let answered = serve.metric(ok_requests);
+    assert!(answered >= 3.0, "{answered}");
+    until("the service answering more checks", || {
+        serve.metric(ok_requests) > answered
+    })
+    .await;
+    assert_eq!(api.reviews(), 1, "the token reviewed once and remembered");
+
+    // A rotation: the service sees it within its TTL, the agent fetches just that.
+    put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r2")).await;
+    until("the rotated value in the file", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        read() == format!("{VALUE}-r2")
+    })
+    .await;
+    assert_eq!(checks("fallback"), 0.0);
+
+    // The service dies: the agent says so once and polls AWS directly; a rotation still lands.
+    drop(server.take());
+    until("a check falling back", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        checks("fallback") >= 1.0
+    })
+    .await;
+    let warned = agent_logs()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("the version service failed"))
+        .count();
+    assert_eq!(warned, 1, "one warning for the outage:\n{}", agent_logs());
+    put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r3")).await;
+    until("the second rotated value in the file", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        read() == format!("{VALUE}-r3")
+    })
+    .await;
+    let fallbacks = checks("fallback");
+    assert!(fallbacks >= 1.0);
+
+    // The service back on the same ports: the agent asks it again, and fetches nothing.
+    server = Some(serve.start(&serve_logs[1]));
+    wait_for_port(serve.versions, "the version service, restarted");
+    let ok_before = checks("ok");
+    until("an answered check after the restart", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        checks("ok") > ok_before
+    })
+    .await;
+    assert!(
+        agent_logs().contains("the version service answers again"),
+        "{}",
+        agent_logs()
+    );
+    let back = checks("ok");
+    let calls = value_calls();
+    until("two more answered checks", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        checks("ok") >= back + 2.0
+    })
+    .await;
+    assert_eq!(value_calls(), calls, "nothing fetched once the service answers");
+    assert_eq!(read(), format!("{VALUE}-r3"));
+    assert_eq!(serve.metric("kura_fleet_agents{namespace=\"demo\"}"), 1.0);
+
+    // Both stop on SIGTERM, flushing their logs; no value in either.
+    let mut server = server.take().unwrap();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    agent_proc.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.exited("kura serve").await.success());
+    assert!(agent_proc.exited("the agent").await.success());
+    let agent_logs = agent_logs();
+    assert!(
+        agent_logs.contains("version service answered"),
+        "debug lines were captured:\n{agent_logs}"
+    );
+    assert!(!agent_logs.contains(VALUE), "a value in the agent's logs");
+    for log in &serve_logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(!text.contains(VALUE), "a value in {}", log.display());
+    }
+    let text = std::fs::read_to_string(&serve_logs[1]).unwrap();
+    assert!(text.contains("\"level\":\"INFO\""), "logs were captured: {text}");
+}
