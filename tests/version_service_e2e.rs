@@ -181,10 +181,13 @@ fn agent_command(container: &Value, paths: &[(&str, &Path)]) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
-    // AWS: a secret of the namespace under a customer KMS key.
+    // AWS: a secret and a parameter of the namespace under a customer KMS key.
     let moto = Moto::start();
     let key = moto.create_kms_key().await;
     moto.secret("/demo/orders/db", VALUE, Some(&key), &[]).await;
+    let host = "/demo/orders/db-host";
+    moto.parameter(host, &format!("{VALUE}-host"), "SecureString", Some(&key))
+        .await;
     let sm = moto.client().await;
 
     // The cluster: a token projected for the version service, bound to the pod.
@@ -233,6 +236,7 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
         &[
             ("kura.dev/inject", "true"),
             ("kura.dev/secret.db-password", "/demo/orders/db"),
+            ("kura.dev/secret.db-host", "ssm:/demo/orders/db-host"),
         ],
     );
     let client = https_client(&serve.certs.ca);
@@ -343,7 +347,14 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
     );
     let file = secrets.join("db-password");
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
-    let value_calls = || proxy.count("batchgetsecretvalue") + proxy.count("getsecretvalue");
+    let value_calls = || {
+        ["batchgetsecretvalue", "getsecretvalue", "getparameters", "getparameter"]
+            .iter()
+            .map(|op| proxy.count(op))
+            .sum::<usize>()
+    };
+    let host_file = secrets.join("db-host");
+    let read_host = || std::fs::read_to_string(&host_file).unwrap_or_default();
     let checks = |outcome: &str| {
         metric(
             agent_metrics,
@@ -357,12 +368,18 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
         read() == VALUE
     })
     .await;
+    assert_eq!(read_host(), format!("{VALUE}-host"));
     let first_fetch = value_calls();
-    assert_eq!(first_fetch, 1, "one BatchGetSecretValue for the first fetch");
+    assert_eq!(
+        (proxy.count("batchgetsecretvalue"), proxy.count("getparameters")),
+        (1, 1),
+        "one call a service for the first fetch"
+    );
+    assert_eq!(first_fetch, 2);
     assert_eq!(
         metric(agent_metrics, "kura_agent_aws_calls_total"),
-        1.0,
-        "the agent counts the call the proxy saw"
+        2.0,
+        "the agent counts the calls the proxy saw"
     );
 
     // Several intervals answered by the service: nothing fetched from AWS.
@@ -390,13 +407,24 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
         "the token's review is remembered, not asked for each check"
     );
 
-    // A rotation: the service sees it within its TTL, the agent fetches just that.
+    // A rotation of each: the service sees them within its TTL, the agent fetches just those.
     put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r2")).await;
-    until("the rotated value in the file", || {
+    moto.parameter(host, &format!("{VALUE}-host-r2"), "SecureString", Some(&key))
+        .await;
+    until("the rotated values in the files", || {
         agent_proc.assert_alive("the agent", &agent_log);
-        read() == format!("{VALUE}-r2")
+        read() == format!("{VALUE}-r2") && read_host() == format!("{VALUE}-host-r2")
     })
     .await;
+    // Once both are held, the service's versions match them again: nothing more is fetched.
+    let calls = value_calls();
+    let ok_now = checks("ok");
+    until("two more answered checks after the rotation", || {
+        agent_proc.assert_alive("the agent", &agent_log);
+        checks("ok") >= ok_now + 2.0
+    })
+    .await;
+    assert_eq!(value_calls(), calls, "nothing fetched once the rotation is held");
     assert_eq!(checks("fallback"), 0.0);
 
     // The service dies: the agent says so once and polls AWS directly; a rotation still lands.
