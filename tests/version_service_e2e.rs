@@ -179,82 +179,178 @@ fn agent_command(container: &Value, paths: &[(&str, &Path)]) -> Command {
     cmd
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
-    // AWS: a secret and a parameter of the namespace under a customer KMS key.
-    let moto = Moto::start();
-    let key = moto.create_kms_key().await;
-    moto.secret("/demo/orders/db", VALUE, Some(&key), &[]).await;
-    let host = "/demo/orders/db-host";
-    moto.parameter(host, &format!("{VALUE}-host"), "SecureString", Some(&key))
+/// The parts around the pod: moto (with a customer KMS key), the stub kube-apiserver knowing
+/// the pod's token, and the ports, certificate and kubeconfig of `kura serve`.
+struct Cluster {
+    moto: Moto,
+    key: String,
+    api: ApiServer,
+    root: tempfile::TempDir,
+    serve: Serve,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let moto = Moto::start();
+        let key = moto.create_kms_key().await;
+        let api = ApiServer::start().await;
+        api.accept(
+            TOKEN,
+            ServiceAccountToken {
+                namespace: "demo".into(),
+                service_account: "orders-api".into(),
+                pod: POD.into(),
+                audiences: vec![AUDIENCE.into()],
+            },
+        );
+        let root = tempfile::tempdir().unwrap();
+        let kubeconfig = root.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: kura, user: {{}}}}]\ncontexts: [{{name: stub, context: {{cluster: stub, user: kura}}}}]\ncurrent-context: stub\n",
+                api.url
+            ),
+        )
+        .unwrap();
+        let certs = test_certs();
+        let ca_file = root.path().join("ca.crt");
+        std::fs::write(&ca_file, &certs.ca).unwrap();
+        let serve = Serve {
+            listen: free_port(),
+            metrics: free_port(),
+            versions: free_port(),
+            certs,
+            ca_file,
+            kubeconfig,
+            env: moto.env(),
+        };
+        Cluster {
+            moto,
+            key,
+            api,
+            root,
+            serve,
+        }
+    }
+
+    /// Starts `kura serve` (logging to `log` under the root) and waits for its listeners.
+    fn start_serve(&self, log: &str) -> Running {
+        let server = self.serve.start(&self.root.path().join(log));
+        wait_for_port(self.serve.listen, "kura serve");
+        wait_for_port(self.serve.versions, "the version service");
+        server
+    }
+
+    /// A pod of `demo` with these annotations, as kube-apiserver sends it for review, through
+    /// `/mutate` over TLS: the patched pod, validated against the schema.
+    async fn admit(&self, annotations: &[(&str, &str)]) -> Value {
+        let review = review("demo", annotations);
+        let r = post(
+            &https_client(&self.serve.certs.ca),
+            &format!("https://127.0.0.1:{}/mutate", self.serve.listen),
+            &review,
+        )
         .await;
-    let sm = moto.client().await;
+        assert_eq!(r["allowed"], true, "{r}");
+        let pod = apply_patch(
+            &review["request"]["object"],
+            &patch_bytes(&r["patch"]).expect("a patch"),
+        );
+        validate_k8s(std::slice::from_ref(&pod)).unwrap();
+        assert!(!pod.to_string().contains(VALUE), "no value in the pod");
+        pod
+    }
+}
 
-    // The cluster: a token projected for the version service, bound to the pod.
-    let api = ApiServer::start().await;
-    api.accept(
-        TOKEN,
-        ServiceAccountToken {
-            namespace: "demo".into(),
-            service_account: "orders-api".into(),
-            pod: POD.into(),
-            audiences: vec![AUDIENCE.into()],
-        },
-    );
-    let root = tempfile::tempdir().unwrap();
-    let kubeconfig = root.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: kura, user: {{}}}}]\ncontexts: [{{name: stub, context: {{cluster: stub, user: kura}}}}]\ncurrent-context: stub\n",
-            api.url
-        ),
-    )
-    .unwrap();
+/// The pod's agent container running as a process.
+struct Agent {
+    running: Running,
+    metrics: u16,
+    log: PathBuf,
+    secrets: PathBuf,
+}
 
-    // kura serve, its version service on its own port with the webhook's certificate.
-    let certs = test_certs();
-    let ca_file = root.path().join("ca.crt");
-    std::fs::write(&ca_file, &certs.ca).unwrap();
-    let serve = Serve {
-        listen: free_port(),
-        metrics: free_port(),
-        versions: free_port(),
-        certs,
-        ca_file,
-        kubeconfig,
-        env: moto.env(),
-    };
-    let serve_logs = [root.path().join("serve-1.log"), root.path().join("serve-2.log")];
-    let mut server = Some(serve.start(&serve_logs[0]));
-    wait_for_port(serve.listen, "kura serve");
-    wait_for_port(serve.versions, "the version service");
+impl Agent {
+    /// The agent container as a process: its paths mapped under `root`, the kubelet's part
+    /// done by hand (the token file, the pod's name), AWS at `aws`.
+    fn start(container: &Value, root: &Path, aws: Vec<(String, String)>) -> Agent {
+        let mount_path = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+        let secrets = root.join("secrets");
+        let token_dir = root.join("token");
+        let podinfo = root.join("podinfo");
+        for d in [&secrets, &token_dir, &podinfo] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(token_dir.join("token"), TOKEN).unwrap();
+        let metrics = free_port();
+        let log = root.join("agent.log");
+        let (stdout, stderr) = log_to(&log);
+        let running = Running(
+            agent_command(
+                container,
+                &[
+                    (mount_path, secrets.as_path()),
+                    (TOKEN_DIR, token_dir.as_path()),
+                    (contract::PODINFO_DIR, podinfo.as_path()),
+                ],
+            )
+            .envs(aws)
+            .env(env::POD_NAME, POD)
+            .env(env::METRICS_LISTEN, format!("127.0.0.1:{metrics}"))
+            .env(env::TERMINATION_LOG, root.join("termination-log"))
+            .env(env::LOG_FORMAT, contract::LogFormat::Text.as_str())
+            .env("KURA_LOG", LOG)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("the agent starts"),
+        );
+        Agent {
+            running,
+            metrics,
+            log,
+            secrets,
+        }
+    }
 
-    // The pod, as kube-apiserver sends it for review.
-    let review = review(
-        "demo",
-        &[
-            ("kura.dev/inject", "true"),
-            ("kura.dev/secret.db-password", "/demo/orders/db"),
-            ("kura.dev/secret.db-host", "ssm:/demo/orders/db-host"),
-        ],
-    );
-    let client = https_client(&serve.certs.ca);
-    let r = post(
-        &client,
-        &format!("https://127.0.0.1:{}/mutate", serve.listen),
-        &review,
-    )
-    .await;
-    assert_eq!(r["allowed"], true, "{r}");
-    let pod = apply_patch(
-        &review["request"]["object"],
-        &patch_bytes(&r["patch"]).expect("a patch"),
-    );
-    validate_k8s(std::slice::from_ref(&pod)).unwrap();
-    assert!(!pod.to_string().contains(VALUE), "no value in the pod");
+    /// A file the app would read (empty while absent).
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.secrets.join(file)).unwrap_or_default()
+    }
 
-    // The running agent: the token volume mounted read-only, and the four variables.
+    fn metric(&self, series: &str) -> f64 {
+        metric(self.metrics, series)
+    }
+
+    /// `kura_agent_version_checks_total{outcome}`.
+    fn checks(&self, outcome: &str) -> f64 {
+        self.metric(&format!(
+            "kura_agent_version_checks_total{{outcome=\"{outcome}\"}}"
+        ))
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test with the agent's log if it exited.
+    fn alive(&mut self) {
+        self.running.assert_alive("the agent", &self.log);
+    }
+
+    /// Waits until `done` holds of the running agent.
+    async fn until(&mut self, what: &str, mut done: impl FnMut(&Agent) -> bool) {
+        until(what, || {
+            self.alive();
+            done(self)
+        })
+        .await;
+    }
+}
+
+/// The agent container of a patched pod (the native sidecar running `run`).
+fn agent_container(pod: &Value) -> Value {
     let agent = pod["spec"]["initContainers"]
         .as_array()
         .unwrap()
@@ -264,6 +360,33 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
         .clone();
     assert_eq!(agent["restartPolicy"], "Always");
     assert_eq!(agent["args"][0], contract::AgentCommand::Run.as_str());
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
+    // A secret and a parameter of the namespace under a customer KMS key; kura serve with its
+    // version service on its own port, with the webhook's certificate.
+    let c = Cluster::start().await;
+    let (moto, serve) = (&c.moto, &c.serve);
+    moto.secret("/demo/orders/db", VALUE, Some(&c.key), &[])
+        .await;
+    let host = "/demo/orders/db-host";
+    moto.parameter(host, &format!("{VALUE}-host"), "SecureString", Some(&c.key))
+        .await;
+    let sm = moto.client().await;
+    let mut server = Some(c.start_serve("serve-1.log"));
+
+    let pod = c
+        .admit(&[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.db-password", "/demo/orders/db"),
+            ("kura.dev/secret.db-host", "ssm:/demo/orders/db-host"),
+        ])
+        .await;
+
+    // The running agent: the token volume mounted read-only, and the four variables.
+    let agent = agent_container(&pod);
     let token_mount = agent["volumeMounts"]
         .as_array()
         .unwrap()
@@ -302,7 +425,10 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
         env_entry(&agent, env::VERSION_SERVICE_CA)["value"],
         serve.certs.ca.as_str()
     );
-    assert_eq!(env_entry(&agent, env::VERSION_SERVICE_TOKEN)["value"], TOKEN_FILE);
+    assert_eq!(
+        env_entry(&agent, env::VERSION_SERVICE_TOKEN)["value"],
+        TOKEN_FILE
+    );
     assert_eq!(
         env_entry(&agent, env::POD_NAME)["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
@@ -311,85 +437,49 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
         serde_json::from_str(env_entry(&agent, env::SPEC)["value"].as_str().unwrap()).unwrap();
     assert_eq!(spec["refreshInterval"], 2, "--refresh-interval 2s: {spec}");
 
-    // The agent as a process: its paths mapped under `root`, the kubelet's part done by hand
-    // (the token file, the pod's name), AWS through a counting proxy to moto.
-    let mount_path = agent["volumeMounts"][0]["mountPath"].as_str().unwrap();
-    let secrets = root.path().join("secrets");
-    let token_dir = root.path().join("token");
-    let podinfo = root.path().join("podinfo");
-    for d in [&secrets, &token_dir, &podinfo] {
-        std::fs::create_dir(d).unwrap();
-    }
-    std::fs::write(token_dir.join("token"), TOKEN).unwrap();
+    // The agent, its AWS calls through a counting proxy to moto.
     let proxy = Proxy::start(&moto.endpoint).await;
-    let agent_metrics = free_port();
-    let agent_log = root.path().join("agent.log");
-    let (stdout, stderr) = log_to(&agent_log);
-    let mut agent_proc = Running(
-        agent_command(
-            &agent,
-            &[
-                (mount_path, secrets.as_path()),
-                (TOKEN_DIR, token_dir.as_path()),
-                (contract::PODINFO_DIR, podinfo.as_path()),
-            ],
-        )
-        .envs(proxy.env(&moto))
-        .env(env::POD_NAME, POD)
-        .env(env::METRICS_LISTEN, format!("127.0.0.1:{agent_metrics}"))
-        .env(env::TERMINATION_LOG, root.path().join("termination-log"))
-        .env(env::LOG_FORMAT, contract::LogFormat::Text.as_str())
-        .env("KURA_LOG", LOG)
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("the agent starts"),
-    );
-    let file = secrets.join("db-password");
-    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    let mut a = Agent::start(&agent, c.root.path(), proxy.env(moto));
     let value_calls = || {
-        ["batchgetsecretvalue", "getsecretvalue", "getparameters", "getparameter"]
-            .iter()
-            .map(|op| proxy.count(op))
-            .sum::<usize>()
+        [
+            "batchgetsecretvalue",
+            "getsecretvalue",
+            "getparameters",
+            "getparameter",
+        ]
+        .iter()
+        .map(|op| proxy.count(op))
+        .sum::<usize>()
     };
-    let host_file = secrets.join("db-host");
-    let read_host = || std::fs::read_to_string(&host_file).unwrap_or_default();
-    let checks = |outcome: &str| {
-        metric(
-            agent_metrics,
-            &format!("kura_agent_version_checks_total{{outcome=\"{outcome}\"}}"),
-        )
-    };
-    let agent_logs = || std::fs::read_to_string(&agent_log).unwrap_or_default();
 
-    until("the first write", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        read() == VALUE
-    })
-    .await;
-    assert_eq!(read_host(), format!("{VALUE}-host"));
-    let first_fetch = value_calls();
+    a.until("the first write", |a| a.read("db-password") == VALUE)
+        .await;
+    assert_eq!(a.read("db-host"), format!("{VALUE}-host"));
     assert_eq!(
-        (proxy.count("batchgetsecretvalue"), proxy.count("getparameters")),
+        (
+            proxy.count("batchgetsecretvalue"),
+            proxy.count("getparameters")
+        ),
         (1, 1),
         "one call a service for the first fetch"
     );
+    let first_fetch = value_calls();
     assert_eq!(first_fetch, 2);
     assert_eq!(
-        metric(agent_metrics, "kura_agent_aws_calls_total"),
+        a.metric("kura_agent_aws_calls_total"),
         2.0,
         "the agent counts the calls the proxy saw"
     );
 
     // Several intervals answered by the service: nothing fetched from AWS.
-    until("three answered checks", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        checks("ok") >= 3.0
-    })
-    .await;
-    assert_eq!(value_calls(), first_fetch, "no value fetched while nothing changed");
-    assert_eq!(checks("fallback"), 0.0);
+    a.until("three answered checks", |a| a.checks("ok") >= 3.0)
+        .await;
+    assert_eq!(
+        value_calls(),
+        first_fetch,
+        "no value fetched while nothing changed"
+    );
+    assert_eq!(a.checks("fallback"), 0.0);
     assert_eq!(
         serve.metric("kura_fleet_agents{namespace=\"demo\"}"),
         1.0,
@@ -403,123 +493,203 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
     })
     .await;
     assert!(
-        (api.reviews() as f64) < answered,
+        (c.api.reviews() as f64) < answered,
         "the token's review is remembered, not asked for each check"
     );
 
     // A rotation of each: the service sees them within its TTL, the agent fetches just those.
     put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r2")).await;
-    moto.parameter(host, &format!("{VALUE}-host-r2"), "SecureString", Some(&key))
-        .await;
-    until("the rotated values in the files", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        read() == format!("{VALUE}-r2") && read_host() == format!("{VALUE}-host-r2")
+    moto.parameter(
+        host,
+        &format!("{VALUE}-host-r2"),
+        "SecureString",
+        Some(&c.key),
+    )
+    .await;
+    a.until("the rotated values in the files", |a| {
+        a.read("db-password") == format!("{VALUE}-r2")
+            && a.read("db-host") == format!("{VALUE}-host-r2")
     })
     .await;
     // Once both are held, the service's versions match them again: nothing more is fetched.
     let calls = value_calls();
-    let ok_now = checks("ok");
-    until("two more answered checks after the rotation", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        checks("ok") >= ok_now + 2.0
+    let ok_now = a.checks("ok");
+    a.until("two more answered checks after the rotation", |a| {
+        a.checks("ok") >= ok_now + 2.0
     })
     .await;
-    assert_eq!(value_calls(), calls, "nothing fetched once the rotation is held");
-    assert_eq!(checks("fallback"), 0.0);
+    assert_eq!(
+        value_calls(),
+        calls,
+        "nothing fetched once the rotation is held"
+    );
+    assert_eq!(a.checks("fallback"), 0.0);
 
     // The service dies: the agent says so once and polls AWS directly; a rotation still lands.
     drop(server.take());
-    until("a check falling back", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        checks("fallback") >= 1.0
-    })
-    .await;
-    let warnings = || {
-        agent_logs()
+    a.until("a check falling back", |a| a.checks("fallback") >= 1.0)
+        .await;
+    let warnings = |a: &Agent| {
+        a.logs()
             .lines()
             .filter(|l| l.contains("WARN") && l.contains("the version service failed"))
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
-    let warned = warnings();
-    assert_eq!(warned.len(), 1, "one warning for the outage:\n{}", agent_logs());
+    let warned = warnings(&a);
+    assert_eq!(warned.len(), 1, "one warning for the outage:\n{}", a.logs());
     assert!(warned[0].contains("could not connect"), "{warned:?}");
     put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r3")).await;
-    until("the second rotated value in the file", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        read() == format!("{VALUE}-r3")
+    a.until("the second rotated value in the file", |a| {
+        a.read("db-password") == format!("{VALUE}-r3")
     })
     .await;
-    assert!(checks("fallback") >= 1.0);
 
     // The service back on the same ports: the agent asks it again, and fetches nothing.
-    server = Some(serve.start(&serve_logs[1]));
-    wait_for_port(serve.versions, "the version service, restarted");
-    let ok_before = checks("ok");
-    until("an answered check after the restart", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        checks("ok") > ok_before
+    server = Some(c.start_serve("serve-2.log"));
+    let ok_before = a.checks("ok");
+    a.until("an answered check after the restart", |a| {
+        a.checks("ok") > ok_before
     })
     .await;
     assert!(
-        agent_logs().contains("the version service answers again"),
+        a.logs().contains("the version service answers again"),
         "{}",
-        agent_logs()
+        a.logs()
     );
-    let back = checks("ok");
+    let back = a.checks("ok");
     let calls = value_calls();
-    until("two more answered checks", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        checks("ok") >= back + 2.0
+    // Four intervals: longer than the three after which an agent without a success is stale.
+    a.until("four more answered checks", |a| {
+        a.checks("ok") >= back + 4.0
     })
     .await;
-    assert_eq!(value_calls(), calls, "nothing fetched once the service answers");
-    assert_eq!(read(), format!("{VALUE}-r3"));
+    assert_eq!(
+        value_calls(),
+        calls,
+        "nothing fetched once the service answers"
+    );
+    assert_eq!(a.read("db-password"), format!("{VALUE}-r3"));
     assert_eq!(serve.metric("kura_fleet_agents{namespace=\"demo\"}"), 1.0);
+    // Intervals that fetch nothing are successes too: the agent is not stale.
+    until("the agent counted fresh", || {
+        scrape(serve.metrics).is_some_and(|t| {
+            sample(&t, "kura_fleet_agents_stale{namespace=\"demo\"}").unwrap_or(0.0) == 0.0
+        })
+    })
+    .await;
 
     // The service hangs (stopped, its socket still accepting): each check gives up at the
     // client's timeout and the agent polls AWS; a rotation still lands, and when the service
     // runs again the agent asks it again. (Its metrics are not scraped while it is stopped.)
     let mut server = server.take().unwrap();
-    let fallbacks = checks("fallback");
+    let fallbacks = a.checks("fallback");
     server.signal(nix::sys::signal::Signal::SIGSTOP);
-    until("a check falling back from a hung service", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        checks("fallback") > fallbacks
+    a.until("a check falling back from a hung service", |a| {
+        a.checks("fallback") > fallbacks
     })
     .await;
-    let warned = warnings();
-    assert_eq!(warned.len(), 2, "one warning an outage:\n{}", agent_logs());
+    let warned = warnings(&a);
+    assert_eq!(warned.len(), 2, "one warning an outage:\n{}", a.logs());
     assert!(warned[1].contains("no answer within"), "{warned:?}");
     put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r4")).await;
-    until("the third rotated value in the file", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        read() == format!("{VALUE}-r4")
+    a.until("the third rotated value in the file", |a| {
+        a.read("db-password") == format!("{VALUE}-r4")
     })
     .await;
     server.signal(nix::sys::signal::Signal::SIGCONT);
-    let ok_before = checks("ok");
-    until("an answered check after the hang", || {
-        agent_proc.assert_alive("the agent", &agent_log);
-        checks("ok") > ok_before
+    let ok_before = a.checks("ok");
+    a.until("an answered check after the hang", |a| {
+        a.checks("ok") > ok_before
     })
     .await;
 
     // Both stop on SIGTERM, flushing their logs; no value in either.
     server.signal(nix::sys::signal::Signal::SIGTERM);
-    agent_proc.signal(nix::sys::signal::Signal::SIGTERM);
+    a.running.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(server.exited("kura serve").await.success());
-    assert!(agent_proc.exited("the agent").await.success());
-    let agent_logs = agent_logs();
+    assert!(a.running.exited("the agent").await.success());
+    let agent_logs = a.logs();
     assert!(
         agent_logs.contains("version service answered"),
         "debug lines were captured:\n{agent_logs}"
     );
     assert!(!agent_logs.contains(VALUE), "a value in the agent's logs");
-    for log in &serve_logs {
-        let text = std::fs::read_to_string(log).unwrap();
-        assert!(!text.contains(VALUE), "a value in {}", log.display());
+    for log in ["serve-1.log", "serve-2.log"] {
+        let text = std::fs::read_to_string(c.root.path().join(log)).unwrap();
+        assert!(!text.contains(VALUE), "a value in {log}");
+        assert!(text.contains("version service listening"), "{log}: {text}");
     }
-    let text = std::fs::read_to_string(&serve_logs[1]).unwrap();
-    assert!(text.contains("\"level\":\"INFO\""), "logs were captured: {text}");
+}
+
+/// An agent that cannot fetch a secret tells the service so at its next check: the fleet
+/// gauges count it as failing with the agent's own error kind, the files keep the last good
+/// value, and once the secret is back the agent is counted healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_agent_is_counted_by_the_service_until_it_recovers() {
+    let c = Cluster::start().await;
+    c.moto
+        .secret("/demo/orders/db", VALUE, Some(&c.key), &[])
+        .await;
+    let sm = c.moto.client().await;
+    let _server = c.start_serve("serve.log");
+    let pod = c
+        .admit(&[
+            ("kura.dev/inject", "true"),
+            ("kura.dev/secret.db-password", "/demo/orders/db"),
+        ])
+        .await;
+    let mut a = Agent::start(&agent_container(&pod), c.root.path(), c.moto.env());
+    a.until("the first write and an answered check", |a| {
+        a.read("db-password") == VALUE && a.checks("ok") >= 1.0
+    })
+    .await;
+    let agents = "kura_fleet_agents{namespace=\"demo\"}";
+    let failing = "kura_fleet_agents_failing{namespace=\"demo\",error_kind=\"deleted\"}";
+    let stale = "kura_fleet_agents_stale{namespace=\"demo\"}";
+    assert_eq!(c.serve.metric(agents), 1.0);
+    assert_eq!(c.serve.metric(failing), 0.0);
+    assert_eq!(c.serve.metric(stale), 0.0);
+
+    // Scheduled for deletion: the service answers `unknown`, the agent asks AWS, fails, and
+    // reports the failure with its next check.
+    sm.delete_secret()
+        .secret_id("/demo/orders/db")
+        .recovery_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    a.until("the agent's deleted error", |a| {
+        a.metric("kura_agent_errors_total{kind=\"deleted\"}") >= 1.0
+    })
+    .await;
+    until("the service counting the agent as failing", || {
+        c.serve.metric(failing) == 1.0
+    })
+    .await;
+    assert_eq!(c.serve.metric(agents), 1.0);
+    // Its last success ages past three intervals: stale as well.
+    until("the service counting the agent as stale", || {
+        c.serve.metric(stale) == 1.0
+    })
+    .await;
+    assert_eq!(a.read("db-password"), VALUE, "the last good value kept");
+    assert_eq!(a.checks("fallback"), 0.0, "the service kept answering");
+
+    // Restored: the version the agent holds is current again, and it is healthy.
+    sm.restore_secret()
+        .secret_id("/demo/orders/db")
+        .send()
+        .await
+        .unwrap();
+    until("the service counting the agent as healthy", || {
+        scrape(c.serve.metrics).is_some_and(|t| {
+            sample(&t, agents) == Some(1.0)
+                && sample(&t, failing).unwrap_or(0.0) == 0.0
+                && sample(&t, stale).unwrap_or(0.0) == 0.0
+        })
+    })
+    .await;
+    assert_eq!(a.read("db-password"), VALUE);
+    assert!(!a.logs().contains(VALUE), "a value in the agent's logs");
 }
