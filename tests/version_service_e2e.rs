@@ -205,14 +205,7 @@ impl Cluster {
         );
         let root = tempfile::tempdir().unwrap();
         let kubeconfig = root.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: kura, user: {{}}}}]\ncontexts: [{{name: stub, context: {{cluster: stub, user: kura}}}}]\ncurrent-context: stub\n",
-                api.url
-            ),
-        )
-        .unwrap();
+        api.write_kubeconfig(&kubeconfig);
         let certs = test_certs();
         let ca_file = root.path().join("ca.crt");
         std::fs::write(&ca_file, &certs.ca).unwrap();
@@ -347,6 +340,26 @@ impl Agent {
         })
         .await;
     }
+}
+
+/// Puts a new value of `/demo/orders/db` and waits for it in the agent's file.
+async fn rotation_lands(a: &mut Agent, sm: &aws_sdk_secretsmanager::Client, value: &str) {
+    put_value(sm, "/demo/orders/db", value).await;
+    a.until("the rotated value in the file", |a| {
+        a.read("db-password") == value
+    })
+    .await;
+}
+
+/// Waits for `checks` more answered checks and asserts that no value was fetched meanwhile.
+async fn fetches_nothing(a: &mut Agent, checks: u32, value_calls: &dyn Fn() -> usize, when: &str) {
+    let calls = value_calls();
+    let from = a.checks("ok");
+    a.until(&format!("{checks} more answered checks {when}"), |a| {
+        a.checks("ok") >= from + f64::from(checks)
+    })
+    .await;
+    assert_eq!(value_calls(), calls, "nothing fetched {when}");
 }
 
 /// The agent container of a patched pod (the native sidecar running `run`).
@@ -512,17 +525,7 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
     })
     .await;
     // Once both are held, the service's versions match them again: nothing more is fetched.
-    let calls = value_calls();
-    let ok_now = a.checks("ok");
-    a.until("two more answered checks after the rotation", |a| {
-        a.checks("ok") >= ok_now + 2.0
-    })
-    .await;
-    assert_eq!(
-        value_calls(),
-        calls,
-        "nothing fetched once the rotation is held"
-    );
+    fetches_nothing(&mut a, 2, &value_calls, "once the rotation is held").await;
     assert_eq!(a.checks("fallback"), 0.0);
 
     // The service dies: the agent says so once and polls AWS directly; a rotation still lands.
@@ -539,11 +542,7 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
     let warned = warnings(&a);
     assert_eq!(warned.len(), 1, "one warning for the outage:\n{}", a.logs());
     assert!(warned[0].contains("could not connect"), "{warned:?}");
-    put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r3")).await;
-    a.until("the second rotated value in the file", |a| {
-        a.read("db-password") == format!("{VALUE}-r3")
-    })
-    .await;
+    rotation_lands(&mut a, &sm, &format!("{VALUE}-r3")).await;
 
     // The service back on the same ports: the agent asks it again, and fetches nothing.
     server = Some(c.start_serve("serve-2.log"));
@@ -557,18 +556,8 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
         "{}",
         a.logs()
     );
-    let back = a.checks("ok");
-    let calls = value_calls();
     // Four intervals: longer than the three after which an agent without a success is stale.
-    a.until("four more answered checks", |a| {
-        a.checks("ok") >= back + 4.0
-    })
-    .await;
-    assert_eq!(
-        value_calls(),
-        calls,
-        "nothing fetched once the service answers"
-    );
+    fetches_nothing(&mut a, 4, &value_calls, "once the service answers again").await;
     assert_eq!(a.read("db-password"), format!("{VALUE}-r3"));
     assert_eq!(serve.metric("kura_fleet_agents{namespace=\"demo\"}"), 1.0);
     // Intervals that fetch nothing are successes too: the agent is not stale.
@@ -592,11 +581,7 @@ async fn agents_ask_the_version_service_and_fall_back_to_aws_without_it() {
     let warned = warnings(&a);
     assert_eq!(warned.len(), 2, "one warning an outage:\n{}", a.logs());
     assert!(warned[1].contains("no answer within"), "{warned:?}");
-    put_value(&sm, "/demo/orders/db", &format!("{VALUE}-r4")).await;
-    a.until("the third rotated value in the file", |a| {
-        a.read("db-password") == format!("{VALUE}-r4")
-    })
-    .await;
+    rotation_lands(&mut a, &sm, &format!("{VALUE}-r4")).await;
     server.signal(nix::sys::signal::Signal::SIGCONT);
     let ok_before = a.checks("ok");
     a.until("an answered check after the hang", |a| {
