@@ -6,7 +6,8 @@
 //! that ask the service and fetch nothing, a rotation that still lands, the service killed
 //! (the agent polls AWS directly and a rotation still lands) and brought back (the agent asks
 //! it again), the service hung (the same, at the client's timeout), and no value in either
-//! process's logs.
+//! process's logs; and an agent failing to fetch, counted failing and stale in the service's
+//! fleet gauges until it recovers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
