@@ -96,6 +96,19 @@ impl ApiServer {
         self.task.abort();
     }
 
+    /// Writes a kubeconfig that points a client (`KUBECONFIG` of `kura serve`) at this stub,
+    /// with no credentials.
+    pub fn write_kubeconfig(&self, path: &std::path::Path) {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: kura, user: {{}}}}]\ncontexts: [{{name: stub, context: {{cluster: stub, user: kura}}}}]\ncurrent-context: stub\n",
+                self.url
+            ),
+        )
+        .unwrap();
+    }
+
     /// Reviews answered so far.
     pub fn reviews(&self) -> u64 {
         self.reviews.load(Ordering::Relaxed)
