@@ -179,13 +179,13 @@ impl Metrics {
         metric(
             "kura_agent_aws_calls_total",
             "counter",
-            "Secrets Manager API calls made.",
+            "AWS API calls made (Secrets Manager and SSM Parameter Store).",
             &[(String::new(), aws_calls)],
         );
         metric(
             "kura_agent_last_refresh_aws_calls",
             "gauge",
-            "Secrets Manager API calls made by the last refresh.",
+            "AWS API calls made by the last refresh (Secrets Manager and SSM Parameter Store).",
             &[(String::new(), load(&self.last_refresh_aws_calls))],
         );
         metric(
