@@ -649,6 +649,15 @@ async fn environment_variables_in_a_libc_less_app_image() {
         say("SKIPPED: /bin/busybox (busybox-static) is missing; scripts/test installs it");
         return;
     }
+    // The wrapper runs from the agent's binary inside an image with no libc: it must be static.
+    let agent = binaries_dir().join("kura-agent");
+    let libs = testkit::podman::linked_libraries(&agent);
+    assert!(
+        libs.is_empty(),
+        "{} links {libs:?}: this test needs the static agent that scripts/test builds \
+         (set KURA_IMAGE_BINARIES to its directory)",
+        agent.display()
+    );
     let app_image = Image::assemble(
         "kura-busybox-app",
         FinalStage {
