@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 c=fuzz/corpus
-mkdir -p "$c"/{admission_review,annotations,agent_spec,policy_file,store_file,lint_manifests,template}
+mkdir -p "$c"/{admission_review,annotations,agent_spec,policy_file,store_file,lint_manifests,template,version_protocol}
 kura=${KURA:-target/debug/kura}
 
 cp examples/admission-review.json "$c/admission_review/example-review.json"
@@ -46,3 +46,9 @@ printf '{{ a.\n' >"$c/template/syntax-error"
 cp examples/policy.yaml tests/fixtures/webhook-policy-relaxed.yaml "$c/policy_file/"
 cp examples/store.yaml tests/fixtures/webhook-store.yaml "$c/store_file/"
 find tests/realworld -name '*.yaml' -size -64k -exec cp {} "$c/lint_manifests/" \;
+
+# version_protocol: checks an agent sends and answers the service gives (contract §8).
+printf '{"references":[{"secret":"/demo/db"},{"secret":"/demo/db","versionStage":"AWSPREVIOUS"},{"secret":"ssm:/demo/flag","versionStage":"blue"},{"secret":"arn:aws:secretsmanager:us-east-1:111122223333:secret:/demo/tls-AbCdEf","versionId":"a1b2c3d4-0000-4000-8000-000000000000"}],"agent":{"pod":"orders-7c9f","refreshIntervalSeconds":120,"lastSuccessUnix":1733420000,"consecutiveFailures":0,"errorKind":null}}' >"$c/version_protocol/check"
+printf '{"references":[],"agent":{"refreshIntervalSeconds":60,"consecutiveFailures":3,"errorKind":"throttled"}}' >"$c/version_protocol/check-failing"
+printf '{"versions":[{"secret":"/demo/db","current":"a1b2"},{"secret":"ssm:/demo/flag","versionStage":"blue","unknown":true}]}' >"$c/version_protocol/answer"
+printf '{"message":"references outside the namespace scope","refused":["/other/db"]}' >"$c/version_protocol/refusal"

@@ -160,17 +160,12 @@ impl VersionService {
                     format!("the request body could not be read: {m}"),
                 ),
             })?;
-        let asked: VersionsRequest = serde_json::from_slice(&body.bytes).map_err(|e| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the body is not a version check (POST {PATH}, JSON {{\"references\": [...], \"agent\": {{...}}}}): {}",
-                    kura_agent::redact::scalars(&e.to_string())
-                ),
-            )
+        let asked = read_check(&body.bytes).map_err(|message| Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message,
+            refused: Vec::new(),
         })?;
         drop(body);
-        check_request(&asked)?;
         let namespace = identity.namespace.as_str();
         let pod = identity.pod.as_deref().unwrap_or(&asked.agent.pod);
         // Heard from, whatever the answer: its state is what the fleet gauges are made of.
@@ -213,6 +208,19 @@ impl VersionService {
 }
 
 /// What a check may hold, beyond what its type says.
+/// A check's body, decoded and checked; the error is the `400` answer's message (it never
+/// repeats a scalar of the body but the references it names, each bounded).
+pub fn read_check(body: &[u8]) -> Result<VersionsRequest, String> {
+    let asked: VersionsRequest = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the body is not a version check (POST {PATH}, JSON {{\"references\": [...], \"agent\": {{...}}}}): {}",
+            kura_agent::redact::scalars(&e.to_string())
+        )
+    })?;
+    check_request(&asked).map_err(|r| r.message)?;
+    Ok(asked)
+}
+
 fn check_request(asked: &VersionsRequest) -> Result<(), Refusal> {
     let bad = |m: String| Err(Refusal::new(StatusCode::BAD_REQUEST, m));
     if asked.references.len() > MAX_REFERENCES {

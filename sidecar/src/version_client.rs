@@ -215,9 +215,7 @@ impl VersionClient {
                 message: printable(&message),
             });
         }
-        let answer: VersionsAnswer =
-            serde_json::from_slice(&body).map_err(|e| Failure::Malformed(e.to_string()))?;
-        verify(&request.references, answer.versions)
+        read_answer(&request.references, &body)
     }
 
     /// One connection, one request, the whole answer.
@@ -286,6 +284,13 @@ fn bearer(path: &Path) -> Result<HeaderValue, Failure> {
         .map_err(|_| fail("it holds characters an HTTP header cannot carry"))?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// A `200` answer's body, decoded and checked against the references asked.
+pub fn read_answer(asked: &[VersionRef], body: &[u8]) -> Result<Vec<VersionAnswer>, Failure> {
+    let answer: VersionsAnswer =
+        serde_json::from_slice(body).map_err(|e| Failure::Malformed(e.to_string()))?;
+    verify(asked, answer.versions)
 }
 
 /// Checks that each answer is about the reference asked at its position and says something.
