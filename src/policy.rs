@@ -196,14 +196,7 @@ pub const MAX_SHOWN: usize = 5;
 /// Longest finding in a denial, in characters (its rule id included).
 pub const MAX_FINDING: usize = 400;
 
-fn truncate_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
-}
+use kura_agent::redact::clip as truncate_chars;
 
 /// Namespace → mode from the `kura.dev/mode` label, when a cluster is there to ask.
 pub trait NamespaceModes: Send + Sync + std::fmt::Debug {

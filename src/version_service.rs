@@ -211,15 +211,20 @@ impl VersionService {
 /// A check's body, decoded and checked; the error is the `400` answer's message (it never
 /// repeats a scalar of the body but the references it names, each bounded).
 pub fn read_check(body: &[u8]) -> Result<VersionsRequest, String> {
+    let clip = |m: String| kura_agent::redact::clip(&m, MAX_MESSAGE_CHARS);
     let asked: VersionsRequest = serde_json::from_slice(body).map_err(|e| {
-        format!(
+        clip(format!(
             "the body is not a version check (POST {PATH}, JSON {{\"references\": [...], \"agent\": {{...}}}}): {}",
             kura_agent::redact::scalars(&e.to_string())
-        )
+        ))
     })?;
-    check_request(&asked).map_err(|r| r.message)?;
+    check_request(&asked).map_err(|r| clip(r.message))?;
     Ok(asked)
 }
+
+/// Longest `400` message, in characters: it may quote the body (an unknown field's name, a
+/// reference), which the caller chose.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
 
 fn check_request(asked: &VersionsRequest) -> Result<(), Refusal> {
     let bad = |m: String| Err(Refusal::new(StatusCode::BAD_REQUEST, m));
@@ -366,4 +371,38 @@ pub fn start(
     let listener = server::serve_tls(app(vs), listen, resolver, limits, counted)?;
     info!(addr = %listener.addr, "version service listening");
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`version_protocol`): serde names an unknown field in full, so a 16 KiB
+    /// field name made a 16 KiB message.
+    #[test]
+    fn refusals_are_bounded_whatever_the_body_quotes() {
+        let field = "r".repeat(16 * 1024);
+        let body = format!(
+            r#"{{"{field}": 1, "references": [], "agent": {{"refreshIntervalSeconds": 1}}}}"#
+        );
+        let e = read_check(body.as_bytes()).expect_err("an unknown field");
+        assert!(
+            e.chars().count() <= MAX_MESSAGE_CHARS,
+            "{} characters",
+            e.chars().count()
+        );
+        assert!(e.contains("not a version check"), "{e}");
+
+        let reference = "\u{1}".repeat(2000);
+        let body = serde_json::json!({
+            "references": [{"secret": reference}],
+            "agent": {"refreshIntervalSeconds": 1},
+        });
+        let e = read_check(body.to_string().as_bytes()).expect_err("a bad reference");
+        assert!(
+            e.chars().count() <= MAX_MESSAGE_CHARS,
+            "{} characters",
+            e.chars().count()
+        );
+    }
 }
