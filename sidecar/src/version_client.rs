@@ -289,7 +289,7 @@ fn bearer(path: &Path) -> Result<HeaderValue, Failure> {
 /// A `200` answer's body, decoded and checked against the references asked.
 pub fn read_answer(asked: &[VersionRef], body: &[u8]) -> Result<Vec<VersionAnswer>, Failure> {
     let answer: VersionsAnswer =
-        serde_json::from_slice(body).map_err(|e| Failure::Malformed(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| Failure::Malformed(printable(&e.to_string())))?;
     verify(asked, answer.versions)
 }
 
