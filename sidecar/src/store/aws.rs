@@ -208,20 +208,29 @@ impl AwsStore {
         Ok(())
     }
 
+    /// One `DescribeSecret`, counted: metadata for the policy and versions for the version
+    /// service come from the same call.
+    async fn describe_secret(
+        &self,
+        secret: &str,
+    ) -> Result<aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput, StoreError>
+    {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.metadata.count(MetadataApi::DescribeSecret);
+        self.client()
+            .describe_secret()
+            .secret_id(secret)
+            .send()
+            .await
+            .map_err(|e| map_err(&self.endpoint, secret, &e))
+    }
+
     /// See [`super::Store::describe_secret_versions`].
     pub async fn describe_secret_versions(
         &self,
         secret: &str,
     ) -> Result<SecretVersions, StoreError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.metadata.count(MetadataApi::DescribeSecret);
-        let out = self
-            .client()
-            .describe_secret()
-            .secret_id(secret)
-            .send()
-            .await
-            .map_err(|e| map_err(&self.endpoint, secret, &e))?;
+        let out = self.describe_secret(secret).await?;
         Ok(SecretVersions {
             arn: out.arn().unwrap_or_default().to_string(),
             name: out.name().unwrap_or_default().to_string(),
@@ -246,15 +255,7 @@ impl AwsStore {
         if Reference::of(secret).is_parameter() {
             return self.parameters().describe(secret).await;
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.metadata.count(MetadataApi::DescribeSecret);
-        let out = self
-            .client()
-            .describe_secret()
-            .secret_id(secret)
-            .send()
-            .await
-            .map_err(|e| map_err(&self.endpoint, secret, &e))?;
+        let out = self.describe_secret(secret).await?;
         let tags = tag_map(out.tags());
         Ok(SecretMeta {
             arn: out.arn().unwrap_or_default().to_string(),
