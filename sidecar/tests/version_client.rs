@@ -395,16 +395,7 @@ async fn create(moto: &Moto, name: &str, value: &str) -> String {
 }
 
 async fn rotate(moto: &Moto, name: &str, value: &str) -> String {
-    moto.client()
-        .await
-        .put_secret_value()
-        .secret_id(name)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap()
-        .version_id
-        .unwrap()
+    testkit::moto::put_value(&moto.client().await, name, value).await
 }
 
 fn write_token(path: &std::path::Path, token: &str) {

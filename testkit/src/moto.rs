@@ -276,12 +276,15 @@ impl MotoOn {
 }
 
 /// Writes a new current value of `id`, as a rotation does.
-pub async fn put_value(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) {
+/// `PutSecretValue`; returns the new version's id.
+pub async fn put_value(client: &aws_sdk_secretsmanager::Client, id: &str, value: &str) -> String {
     client
         .put_secret_value()
         .secret_id(id)
         .secret_string(value)
         .send()
         .await
-        .expect("PutSecretValue");
+        .expect("PutSecretValue")
+        .version_id
+        .expect("a version id")
 }
