@@ -509,16 +509,8 @@ pub fn validate_env_name(name: &str) -> Result<(), Invalid> {
     } else {
         Err(Invalid(format!(
             "{:?} is not an environment variable name; use letters, digits and '_', not starting with a digit",
-            truncate_for_message(name)
+            crate::redact::clip(name, 65)
         )))
-    }
-}
-
-/// At most 64 characters of a refused name, for a message.
-fn truncate_for_message(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 
