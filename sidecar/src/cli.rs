@@ -166,30 +166,81 @@ impl VersionServiceArgs {
     }
 }
 
-pub fn init_tracing(format: LogFormat) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
-    });
-    // The HTTP layers below the SDK trace raw responses, which carry secret values: whatever
-    // KURA_LOG asks for, they never log below info.
-    for target in [
-        "aws_smithy_runtime",
-        "aws_smithy_http",
-        "aws_smithy_http_client",
-        "hyper",
-        "hyper_util",
-        "h2",
-    ] {
-        if let Ok(d) = format!("{target}=info").parse() {
-            filter = filter.add_directive(d);
-        }
+/// The agent's default log filter: its own lines at `info`, the AWS SDK's at `warn`.
+const DEFAULT_LOG_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn";
+
+/// The HTTP layers below the SDK trace raw responses, which carry secret values: whatever
+/// `KURA_LOG` asks for, they and their modules never log below `info`.
+const HTTP_TARGETS: [&str; 6] = [
+    "aws_smithy_runtime",
+    "aws_smithy_http",
+    "aws_smithy_http_client",
+    "hyper",
+    "hyper_util",
+    "h2",
+];
+
+/// The log filter from `KURA_LOG` (`target=level` directives, as `RUST_LOG` writes them), or
+/// the default with the reason it was not usable. A `Targets` filter, not an `EnvFilter`: the
+/// agent's filter needs no span or field matching, and `EnvFilter` parses its directives with
+/// regular expressions, whose compiler was a few hundred KiB of every agent's resident memory.
+pub fn log_filter(setting: Option<&str>) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let default = || {
+        DEFAULT_LOG_FILTER
+            .parse::<Targets>()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
+    };
+    let (parsed, problem) = match setting.map(str::trim).filter(|s| !s.is_empty()) {
+        None => (default(), None),
+        Some(s) => match s.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                default(),
+                Some(format!(
+                    "KURA_LOG is not a filter such as \"info,kura_agent=debug\" ({e}); logging at the default"
+                )),
+            ),
+        },
+    };
+    // A directive matches the targets it is a prefix of, and the longest match decides: every
+    // directive that could reach into an HTTP layer is capped, and each layer gets a directive
+    // of its own, at most `info`, that outranks shorter ones ("hyp=trace", "trace").
+    let reaches_http = |target: &str| HTTP_TARGETS.iter().any(|h| target.starts_with(h));
+    let default_level = parsed.default_level().unwrap_or(LevelFilter::OFF);
+    let mut filter = Targets::new().with_default(default_level);
+    for (target, level) in parsed.iter() {
+        let level = if reaches_http(target) {
+            level.min(LevelFilter::INFO)
+        } else {
+            level
+        };
+        filter = filter.with_target(target, level);
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    for target in HTTP_TARGETS {
+        let level = parsed
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map_or(default_level, |(_, l)| l)
+            .min(LevelFilter::INFO);
+        filter = filter.with_target(target, level);
+    }
+    (filter, problem)
+}
+
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let setting = std::env::var("KURA_LOG").ok();
+    let (filter, problem) = log_filter(setting.as_deref());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+    }
+    if let Some(problem) = problem {
+        warn!("{problem}");
     }
 }
 
@@ -443,5 +494,64 @@ mod tests {
         let cli = Cli::try_parse_from(["kura-agent", "ready"]).expect("parses");
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["kura-agent", "--log-format", "xml", "ready"]).is_err());
+    }
+
+    /// Whatever `KURA_LOG` says, the HTTP layers below the SDK (which trace raw responses, values
+    /// included) never log below `info`: not through the default, a crate directive, a module
+    /// directive or a prefix of their names.
+    #[test]
+    fn no_log_filter_opens_the_http_layers_below_info() {
+        use tracing::Level;
+        for setting in [
+            "trace",
+            "hyper=trace",
+            "hyper::proto::h1=trace",
+            "hyper:=trace",
+            "hyp=trace",
+            "aws_smithy=trace",
+            "aws_smithy_runtime::client::orchestrator=debug,kura_agent=trace",
+            "warn,h2=trace,hyper_util::client=debug",
+        ] {
+            let (filter, problem) = log_filter(Some(setting));
+            assert_eq!(problem, None, "{setting}");
+            for target in [
+                "hyper::proto::h1::io",
+                "hyper",
+                "hyper_util::client::legacy",
+                "h2::codec",
+                "aws_smithy_runtime::client::orchestrator",
+                "aws_smithy_http_client::hyper_impl",
+                "aws_smithy_http::body",
+            ] {
+                assert!(
+                    !filter.would_enable(target, &Level::DEBUG),
+                    "KURA_LOG={setting} lets {target} log at debug"
+                );
+            }
+        }
+        // What is not an HTTP layer is as asked, and info from the layers still shows.
+        let (filter, _) = log_filter(Some("warn,kura_agent=debug,hyper=info"));
+        assert!(filter.would_enable("kura_agent::agent", &Level::DEBUG));
+        assert!(!filter.would_enable("aws_config::meta", &Level::INFO));
+        assert!(filter.would_enable("hyper::client", &Level::INFO));
+        // A quiet setting stays quiet for the HTTP layers too.
+        let (filter, _) = log_filter(Some("warn"));
+        assert!(!filter.would_enable("hyper::client", &Level::INFO));
+        assert!(filter.would_enable("hyper::client", &Level::WARN));
+    }
+
+    #[test]
+    fn the_default_log_filter_and_a_bad_setting() {
+        use tracing::Level;
+        let (filter, problem) = log_filter(None);
+        assert_eq!(problem, None);
+        assert!(filter.would_enable("kura_agent::agent", &Level::INFO));
+        assert!(!filter.would_enable("kura_agent::agent", &Level::DEBUG));
+        assert!(!filter.would_enable("aws_config::profile", &Level::INFO));
+        assert!(filter.would_enable("aws_config::profile", &Level::WARN));
+        let (filter, problem) = log_filter(Some("kura_agent=loud"));
+        let problem = problem.expect("a bad setting is reported");
+        assert!(problem.contains("KURA_LOG"), "{problem}");
+        assert!(filter.would_enable("kura_agent::agent", &Level::INFO));
     }
 }
