@@ -4,16 +4,19 @@
 # Prints, for the release build of the agent:
 #   - the stripped binary size;
 #   - the time from start to files written by `kura-agent init`, for 1 and 20 secrets;
-#   - the steady-state RSS of `kura-agent run` with 20 secrets and a 2 s refresh interval, and
-#     with 20 secrets plus 10 SSM parameters (both SDK clients in use);
+#   - the steady-state RSS of `kura-agent run` with 20 secrets and a 2 s refresh interval, with
+#     20 secrets plus 10 SSM parameters (both SDK clients in use), and with 20 secrets checked
+#     through the version service (contract §8: `kura serve --version-service-listen` on moto,
+#     its tokens reviewed by bench/fleet-sim/apiserver.py, the TokenReview stub);
 #   - the AWS calls per refresh (from the agent's own metrics endpoint);
 #   - the rotation latency from PutSecretValue to the new file content.
 # and checks them against the agent's budgets (RSS <= 8 MiB, calls = ceil(secrets/20) +
 # ceil(parameters/10), rotation <= interval + 1 s).
 #
 # Needs the test venv with moto (scripts/test prepares it: .venv, or $KURA_VENV), curl, and a
-# Rust toolchain. The release build (opt-level "s", LTO, one codegen unit) takes minutes on a
-# small machine; KURA_BENCH_NO_BUILD=1 reuses target/<host>/release/kura-agent.
+# Rust toolchain. The build (profile `agent`: release with opt-level "z", LTO, one codegen unit)
+# takes minutes on a small machine; KURA_BENCH_NO_BUILD=1 reuses target/<host>/agent/kura-agent and
+# target/release/kura ($KURA_BIN for another kura build).
 #
 # Knobs: KURA_BENCH_INTERVAL (s, default 2), KURA_BENCH_SETTLE (s before reading RSS, default 30),
 # KURA_BENCH_ROTATIONS (default 10), KURA_BENCH_RUNS (init timings per size, default 7).
@@ -36,18 +39,26 @@ runs="${KURA_BENCH_RUNS:-7}"
 host="$(rustc -vV | sed -n 's/^host: //p')"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 if [ -z "${KURA_BENCH_NO_BUILD:-}" ]; then
-    echo "==> cargo build --release -p kura-agent (static-pie, --target $host)" >&2
+    echo "==> cargo build --profile agent -p kura-agent (static-pie, --target $host)" >&2
     RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --release -p kura-agent --bin kura-agent --target "$host" >&2
+        cargo build --profile agent -p kura-agent --bin kura-agent --target "$host" >&2
+    if [ -z "${KURA_BIN:-}" ]; then
+        echo "==> cargo build --release -p kura (the version service)" >&2
+        cargo build --release -p kura --bin kura >&2
+    fi
 fi
-bin="$target_dir/$host/release/kura-agent"
+kura="${KURA_BIN:-$target_dir/release/kura}"
+[ -x "$kura" ] || { echo "no $kura" >&2; exit 2; }
+bin="$target_dir/$host/agent/kura-agent"
 [ -x "$bin" ] || { echo "no $bin" >&2; exit 2; }
 
 work="$(mktemp -d)"
 moto_pid=""
 agent_pid=""
+service_pids=()
 cleanup() {
     if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
+    for p in "${service_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
@@ -57,15 +68,22 @@ free_port() {
     "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# moto over HTTPS, as AWS is reached: the TLS client's code and buffers are part of the agent's
+# footprint in a cluster. One certificate for `localhost` serves moto and the version service;
+# the agent (rustls-native-certs) trusts its CA through SSL_CERT_FILE, boto3 through
+# AWS_CA_BUNDLE.
+"$kura" certs --service localhost --namespace bench --days 2 --out-dir "$work/certs" >/dev/null
 moto_port="$(free_port)"
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" -c "$work/certs/tls.crt" \
+    -k "$work/certs/tls.key" >"$work/moto.log" 2>&1 &
 moto_pid=$!
 for _ in $(seq 1 300); do
     (exec 3<>"/dev/tcp/127.0.0.1/$moto_port") 2>/dev/null && break
     sleep 0.1
 done
 
-export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 \
+export AWS_ENDPOINT_URL="https://localhost:$moto_port" AWS_REGION=us-east-1 \
+    SSL_CERT_FILE="$work/certs/ca.crt" AWS_CA_BUNDLE="$work/certs/ca.crt" \
     AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
 export KURA_LOG_FORMAT=json KURA_TERMINATION_LOG="$work/termination-log"
 
@@ -157,7 +175,7 @@ steady() {
     local spec="$1" dir="$2" last="$3" port rss
     mkdir "$dir"
     port="$(free_port)"
-    KURA_SPEC="$spec" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$port" \
+    env "${agent_env[@]}" KURA_SPEC="$spec" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$port" \
         "$bin" run 2>"$dir.log" &
     agent_pid=$!
     for _ in $(seq 1 300); do if [ -e "$dir/$last" ]; then break; fi; sleep 0.05; done
@@ -172,6 +190,8 @@ steady() {
     metrics="$(curl -sf "http://127.0.0.1:$port/metrics")"
 }
 sample() { awk -v k="$1" '$1 == k { print $2 }' <<<"$metrics"; }
+
+agent_env=()
 
 # 20 secrets, then rotations.
 dir="$work/run"
@@ -190,6 +210,42 @@ mixed_max="$rss_max" mixed_now="$rss_now" mixed_hwm="$hwm"
 mixed_calls="$(sample kura_agent_last_refresh_aws_calls)"
 mixed_written="$(ls "$work/run-mixed" | grep -c '\.json$' || true)"
 
+kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
+
+# 20 secrets checked through the version service: `kura serve` on moto with a TokenReview stub
+# as its cluster, the agent with the environment the webhook's patch gives it.
+api_port="$(free_port)"
+"$py" bench/fleet-sim/apiserver.py "$api_port" >"$work/apiserver.log" 2>&1 &
+service_pids+=($!)
+cat >"$work/kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: bench, cluster: {server: "http://127.0.0.1:$api_port"}}]
+users: [{name: kura, user: {token: bench-service-token}}]
+contexts: [{name: bench, context: {cluster: bench, user: kura, namespace: kura-system}}]
+current-context: bench
+KUBECONFIG
+vs_port="$(free_port)"
+KUBECONFIG="$work/kubeconfig" "$kura" serve --store aws --listen "127.0.0.1:$(free_port)" \
+    --metrics-listen "127.0.0.1:$(free_port)" --tls-cert "$work/certs/tls.crt" \
+    --tls-key "$work/certs/tls.key" --watch-namespaces never \
+    --version-service-listen "127.0.0.1:$vs_port" >"$work/service.log" 2>&1 &
+service_pids+=($!)
+for _ in $(seq 1 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$vs_port") 2>/dev/null && break
+    sleep 0.1
+done
+printf 'sim.bench.app.app-0' >"$work/token"
+agent_env=(KURA_VERSION_SERVICE_URL="https://localhost:$vs_port"
+    KURA_VERSION_SERVICE_CA="$(cat "$work/certs/ca.crt")"
+    KURA_VERSION_SERVICE_TOKEN="$work/token" KURA_POD_NAME=app-0)
+steady "$spec20" "$work/run-service" secret-19.json
+service_max="$rss_max" service_now="$rss_now" service_hwm="$hwm"
+checks_ok="$(awk '$1 ~ /^kura_agent_version_checks_total/ && /outcome="ok"/ { s += $2 } END { print s + 0 }' <<<"$metrics")"
+checks_all="$(awk '$1 ~ /^kura_agent_version_checks_total/ { s += $2 } END { print s + 0 }' <<<"$metrics")"
+service_calls="$(sample kura_agent_aws_calls_total)"
+service_refreshes="$(sample kura_agent_refreshes_total)"
+
 size="$(stat -c %s "$bin")"
 symtab="stripped"
 if command -v readelf >/dev/null && readelf -S "$bin" | grep -q '\.symtab'; then
@@ -203,7 +259,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.2f MiB", k / 1024 }'; }
 line() { printf '  %-44s %s\n' "$1" "$2"; }
 echo
 echo "kura-agent benchmark ($(uname -sr), $(nproc) CPU, $(rustc --version 2>/dev/null || echo rustc ?), moto $("$py" -c 'import moto; print(moto.__version__)'))"
-line "binary size (release, $symtab)" \
+line "binary size (profile agent, $symtab)" \
     "$(awk -v b="$size" 'BEGIN { printf "%.2f MB (%d bytes)", b / 1e6, b }')"
 line "init: start to files written, 1 secret" "${bench_init_1} ms (median of $runs)"
 line "init: start to files written, 20 secrets" "${bench_init_20} ms (median of $runs)"
@@ -215,5 +271,9 @@ line "run: RSS, 20 secrets + 10 parameters" \
     "$(mib "$mixed_now") after ${settle} s; max $(mib "$mixed_max"), VmHWM $(mib "$mixed_hwm")   [budget 8 MiB: $(verdict "$mixed_max <= 8192")]"
 line "AWS calls per refresh, 20 secrets + 10 parameters" \
     "${mixed_calls} (${mixed_written} files)   [budget $((budget_calls + 1)): $(verdict "$mixed_calls <= $budget_calls + 1")]"
+line "run: RSS, 20 secrets, version service on" \
+    "$(mib "$service_now") after ${settle} s; max $(mib "$service_max"), VmHWM $(mib "$service_hwm")   [budget 8 MiB: $(verdict "$service_max <= 8192")]"
+line "version checks answered, 20 secrets" \
+    "${checks_ok} of ${checks_all}; ${service_calls} AWS calls over ${service_refreshes} refreshes   [$(verdict "$checks_ok > 0 && $checks_ok == $checks_all")]"
 line "rotation: PutSecretValue to new file" \
     "median ${rot_median} s, p90 ${rot_p90} s, max ${rot_max} s over ${rotations}   [budget $((interval + 1)) s: $(verdict "$rot_max <= $interval + 1")]"

@@ -23,8 +23,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     host="$(rustc -vV | sed -n 's/^host: //p')" \
  && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked -p kura-agent --bin kura-agent --target "$host" \
- && cp "target/$host/release/kura-agent" /kura-agent
+    cargo build --profile agent --locked -p kura-agent --bin kura-agent --target "$host" \
+ && cp "target/$host/agent/kura-agent" /kura-agent
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.source="https://github.com/kura-dev/kura" \
