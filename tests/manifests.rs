@@ -966,7 +966,7 @@ fn dockerfile_user(path: &str) -> u64 {
 }
 
 /// The Dockerfiles build this workspace's binaries with the toolchain rust-toolchain.toml pins,
-/// in release and `--locked`, on the Debian release of their distroless/cc runtime (glibc
+/// in release (the agent in the `agent` profile: release, optimized for size) and `--locked`, on the Debian release of their distroless/cc runtime (glibc
 /// binaries run on the C library they were linked against), into a shell-less non-root runtime
 /// whose entrypoint is the binary and whose default command is one of its subcommands. The
 /// container tests (tests/containers.rs) build and run what these final stages describe.
@@ -1054,17 +1054,29 @@ fn dockerfiles_build_the_workspace_binaries() {
             format!("{file}: {binary} has no subcommand {cmd}")
         });
         // The agent is static (it also runs in app containers as `kura-agent exec`), built for
-        // the build platform's own target; the webhook is an ordinary glibc binary.
+        // the build platform's own target with the `agent` profile; the webhook is an ordinary
+        // glibc binary.
         let build = if package == "kura-agent" {
+            p.check(
+                squeezed_contains(
+                    &text,
+                    &format!("cp \"target/$host/agent/{binary}\" /{binary}"),
+                ),
+                || {
+                    format!(
+                        "{file}: must copy the agent profile's binary, target/$host/agent/{binary}"
+                    )
+                },
+            );
             format!(
-                "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --locked -p {package} --bin {binary} --target \"$host\""
+                "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile agent --locked -p {package} --bin {binary} --target \"$host\""
             )
         } else {
             format!("cargo build --release --locked -p {package} --bin {binary} ")
         };
-        let squeezed = text.split_whitespace().collect::<Vec<_>>().join(" ");
         p.check(
-            squeezed.contains(&build) && (package == "kura-agent" || !text.contains("--target")),
+            squeezed_contains(&text, &build)
+                && (package == "kura-agent" || !text.contains("--target")),
             || format!("{file}: must build `{build}` for the build platform"),
         );
         p.check(
@@ -1080,7 +1092,25 @@ fn dockerfiles_build_the_workspace_binaries() {
             || format!("{file}: both images run as one uid"),
         );
     }
+    // The profile the agent's image is built with is the release profile, smaller.
+    let cargo = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let agent_profile = cargo
+        .split("\n[")
+        .find_map(|section| section.strip_prefix("profile.agent]"));
+    p.check(
+        agent_profile
+            .is_some_and(|body| body.lines().any(|l| l.trim() == "inherits = \"release\"")),
+        || "Cargo.toml: [profile.agent] must inherit the release profile".into(),
+    );
     p.assert_none();
+}
+
+/// `needle` in `text` with every run of whitespace (line continuations included) as one space.
+fn squeezed_contains(text: &str, needle: &str) -> bool {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .contains(needle)
 }
 
 fn subcommand_names(cmd: clap::Command) -> Vec<String> {
