@@ -23,12 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv="${KURA_VENV:-$PWD/.venv}"
-if [ ! -x "$venv/bin/moto_server" ]; then
-    echo "no moto in $venv: run scripts/test once (it prepares the venv) or set KURA_VENV" >&2
-    exit 2
-fi
-py="$venv/bin/python"
+. bench/venv.sh
 interval="${KURA_BENCH_INTERVAL:-2}"
 settle="${KURA_BENCH_SETTLE:-30}"
 rotations="${KURA_BENCH_ROTATIONS:-10}"

@@ -49,12 +49,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv="${KURA_VENV:-$PWD/.venv}"
-if [ ! -x "$venv/bin/moto_server" ]; then
-    echo "no moto in $venv: run scripts/test once (it prepares the venv) or set KURA_VENV" >&2
-    exit 2
-fi
-py="$venv/bin/python"
+. bench/venv.sh
 sizes="${KURA_SIM_N:-100 1000}"
 modes="${KURA_SIM_MODES:-off on}"
 interval="${KURA_SIM_INTERVAL:-20}"

@@ -18,11 +18,12 @@ Usage: apiserver.py LISTEN_PORT
 """
 
 import json
-import socket
 import sys
 import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from quiet_http import QuietHandler
 
 PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 LOCK = threading.Lock()
@@ -65,18 +66,7 @@ def review(req):
     return out, False
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def setup(self):
-        super().setup()
-        # Headers and body go out in separate writes: without this, Nagle's algorithm and the
-        # client's delayed ACK add 40 ms to every answer.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, *_):
-        pass
-
+class Handler(QuietHandler):
     def reply(self, status, obj):
         body = json.dumps(obj).encode()
         self.send_response(status)

@@ -37,12 +37,13 @@ Usage: proxy.py LISTEN_PORT MOTO_URL EVENTS_FILE
 import http.client
 import json
 import re
-import socket
 import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from quiet_http import QuietHandler
 
 # API -> (bucket, requests per second). APIs sharing a quota share a bucket.
 QUOTAS = {
@@ -118,18 +119,7 @@ class State:
 STATE = None
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def setup(self):
-        super().setup()
-        # Headers and body go out in separate writes: without this, Nagle's algorithm and the
-        # client's delayed ACK add 40 ms to every answer.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, *_):
-        pass
-
+class Handler(QuietHandler):
     def read_body(self):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             out = b""
