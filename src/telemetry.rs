@@ -40,6 +40,7 @@ impl Drop for LogGuard {
 /// `info`, in batches (see [`Batcher`]); the CLI commands keep stdout for their output and log
 /// warnings to stderr, unbuffered.
 pub fn init(format: &str, server: bool) -> LogGuard {
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if server {
         "info,aws_config=warn,aws_smithy_runtime=warn,kube=warn"
     } else {
@@ -52,26 +53,31 @@ pub fn init(format: &str, server: bool) -> LogGuard {
     } else {
         std::io::stderr().is_terminal()
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colored(terminal, std::env::var_os("NO_COLOR").as_deref()));
+    let ansi = colored(terminal, std::env::var_os("NO_COLOR").as_deref());
+    let output = tracing_subscriber::fmt::layer().with_ansi(ansi);
     let batcher = Batcher::new(Box::new(std::io::stdout()));
     let stdout = Batched(batcher.clone());
     let _ = match (format == "json", server) {
         // kura opens one span, the admission's: `span` carries its fields, and the default
         // `spans` list would repeat them on every line.
-        (true, true) => builder
-            .fmt_fields(JsonMembers)
-            .event_format(JsonLines)
-            .with_writer(stdout)
-            .try_init(),
-        (true, false) => builder
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (false, true) => builder.with_writer(stdout).try_init(),
-        (false, false) => builder.with_writer(std::io::stderr).try_init(),
+        (true, true) => subscriber(
+            filter,
+            output
+                .fmt_fields(JsonMembers)
+                .event_format(JsonLines)
+                .with_writer(stdout),
+        )
+        .try_init(),
+        (true, false) => subscriber(
+            filter,
+            output
+                .json()
+                .flatten_event(true)
+                .with_writer(std::io::stderr),
+        )
+        .try_init(),
+        (false, true) => subscriber(filter, output.with_writer(stdout)).try_init(),
+        (false, false) => subscriber(filter, output.with_writer(std::io::stderr)).try_init(),
     };
     if server {
         if let Err(e) = batcher.start() {
@@ -80,6 +86,32 @@ pub fn init(format: &str, server: bool) -> LogGuard {
         let _ = SERVER_LOGS.set(batcher);
     }
     LogGuard(())
+}
+
+/// The subscriber: `filter` (`KURA_LOG`, an `EnvFilter`, or the default) decides what is logged,
+/// `output` formats and writes it behind the agent's cap on the HTTP layers
+/// ([`kura_agent::cli::http_layers_cap`]): admission reviews carry pod specs (plaintext
+/// credentials among them, which kura exists to refuse) and the version service's TokenReviews
+/// carry tokens, so hyper, h2 and the AWS SDK's HTTP layers never log below `info`, whatever
+/// `KURA_LOG` asks, span directives included.
+fn subscriber<L>(
+    filter: tracing_subscriber::EnvFilter,
+    output: L,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    L: tracing_subscriber::Layer<
+            tracing_subscriber::layer::Layered<
+                tracing_subscriber::EnvFilter,
+                tracing_subscriber::Registry,
+            >,
+        > + Send
+        + Sync
+        + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output.with_filter(kura_agent::cli::http_layers_cap()))
 }
 
 /// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set
@@ -286,6 +318,55 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The HTTP layers (which see admission bodies and tokens) never log below `info`, whatever
+    /// `KURA_LOG` says: a default, a module directive, a span directive on the admission span.
+    #[test]
+    fn no_log_setting_opens_the_http_layers_below_info() {
+        for setting in [
+            "trace",
+            "hyper::proto::h1=trace,kura=debug",
+            "[admission]=trace",
+            "kura=info,[admission{uid}]=trace,h2=debug",
+        ] {
+            let out = Captured::default();
+            let writer = out.clone();
+            let output = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone());
+            let sub = subscriber(tracing_subscriber::EnvFilter::new(setting), output);
+            tracing::subscriber::with_default(sub, || {
+                let span = tracing::info_span!(target: "kura::admission", "admission", uid = "u1");
+                let _in = span.enter();
+                tracing::debug!(target: "hyper::proto::h1::io", "hyper-debug");
+                tracing::trace!(target: "h2::codec::framed_read", "h2-trace");
+                tracing::debug!(target: "aws_smithy_runtime::client::orchestrator", "smithy-debug");
+                tracing::info!(target: "kura::admission", "kura-info");
+            });
+            let out = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            for quiet in ["hyper-debug", "h2-trace", "smithy-debug"] {
+                assert!(
+                    !out.contains(quiet),
+                    "KURA_LOG={setting} let {quiet} out:\n{out}"
+                );
+            }
+            assert!(out.contains("kura-info"), "KURA_LOG={setting}:\n{out}");
+        }
+    }
 
     #[test]
     fn text_logs_are_coloured_only_on_a_terminal_without_no_color() {

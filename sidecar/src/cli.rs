@@ -169,8 +169,7 @@ impl VersionServiceArgs {
 /// The agent's default log filter: its own lines at `info`, the AWS SDK's at `warn`.
 const DEFAULT_LOG_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn";
 
-/// The HTTP layers below the SDK trace raw responses, which carry secret values: whatever
-/// `KURA_LOG` asks for, they and their modules never log below `info`.
+/// The HTTP layers below the SDK, which trace raw requests and responses (values included).
 const HTTP_TARGETS: [&str; 6] = [
     "aws_smithy_runtime",
     "aws_smithy_http",
@@ -179,6 +178,19 @@ const HTTP_TARGETS: [&str; 6] = [
     "hyper_util",
     "h2",
 ];
+
+/// A filter for the log output itself, beside the one `KURA_LOG` sets: the HTTP layers below
+/// the SDK and their modules never log below `info`, whatever `KURA_LOG` (the agent's or the
+/// webhook's, span directives included) asks for. Everything else passes.
+pub fn http_layers_cap() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    // A `Targets` directive covers every target its name is a prefix of.
+    HTTP_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, h| {
+            t.with_target(*h, LevelFilter::INFO)
+        })
+}
 
 /// The log filter from `KURA_LOG` (`target=level` directives, as `RUST_LOG` writes them), or
 /// the default with the reason it was not usable. A `Targets` filter, not an `EnvFilter`: the
@@ -191,7 +203,7 @@ pub fn log_filter(setting: Option<&str>) -> (tracing_subscriber::filter::Targets
             .parse::<Targets>()
             .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
     };
-    let (parsed, problem) = match setting.map(str::trim).filter(|s| !s.is_empty()) {
+    match setting.map(str::trim).filter(|s| !s.is_empty()) {
         None => (default(), None),
         Some(s) => match s.parse::<Targets>() {
             Ok(t) => (t, None),
@@ -202,42 +214,39 @@ pub fn log_filter(setting: Option<&str>) -> (tracing_subscriber::filter::Targets
                 )),
             ),
         },
-    };
-    // A directive matches the targets it is a prefix of, and the longest match decides: every
-    // directive that could reach into an HTTP layer is capped, and each layer gets a directive
-    // of its own, at most `info`, that outranks shorter ones ("hyp=trace", "trace").
-    let reaches_http = |target: &str| HTTP_TARGETS.iter().any(|h| target.starts_with(h));
-    let default_level = parsed.default_level().unwrap_or(LevelFilter::OFF);
-    let mut filter = Targets::new().with_default(default_level);
-    for (target, level) in parsed.iter() {
-        let level = if reaches_http(target) {
-            level.min(LevelFilter::INFO)
-        } else {
-            level
-        };
-        filter = filter.with_target(target, level);
     }
-    for target in HTTP_TARGETS {
-        let level = parsed
-            .iter()
-            .find(|(t, _)| *t == target)
-            .map_or(default_level, |(_, l)| l)
-            .min(LevelFilter::INFO);
-        filter = filter.with_target(target, level);
-    }
-    (filter, problem)
+}
+
+/// The agent's subscriber: `filter` decides what is logged, `output` formats and writes it,
+/// behind [`http_layers_cap`].
+fn subscriber<L>(
+    filter: tracing_subscriber::filter::Targets,
+    output: L,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    L: tracing_subscriber::Layer<
+            tracing_subscriber::layer::Layered<
+                tracing_subscriber::filter::Targets,
+                tracing_subscriber::Registry,
+            >,
+        > + Send
+        + Sync
+        + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output.with_filter(http_layers_cap()))
 }
 
 pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let setting = std::env::var("KURA_LOG").ok();
     let (filter, problem) = log_filter(setting.as_deref());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
-        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => subscriber(filter, output.json().flatten_event(true)).init(),
+        LogFormat::Text => subscriber(filter, output).init(),
     }
     if let Some(problem) = problem {
         warn!("{problem}");
@@ -496,48 +505,84 @@ mod tests {
         assert!(Cli::try_parse_from(["kura-agent", "--log-format", "xml", "ready"]).is_err());
     }
 
+    /// What a subscriber wrote, for the tests.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// Whatever `KURA_LOG` says, the HTTP layers below the SDK (which trace raw responses, values
     /// included) never log below `info`: not through the default, a crate directive, a module
-    /// directive or a prefix of their names.
+    /// directive or a prefix of their names. The agent's own lines are as asked.
     #[test]
-    fn no_log_filter_opens_the_http_layers_below_info() {
-        use tracing::Level;
-        for setting in [
-            "trace",
-            "hyper=trace",
-            "hyper::proto::h1=trace",
-            "hyper:=trace",
-            "hyp=trace",
-            "aws_smithy=trace",
-            "aws_smithy_runtime::client::orchestrator=debug,kura_agent=trace",
-            "warn,h2=trace,hyper_util::client=debug",
+    fn no_log_setting_opens_the_http_layers_below_info() {
+        // (setting, whether the agent's error line shows, whether hyper's warning shows)
+        for (setting, agent, hyper) in [
+            ("trace", true, true),
+            ("hyper=trace", false, true),
+            ("hyper::proto::h1=trace", false, false),
+            ("hyper:=trace", false, true),
+            ("hyp=trace", false, true),
+            ("aws_smithy=trace", false, false),
+            (
+                "aws_smithy_runtime::client::orchestrator=debug,kura_agent=trace",
+                true,
+                false,
+            ),
+            (
+                "warn,h2=trace,hyper_util::client=debug,kura_agent=trace",
+                true,
+                true,
+            ),
         ] {
             let (filter, problem) = log_filter(Some(setting));
             assert_eq!(problem, None, "{setting}");
-            for target in [
-                "hyper::proto::h1::io",
-                "hyper",
-                "hyper_util::client::legacy",
-                "h2::codec",
-                "aws_smithy_runtime::client::orchestrator",
-                "aws_smithy_http_client::hyper_impl",
-                "aws_smithy_http::body",
+            let out = Captured::default();
+            let writer = out.clone();
+            let output = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone());
+            tracing::subscriber::with_default(subscriber(filter, output), || {
+                tracing::debug!(target: "hyper::proto::h1::io", "hyper-debug");
+                tracing::trace!(target: "hyper_util::client::legacy", "hyper-util-trace");
+                tracing::debug!(target: "h2::codec", "h2-debug");
+                tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", "smithy-trace");
+                tracing::debug!(target: "aws_smithy_http_client::hyper_impl", "client-debug");
+                tracing::warn!(target: "hyper::client", "hyper-warn");
+                tracing::error!(target: "kura_agent::agent", "agent-error");
+            });
+            let out = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            for quiet in [
+                "hyper-debug",
+                "hyper-util-trace",
+                "h2-debug",
+                "smithy-trace",
+                "client-debug",
             ] {
                 assert!(
-                    !filter.would_enable(target, &Level::DEBUG),
-                    "KURA_LOG={setting} lets {target} log at debug"
+                    !out.contains(quiet),
+                    "KURA_LOG={setting} let {quiet} out:\n{out}"
                 );
             }
+            assert_eq!(
+                out.contains("agent-error"),
+                agent,
+                "KURA_LOG={setting}:\n{out}"
+            );
+            assert_eq!(
+                out.contains("hyper-warn"),
+                hyper,
+                "KURA_LOG={setting}:\n{out}"
+            );
         }
-        // What is not an HTTP layer is as asked, and info from the layers still shows.
-        let (filter, _) = log_filter(Some("warn,kura_agent=debug,hyper=info"));
-        assert!(filter.would_enable("kura_agent::agent", &Level::DEBUG));
-        assert!(!filter.would_enable("aws_config::meta", &Level::INFO));
-        assert!(filter.would_enable("hyper::client", &Level::INFO));
-        // A quiet setting stays quiet for the HTTP layers too.
-        let (filter, _) = log_filter(Some("warn"));
-        assert!(!filter.would_enable("hyper::client", &Level::INFO));
-        assert!(filter.would_enable("hyper::client", &Level::WARN));
     }
 
     #[test]
