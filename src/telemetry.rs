@@ -101,17 +101,22 @@ fn subscriber<L>(
 where
     L: tracing_subscriber::Layer<
             tracing_subscriber::layer::Layered<
-                tracing_subscriber::EnvFilter,
-                tracing_subscriber::Registry,
+                tracing_subscriber::filter::Targets,
+                tracing_subscriber::layer::Layered<
+                    tracing_subscriber::EnvFilter,
+                    tracing_subscriber::Registry,
+                >,
             >,
         > + Send
         + Sync
         + 'static,
 {
     use tracing_subscriber::layer::SubscriberExt;
+    // Two global filters: an event is logged when both enable it.
     tracing_subscriber::registry()
         .with(filter)
-        .with(output.with_filter(kura_agent::cli::http_layers_cap()))
+        .with(kura_agent::cli::http_layers_cap())
+        .with(output)
 }
 
 /// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set

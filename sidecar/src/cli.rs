@@ -179,7 +179,7 @@ const HTTP_TARGETS: [&str; 6] = [
     "h2",
 ];
 
-/// A filter for the log output itself, beside the one `KURA_LOG` sets: the HTTP layers below
+/// A filter beside the one `KURA_LOG` sets, which an event must pass too: the HTTP layers below
 /// the SDK and their modules never log below `info`, whatever `KURA_LOG` (the agent's or the
 /// webhook's, span directives included) asks for. Everything else passes.
 pub fn http_layers_cap() -> tracing_subscriber::filter::Targets {
@@ -227,16 +227,21 @@ where
     L: tracing_subscriber::Layer<
             tracing_subscriber::layer::Layered<
                 tracing_subscriber::filter::Targets,
-                tracing_subscriber::Registry,
+                tracing_subscriber::layer::Layered<
+                    tracing_subscriber::filter::Targets,
+                    tracing_subscriber::Registry,
+                >,
             >,
         > + Send
         + Sync
         + 'static,
 {
     use tracing_subscriber::layer::SubscriberExt;
+    // Two global filters: an event is logged when both enable it.
     tracing_subscriber::registry()
         .with(filter)
-        .with(output.with_filter(http_layers_cap()))
+        .with(http_layers_cap())
+        .with(output)
 }
 
 pub fn init_tracing(format: LogFormat) {
