@@ -324,20 +324,6 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    /// What a subscriber wrote.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// The HTTP layers (which see admission bodies and tokens) never log below `info`, whatever
     /// `KURA_LOG` says: a default, a module directive, a span directive on the admission span.
     #[test]
@@ -348,7 +334,7 @@ mod tests {
             "[admission]=trace",
             "kura=info,[admission{uid}]=trace,h2=debug",
         ] {
-            let out = Captured::default();
+            let out = testkit::Captured::default();
             let writer = out.clone();
             let output = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
@@ -362,7 +348,7 @@ mod tests {
                 tracing::debug!(target: "aws_smithy_runtime::client::orchestrator", "smithy-debug");
                 tracing::info!(target: "kura::admission", "kura-info");
             });
-            let out = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let out = out.text();
             for quiet in ["hyper-debug", "h2-trace", "smithy-debug"] {
                 assert!(
                     !out.contains(quiet),

@@ -510,20 +510,6 @@ mod tests {
         assert!(Cli::try_parse_from(["kura-agent", "--log-format", "xml", "ready"]).is_err());
     }
 
-    /// What a subscriber wrote, for the tests.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// Whatever `KURA_LOG` says, the HTTP layers below the SDK (which trace raw responses, values
     /// included) never log below `info`: not through the default, a crate directive, a module
     /// directive or a prefix of their names. The agent's own lines are as asked.
@@ -550,7 +536,7 @@ mod tests {
         ] {
             let (filter, problem) = log_filter(Some(setting));
             assert_eq!(problem, None, "{setting}");
-            let out = Captured::default();
+            let out = testkit::Captured::default();
             let writer = out.clone();
             let output = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
@@ -564,7 +550,7 @@ mod tests {
                 tracing::warn!(target: "hyper::client", "hyper-warn");
                 tracing::error!(target: "kura_agent::agent", "agent-error");
             });
-            let out = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let out = out.text();
             for quiet in [
                 "hyper-debug",
                 "hyper-util-trace",

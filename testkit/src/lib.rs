@@ -4,7 +4,8 @@
 //! of it (`tls_proxy`), Prometheus scrapes, Kubernetes schema validation through the Python
 //! venv `scripts/test` prepares, and real containers with podman (`podman`: the images from the
 //! Dockerfiles' final stages, pods run as a patched Pod object says), and a stub kube-apiserver
-//! that answers `TokenReview`s (`apiserver`).
+//! that answers `TokenReview`s (`apiserver`), and a writer that captures log output in memory
+//! (`output`).
 //!
 //! What only one crate's tests need (the `kura serve` process, the agent's scratch area) stays
 //! in that crate's `tests/common/mod.rs`, which re-exports this crate.
@@ -18,6 +19,7 @@ pub mod apiserver;
 pub mod k8s;
 pub mod metrics;
 pub mod moto;
+pub mod output;
 pub mod podman;
 pub mod tls_proxy;
 
@@ -28,6 +30,7 @@ pub use moto::{
     Moto, MotoOn, aws_env, client_for, free_port, port_of, put_value, ssm_client_for, venv,
     wait_for_port,
 };
+pub use output::Captured;
 pub use tls_proxy::UntrustedTls;
 
 use std::path::{Path, PathBuf};
