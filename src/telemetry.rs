@@ -57,10 +57,15 @@ pub fn init(format: &str, server: bool) -> LogGuard {
     let output = tracing_subscriber::fmt::layer().with_ansi(ansi);
     let batcher = Batcher::new(Box::new(std::io::stdout()));
     let stdout = Batched(batcher.clone());
+    // `filter` (`KURA_LOG`, an `EnvFilter`, or the default) and the agent's cap on the HTTP
+    // layers (`kura_agent::cli::http_layers_cap`) both decide: admission reviews carry pod specs
+    // (plaintext credentials among them, which kura exists to refuse) and the version service's
+    // TokenReviews carry tokens, so hyper, h2 and the AWS SDK's HTTP layers never log below
+    // `info`, whatever `KURA_LOG` asks, span directives included.
     let _ = match (format == "json", server) {
         // kura opens one span, the admission's: `span` carries its fields, and the default
         // `spans` list would repeat them on every line.
-        (true, true) => subscriber(
+        (true, true) => kura_agent::cli::capped_subscriber(
             filter,
             output
                 .fmt_fields(JsonMembers)
@@ -68,7 +73,7 @@ pub fn init(format: &str, server: bool) -> LogGuard {
                 .with_writer(stdout),
         )
         .try_init(),
-        (true, false) => subscriber(
+        (true, false) => kura_agent::cli::capped_subscriber(
             filter,
             output
                 .json()
@@ -76,8 +81,13 @@ pub fn init(format: &str, server: bool) -> LogGuard {
                 .with_writer(std::io::stderr),
         )
         .try_init(),
-        (false, true) => subscriber(filter, output.with_writer(stdout)).try_init(),
-        (false, false) => subscriber(filter, output.with_writer(std::io::stderr)).try_init(),
+        (false, true) => {
+            kura_agent::cli::capped_subscriber(filter, output.with_writer(stdout)).try_init()
+        }
+        (false, false) => {
+            kura_agent::cli::capped_subscriber(filter, output.with_writer(std::io::stderr))
+                .try_init()
+        }
     };
     if server {
         if let Err(e) = batcher.start() {
@@ -86,37 +96,6 @@ pub fn init(format: &str, server: bool) -> LogGuard {
         let _ = SERVER_LOGS.set(batcher);
     }
     LogGuard(())
-}
-
-/// The subscriber: `filter` (`KURA_LOG`, an `EnvFilter`, or the default) decides what is logged,
-/// `output` formats and writes it behind the agent's cap on the HTTP layers
-/// ([`kura_agent::cli::http_layers_cap`]): admission reviews carry pod specs (plaintext
-/// credentials among them, which kura exists to refuse) and the version service's TokenReviews
-/// carry tokens, so hyper, h2 and the AWS SDK's HTTP layers never log below `info`, whatever
-/// `KURA_LOG` asks, span directives included.
-fn subscriber<L>(
-    filter: tracing_subscriber::EnvFilter,
-    output: L,
-) -> impl tracing::Subscriber + Send + Sync + 'static
-where
-    L: tracing_subscriber::Layer<
-            tracing_subscriber::layer::Layered<
-                tracing_subscriber::filter::Targets,
-                tracing_subscriber::layer::Layered<
-                    tracing_subscriber::EnvFilter,
-                    tracing_subscriber::Registry,
-                >,
-            >,
-        > + Send
-        + Sync
-        + 'static,
-{
-    use tracing_subscriber::layer::SubscriberExt;
-    // Two global filters: an event is logged when both enable it.
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(kura_agent::cli::http_layers_cap())
-        .with(output)
 }
 
 /// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set
@@ -339,7 +318,10 @@ mod tests {
             let output = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(move || writer.clone());
-            let sub = subscriber(tracing_subscriber::EnvFilter::new(setting), output);
+            let sub = kura_agent::cli::capped_subscriber(
+                tracing_subscriber::EnvFilter::new(setting),
+                output,
+            );
             tracing::subscriber::with_default(sub, || {
                 let span = tracing::info_span!(target: "kura::admission", "admission", uid = "u1");
                 let _in = span.enter();

@@ -217,20 +217,16 @@ pub fn log_filter(setting: Option<&str>) -> (tracing_subscriber::filter::Targets
     }
 }
 
-/// The agent's subscriber: `filter` decides what is logged, `output` formats and writes it,
-/// behind [`http_layers_cap`].
-fn subscriber<L>(
-    filter: tracing_subscriber::filter::Targets,
-    output: L,
-) -> impl tracing::Subscriber + Send + Sync + 'static
+/// A subscriber (the agent's and the webhook's): `filter` (what `KURA_LOG` or the default asks
+/// for) decides what is logged, and so does [`http_layers_cap`]; `output` formats and writes
+/// what both enable.
+pub fn capped_subscriber<F, L>(filter: F, output: L) -> impl tracing::Subscriber + Send + Sync
 where
+    F: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
     L: tracing_subscriber::Layer<
             tracing_subscriber::layer::Layered<
                 tracing_subscriber::filter::Targets,
-                tracing_subscriber::layer::Layered<
-                    tracing_subscriber::filter::Targets,
-                    tracing_subscriber::Registry,
-                >,
+                tracing_subscriber::layer::Layered<F, tracing_subscriber::Registry>,
             >,
         > + Send
         + Sync
@@ -250,8 +246,8 @@ pub fn init_tracing(format: LogFormat) {
     let (filter, problem) = log_filter(setting.as_deref());
     let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => subscriber(filter, output.json().flatten_event(true)).init(),
-        LogFormat::Text => subscriber(filter, output).init(),
+        LogFormat::Json => capped_subscriber(filter, output.json().flatten_event(true)).init(),
+        LogFormat::Text => capped_subscriber(filter, output).init(),
     }
     if let Some(problem) = problem {
         warn!("{problem}");
@@ -541,7 +537,7 @@ mod tests {
             let output = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(move || writer.clone());
-            tracing::subscriber::with_default(subscriber(filter, output), || {
+            tracing::subscriber::with_default(capped_subscriber(filter, output), || {
                 tracing::debug!(target: "hyper::proto::h1::io", "hyper-debug");
                 tracing::trace!(target: "hyper_util::client::legacy", "hyper-util-trace");
                 tracing::debug!(target: "h2::codec", "h2-debug");
