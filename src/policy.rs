@@ -21,6 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kura_agent::annotations::{AnnotationError, PodSecrets};
+use kura_agent::redact::clip;
 use kura_agent::spec::Reference;
 use kura_agent::store::{Store, StoreError, subject};
 
@@ -157,7 +158,7 @@ impl Decision {
         let mut shown: Vec<String> = denying
             .iter()
             .take(MAX_SHOWN)
-            .map(|f| truncate_chars(&format!("[{}] {}", f.rule.id(), f.message), MAX_FINDING))
+            .map(|f| clip(&format!("[{}] {}", f.rule.id(), f.message), MAX_FINDING))
             .collect();
         if denying.len() > MAX_SHOWN {
             shown.push(format!("and {} more", denying.len() - MAX_SHOWN));
@@ -181,7 +182,7 @@ impl Decision {
             .take(MAX_SHOWN)
             .map(|f| {
                 let w = format!("{}: {}", f.rule.id(), f.message);
-                truncate_chars(&w, MAX_WARNING)
+                clip(&w, MAX_WARNING)
             })
             .collect();
         if warning.len() > MAX_SHOWN {
@@ -195,8 +196,6 @@ impl Decision {
 pub const MAX_SHOWN: usize = 5;
 /// Longest finding in a denial, in characters (its rule id included).
 pub const MAX_FINDING: usize = 400;
-
-use kura_agent::redact::clip as truncate_chars;
 
 /// Namespace → mode from the `kura.dev/mode` label, when a cluster is there to ask.
 pub trait NamespaceModes: Send + Sync + std::fmt::Debug {

@@ -207,7 +207,6 @@ impl VersionService {
     }
 }
 
-/// What a check may hold, beyond what its type says.
 /// A check's body, decoded and checked; the error is the `400` answer's message (it never
 /// repeats a scalar of the body but the references it names, each bounded).
 pub fn read_check(body: &[u8]) -> Result<VersionsRequest, String> {
@@ -226,6 +225,7 @@ pub fn read_check(body: &[u8]) -> Result<VersionsRequest, String> {
 /// reference), which the caller chose.
 pub const MAX_MESSAGE_CHARS: usize = 1024;
 
+/// What a check may hold, beyond what its type says.
 fn check_request(asked: &VersionsRequest) -> Result<(), Refusal> {
     let bad = |m: String| Err(Refusal::new(StatusCode::BAD_REQUEST, m));
     if asked.references.len() > MAX_REFERENCES {

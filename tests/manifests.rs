@@ -966,10 +966,11 @@ fn dockerfile_user(path: &str) -> u64 {
 }
 
 /// The Dockerfiles build this workspace's binaries with the toolchain rust-toolchain.toml pins,
-/// in release (the agent in the `agent` profile: release, optimized for size) and `--locked`, on the Debian release of their distroless/cc runtime (glibc
-/// binaries run on the C library they were linked against), into a shell-less non-root runtime
-/// whose entrypoint is the binary and whose default command is one of its subcommands. The
-/// container tests (tests/containers.rs) build and run what these final stages describe.
+/// in release (the agent in the `agent` profile: release, optimized for size) and `--locked`,
+/// on the Debian release of their distroless/cc runtime (glibc binaries run on the C library
+/// they were linked against), into a shell-less non-root runtime whose entrypoint is the binary
+/// and whose default command is one of its subcommands. The container tests
+/// (tests/containers.rs) build and run what these final stages describe.
 #[test]
 fn dockerfiles_build_the_workspace_binaries() {
     let toolchain = std::fs::read_to_string(root().join("rust-toolchain.toml")).unwrap();
