@@ -42,26 +42,12 @@ if [ -z "${KURA_BENCH_NO_BUILD:-}" ]; then
         cargo build --release -p kura --bin kura >&2
     fi
 fi
-kura="${KURA_BIN:-$target_dir/release/kura}"
+# $work, $pids (killed on exit), free_port, wait_port, kura_binary.
+. bench/lib.sh
+kura="$(kura_binary release)"
 [ -x "$kura" ] || { echo "no $kura" >&2; exit 2; }
 bin="$target_dir/$host/agent/kura-agent"
 [ -x "$bin" ] || { echo "no $bin" >&2; exit 2; }
-
-work="$(mktemp -d)"
-moto_pid=""
-agent_pid=""
-service_pids=()
-cleanup() {
-    if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
-    for p in "${service_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    if [ -n "$moto_pid" ]; then kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # moto over HTTPS, as AWS is reached: the TLS client's code and buffers are part of the agent's
 # footprint in a cluster. One certificate for `localhost` serves moto and the version service;
@@ -71,11 +57,8 @@ free_port() {
 moto_port="$(free_port)"
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" -c "$work/certs/tls.crt" \
     -k "$work/certs/tls.key" >"$work/moto.log" 2>&1 &
-moto_pid=$!
-for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$moto_port") 2>/dev/null && break
-    sleep 0.1
-done
+pids+=($!)
+wait_port "$moto_port"
 
 export AWS_ENDPOINT_URL="https://localhost:$moto_port" AWS_REGION=us-east-1 \
     SSL_CERT_FILE="$work/certs/ca.crt" AWS_CA_BUNDLE="$work/certs/ca.crt" \
@@ -173,6 +156,7 @@ steady() {
     env "${agent_env[@]}" KURA_SPEC="$spec" KURA_DIR="$dir" KURA_METRICS_LISTEN="127.0.0.1:$port" \
         "$bin" run 2>"$dir.log" &
     agent_pid=$!
+    pids+=("$agent_pid")
     for _ in $(seq 1 300); do if [ -e "$dir/$last" ]; then break; fi; sleep 0.05; done
     rss_max=0
     for _ in $(seq 1 "$settle"); do
@@ -211,7 +195,7 @@ kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
 # as its cluster, the agent with the environment the webhook's patch gives it.
 api_port="$(free_port)"
 "$py" bench/fleet-sim/apiserver.py "$api_port" >"$work/apiserver.log" 2>&1 &
-service_pids+=($!)
+pids+=($!)
 cat >"$work/kubeconfig" <<KUBECONFIG
 apiVersion: v1
 kind: Config
@@ -225,11 +209,8 @@ KUBECONFIG="$work/kubeconfig" "$kura" serve --store aws --listen "127.0.0.1:$(fr
     --metrics-listen "127.0.0.1:$(free_port)" --tls-cert "$work/certs/tls.crt" \
     --tls-key "$work/certs/tls.key" --watch-namespaces never \
     --version-service-listen "127.0.0.1:$vs_port" >"$work/service.log" 2>&1 &
-service_pids+=($!)
-for _ in $(seq 1 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$vs_port") 2>/dev/null && break
-    sleep 0.1
-done
+pids+=($!)
+wait_port "$vs_port"
 printf 'sim.bench.app.app-0' >"$work/token"
 agent_env=(KURA_VERSION_SERVICE_URL="https://localhost:$vs_port"
     KURA_VERSION_SERVICE_CA="$(cat "$work/certs/ca.crt")"

@@ -40,7 +40,7 @@ taskset -c 0 "$kura" serve --self-signed --listen "127.0.0.1:$port" --metrics-li
     >"$work/kura.log" 2>&1 &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+wait_port "$port"
 url=https://127.0.0.1:$port
 curl -fsSk -H 'Content-Type: application/json' --data-binary "@$REVIEW" "$url/mutate" >/dev/null
 

@@ -1,6 +1,7 @@
-# What the webhook bench scripts share; sourced from the repository root after the script's own
+# What the bench scripts share; sourced from the repository root after the script's own
 # settings. Sets $work (a scratch dir, kept when KEEP is set) and $pids (killed on exit), and
-# defines free_port. kura_binary PROFILE prints where cargo put the kura binary of PROFILE
+# defines free_port, wait_port PORT (fails when nothing listens on it within 60 s) and
+# kura_binary PROFILE, which prints where cargo put the kura binary of PROFILE
 # ($CARGO_TARGET_DIR honoured), or $KURA_BIN when set (to compare another build).
 work=$(mktemp -d)
 pids=()
@@ -12,6 +13,14 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1 after 60 s" >&2
+    return 1
+}
 kura_binary() {
     if [ -n "${KURA_BIN:-}" ]; then echo "$KURA_BIN"; return; fi
     echo "${CARGO_TARGET_DIR:-$PWD/target}/$([ "$1" = dev ] && echo debug || echo "$1")/kura"

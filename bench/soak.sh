@@ -59,7 +59,7 @@ taskset -c 0 "$kura" serve --listen "127.0.0.1:$port" --metrics-listen "127.0.0.
     --store "file:$work/store.yaml" --watch-namespaces never --log-format json >"$work/kura.log" 2>&1 &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+wait_port "$port"
 url=https://127.0.0.1:$port
 
 client() { # name, expect_denied, bodies...

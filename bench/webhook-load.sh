@@ -48,14 +48,6 @@ baseline=$(bench/bench-target.sh baseline_server "$PROFILE")
 kura=$(kura_binary "$PROFILE")
 [ -x "$baseline" ] || { echo "webhook-load: baseline_server was not built" >&2; exit 2; }
 
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "webhook-load: nothing listens on $1" >&2
-    exit 1
-}
 rss_kib() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
 
 # wrk's RESULT line for https://127.0.0.1:$1, after a warm-up run.

@@ -11,8 +11,8 @@ Every agent and the version service reach "AWS" through it (AWS_ENDPOINT_URL). I
   = one second of quota, refilled continuously), and when a bucket is empty answers as AWS does:
   HTTP 400 with `{"__type":"ThrottlingException",...}` (the call never reaches moto);
 - forwards everything else to moto and relays its answer unchanged;
-- appends one line per call to an events file (`time agent api status`, wall-clock seconds) and
-  answers `GET /__sim/counts` with the totals (JSON), for the report.
+- appends one line per call to an events file (`time agent api status`, wall-clock seconds),
+  which the report counts.
 
 The quotas (requests per second, each Region; "No" = not adjustable):
   Secrets Manager, https://docs.aws.amazon.com/secretsmanager/latest/userguide/reference_limits.html
@@ -35,7 +35,6 @@ Usage: proxy.py LISTEN_PORT MOTO_URL EVENTS_FILE
 """
 
 import http.client
-import json
 import re
 import sys
 import threading
@@ -97,8 +96,6 @@ class State:
         self.buckets = {}
         for bucket, rate in QUOTAS.values():
             self.buckets.setdefault(bucket, Bucket(rate))
-        self.counts = {}  # api -> {"ok": n, "throttled": n, "error": n}
-        self.started = time.time()
         self.events = open(events_path, "a", buffering=1)
 
     def admit(self, api):
@@ -111,8 +108,6 @@ class State:
     def record(self, agent, api, outcome):
         t = time.time()
         with self.lock:
-            c = self.counts.setdefault(api, {"ok": 0, "throttled": 0, "error": 0})
-            c[outcome] += 1
             self.events.write(f"{t:.3f} {agent} {api} {outcome}\n")
 
 
@@ -143,10 +138,6 @@ class Handler(QuietHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path == "/__sim/counts":
-            with STATE.lock:
-                body = json.dumps({"since": STATE.started, "counts": STATE.counts}).encode()
-            return self.reply(200, body, [("Content-Type", "application/json")])
         return self.forward(b"")
 
     def do_POST(self):
